@@ -1,0 +1,1 @@
+"""modelfleet: many models behind one SageMaker-compatible endpoint."""

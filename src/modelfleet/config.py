@@ -1,0 +1,185 @@
+"""Settings: read once at start (flags, ``MODELFLEET_*`` environment, defaults) into a frozen object.
+
+Every ``modelfleet serve`` flag has a field here of the same name, and every field can be set by
+the environment variable ``MODELFLEET_<FIELD>`` (``--memory-limit 2GiB`` is
+``MODELFLEET_MEMORY_LIMIT=2GiB``). Flags win over the environment. Sizes take bytes or a unit:
+``512MiB``, ``2GiB``, ``1.5GB``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: Any) -> int:
+    """Parse a byte size: an int, or a string such as ``"512MiB"``, ``"2GB"``, ``"1048576"``."""
+    if isinstance(value, bool):
+        raise ValueError("a size must be a number of bytes or a string like '512MiB'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, float):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError("a size must be a number of bytes or a string like '512MiB'")
+    match = _SIZE_RE.match(value)
+    if match is None or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"invalid size {value!r}: use bytes or a unit such as 512MiB, 2GiB, 1GB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_size(num_bytes: float) -> str:
+    """Format bytes for people: ``1.5 GiB``."""
+    size = float(num_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover - loop always returns
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
+
+class ModelCacheSetting(StrEnum):
+    """SageMaker's ``ModelCacheSetting``."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "modelfleet"
+
+
+class Settings(BaseSettings):
+    """All settings of one endpoint served by one process with one instance."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELFLEET_",
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        case_sensitive=False,
+    )
+
+    model_source: str = "./modelfleet-models"
+    """Where artifacts live: a folder, ``file://`` URI, or ``s3://bucket/prefix/``."""
+
+    endpoint_name: str = Field(default="default", min_length=1, max_length=63)
+    """The endpoint's name in ``/endpoints/{name}/invocations``; other names are rejected."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+
+    port: int = Field(default=8080, ge=0, le=65535)
+    """Port to listen on (0 picks a free one)."""
+
+    memory_limit: ByteSize = Field(default=parse_size("2GiB"), gt=0)
+    """Memory budget for loaded models (sum of their measured footprints)."""
+
+    disk_limit: ByteSize = Field(default=parse_size("10GiB"), gt=0)
+    """Disk budget for the artifact cache folder."""
+
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    """Folder of the disk cache; reused (re-indexed) across restarts."""
+
+    model_cache: ModelCacheSetting = ModelCacheSetting.ENABLED
+    """``disabled`` unloads and deletes a model after each invocation (SageMaker semantics)."""
+
+    invoke_timeout: PositiveFloat = 60.0
+    """Seconds a request waits for a cold model before ModelNotReadyException (429)."""
+
+    max_body_size: ByteSize = Field(default=parse_size("6MiB"), gt=0)
+    """Largest accepted request body."""
+
+    eviction_policy: str = "lru"
+    """Memory eviction policy (``lru``)."""
+
+    rss_high_water: ByteSize | None = None
+    """Process RSS above which idle models are evicted; default: RSS at start + memory limit."""
+
+    load_concurrency: PositiveInt | None = None
+    """Models loading at once; default 2 x CPUs (4 x CPUs with the model cache disabled)."""
+
+    download_concurrency: PositiveInt | None = None
+    """Artifacts downloading at once; default 4 x CPUs (8 x CPUs with the cache disabled)."""
+
+    inference_concurrency: PositiveInt | None = None
+    """Inference calls running at once; default max(4, 2 x CPUs)."""
+
+    max_artifact_size: ByteSize = Field(default=parse_size("20GiB"), gt=0)
+    """Largest total size an archive may unpack to."""
+
+    max_artifact_files: PositiveInt = 100_000
+    """Most files an archive may unpack to."""
+
+    handler: str | None = None
+    """Force one handler for every model (``sklearn``, ``xgboost``, ...); default: detect."""
+
+    source_timeout: PositiveFloat = 30.0
+    """Seconds before one object-store request times out."""
+
+    source_retries: int = Field(default=3, ge=0, le=20)
+    """Retries of a failed object-store request (timeouts, 5xx, connection errors)."""
+
+    allow_http: bool = False
+    """Allow plain-http object-store endpoints that are not loopback."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.rss_high_water is not None and self.rss_high_water < self.memory_limit:
+            raise ValueError("rss_high_water must be at least memory_limit")
+        return self
+
+    @property
+    def cpu_count(self) -> int:
+        return os.cpu_count() or 1
+
+    @property
+    def effective_load_concurrency(self) -> int:
+        if self.load_concurrency is not None:
+            return self.load_concurrency
+        factor = 4 if self.model_cache is ModelCacheSetting.DISABLED else 2
+        return factor * self.cpu_count
+
+    @property
+    def effective_download_concurrency(self) -> int:
+        if self.download_concurrency is not None:
+            return self.download_concurrency
+        factor = 8 if self.model_cache is ModelCacheSetting.DISABLED else 4
+        return factor * self.cpu_count
+
+    @property
+    def effective_inference_concurrency(self) -> int:
+        if self.inference_concurrency is not None:
+            return self.inference_concurrency
+        return max(4, 2 * self.cpu_count)
