@@ -1,0 +1,278 @@
+"""The disk tier: a byte-budgeted folder of unpacked artifacts that survives restarts.
+
+Layout under the cache folder::
+
+    models/<digest>/meta.json     what the entry is (target model, ETag, bytes)
+    models/<digest>/artifact/     the unpacked artifact, handed to the handler
+    tmp/<unique>/                 downloads in progress and entries being deleted
+
+Writes follow diskcache's order: an entry is built under ``tmp/`` and published by one rename;
+an evicted entry leaves the index first, is renamed back into ``tmp/`` and only then deleted,
+so a crash at any point leaves either a whole entry or an orphan that :meth:`DiskCache.start`
+sweeps away. Pinned entries (models loaded or loading) are never deleted.
+
+The methods block (file I/O) and are thread-safe; the instance calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelfleet.errors import DiskFullError
+
+logger = logging.getLogger(__name__)
+
+_META = "meta.json"
+_ARTIFACT = "artifact"
+
+
+@dataclass(slots=True)
+class DiskEntry:
+    """One artifact on disk."""
+
+    target_model: str
+    path: Path
+    size_bytes: int
+    etag: str | None
+    pins: int = 0
+
+    @property
+    def model_dir(self) -> Path:
+        """The unpacked artifact, as handed to a handler."""
+        return self.path / _ARTIFACT
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of all regular files under ``path`` (apparent size, links not followed)."""
+    total = 0
+    stack = [path]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for item in it:
+                if item.is_dir(follow_symlinks=False):
+                    stack.append(Path(item.path))
+                elif item.is_file(follow_symlinks=False):
+                    total += item.stat(follow_symlinks=False).st_size
+    return total
+
+
+def _digest(target_model: str) -> str:
+    return hashlib.sha256(target_model.encode()).hexdigest()[:40]
+
+
+class DiskCache:
+    """Unpacked artifacts under a byte budget, least recently used unpinned ones deleted first."""
+
+    def __init__(
+        self, root: Path, budget_bytes: int, *, on_evict: Callable[[str], None] | None = None
+    ) -> None:
+        self.root = root
+        self.budget_bytes = budget_bytes
+        self._models = root / "models"
+        self._tmp = root / "tmp"
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, DiskEntry] = OrderedDict()
+        self._reserved: dict[str, int] = {}
+        self._used = 0
+        self._on_evict = on_evict
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the folders, sweep orphans, and re-index what a previous run left."""
+        self._models.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        for orphan in self._tmp.iterdir():
+            _remove_tree(orphan)
+        found: list[tuple[float, DiskEntry]] = []
+        for path in self._models.iterdir():
+            entry = self._read_entry(path)
+            if entry is None:
+                logger.warning("removing unreadable disk-cache entry %s", path)
+                _remove_tree(path)
+                continue
+            found.append(((path / _META).stat().st_mtime, entry))
+        with self._lock:
+            for _, entry in sorted(found, key=lambda item: item[0]):
+                self._entries[entry.target_model] = entry
+                self._used += entry.size_bytes
+        if found:
+            logger.info("disk cache re-indexed %d artifacts, %d bytes", len(found), self._used)
+
+    @staticmethod
+    def _read_entry(path: Path) -> DiskEntry | None:
+        try:
+            meta = json.loads((path / _META).read_text())
+            if not (path / _ARTIFACT).is_dir() or path.name != _digest(meta["target_model"]):
+                return None
+            return DiskEntry(
+                target_model=str(meta["target_model"]),
+                path=path,
+                size_bytes=int(meta["size_bytes"]),
+                etag=meta.get("etag"),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    # -- reading -------------------------------------------------------------------------------
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return self._used + sum(self._reserved.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, target_model: object) -> bool:
+        return target_model in self._entries
+
+    def get(self, target_model: str) -> DiskEntry | None:
+        """The entry for ``target_model``, marked as recently used."""
+        with self._lock:
+            entry = self._entries.get(target_model)
+            if entry is not None:
+                self._entries.move_to_end(target_model)
+            return entry
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
+    # -- pins ----------------------------------------------------------------------------------
+    def pin(self, target_model: str) -> DiskEntry | None:
+        with self._lock:
+            entry = self._entries.get(target_model)
+            if entry is not None:
+                entry.pins += 1
+                self._entries.move_to_end(target_model)
+            return entry
+
+    def unpin(self, target_model: str) -> None:
+        with self._lock:
+            entry = self._entries.get(target_model)
+            if entry is not None and entry.pins > 0:
+                entry.pins -= 1
+
+    # -- writing -------------------------------------------------------------------------------
+    def staging_dir(self) -> Path:
+        """A fresh empty folder under ``tmp/`` for one download."""
+        path = self._tmp / uuid.uuid4().hex
+        (path / _ARTIFACT).mkdir(parents=True)
+        return path
+
+    def reserve(self, token: str, size_bytes: int) -> None:
+        """Hold ``size_bytes`` for a download in progress, deleting unpinned entries if needed."""
+        self._make_room(size_bytes, what=token)
+        with self._lock:
+            self._reserved[token] = self._reserved.get(token, 0) + size_bytes
+
+    def release(self, token: str) -> None:
+        """Drop a download's reservation (after commit or failure)."""
+        with self._lock:
+            self._reserved.pop(token, None)
+
+    def commit(self, target_model: str, staging: Path, *, etag: str | None) -> DiskEntry:
+        """Publish a finished download as the entry of ``target_model``, pinned once.
+
+        ``staging`` is a folder from :meth:`staging_dir` whose ``artifact/`` holds the files.
+        """
+        size = tree_size(staging / _ARTIFACT)
+        with self._lock:
+            self._reserved.pop(target_model, None)
+        try:
+            self._make_room(size, what=target_model)
+        except DiskFullError:
+            _remove_tree(staging)
+            raise
+        meta = {"target_model": target_model, "etag": etag, "size_bytes": size}
+        (staging / _META).write_text(json.dumps(meta))
+        final = self._models / _digest(target_model)
+        with self._lock:
+            old = self._entries.pop(target_model, None)
+            if old is not None:
+                self._used -= old.size_bytes
+        if old is not None or final.exists():
+            _remove_tree(_move_aside(final, self._tmp))
+        os.replace(staging, final)
+        entry = DiskEntry(target_model, final, size, etag, pins=1)
+        with self._lock:
+            self._entries[target_model] = entry
+            self._used += size
+        return entry
+
+    def remove(self, target_model: str, *, force: bool = False) -> bool:
+        """Delete the entry of ``target_model`` unless pinned (or ``force``); True if deleted."""
+        with self._lock:
+            entry = self._entries.get(target_model)
+            if entry is None or (entry.pins > 0 and not force):
+                return False
+            del self._entries[target_model]
+            self._used -= entry.size_bytes
+        _remove_tree(_move_aside(entry.path, self._tmp))
+        return True
+
+    def _make_room(self, size_bytes: int, *, what: str) -> None:
+        if size_bytes > self.budget_bytes:
+            raise DiskFullError(
+                f"Artifact '{what}' needs {size_bytes} bytes but the disk cache budget is "
+                f"{self.budget_bytes} bytes."
+            )
+        doomed: list[DiskEntry] = []
+        with self._lock:
+            need = self._used + sum(self._reserved.values()) + size_bytes - self.budget_bytes
+            for key in list(self._entries):
+                if need <= 0:
+                    break
+                entry = self._entries[key]
+                if entry.pins > 0:
+                    continue
+                del self._entries[key]
+                self._used -= entry.size_bytes
+                need -= entry.size_bytes
+                doomed.append(entry)
+            if need > 0:
+                # Put nothing back: the entries chosen so far are unpinned and their deletion
+                # only helps the next attempt; report what blocks this one.
+                pinned = sum(e.size_bytes for e in self._entries.values() if e.pins > 0)
+                error = DiskFullError(
+                    f"Disk cache full: artifact '{what}' needs {size_bytes} bytes, "
+                    f"{pinned} of {self.budget_bytes} bytes are held by models in use."
+                )
+            else:
+                error = None
+        for entry in doomed:
+            logger.info("disk cache evicting %s (%d bytes)", entry.target_model, entry.size_bytes)
+            _remove_tree(_move_aside(entry.path, self._tmp))
+            if self._on_evict is not None:
+                self._on_evict(entry.target_model)
+        if error is not None:
+            raise error
+
+
+def _move_aside(path: Path, tmp: Path) -> Path:
+    """Rename ``path`` into ``tmp`` so the delete that follows can't leave a half entry."""
+    aside = tmp / f"deleted-{uuid.uuid4().hex}"
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return aside
+    return aside
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,164 @@
+"""The ``modelfleet`` command: ``serve``, ``invoke``, ``examples``.
+
+Flags map one-to-one onto :class:`~modelfleet.config.Settings` fields; a flag left out falls back
+to its ``MODELFLEET_*`` environment variable, then to the default. Only this module configures
+logging handlers and exits the process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import pydantic
+
+from modelfleet.config import ModelCacheSetting, Settings
+from modelfleet.edge import ContextFilter
+
+DEFAULT_SOURCE = Settings.model_fields["model_source"].default
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s [%(request_id)s %(target_model)s] %(message)s"
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+@click.group()
+@click.version_option(package_name="modelfleet")
+def main() -> None:
+    """modelfleet: many models behind one SageMaker-compatible endpoint."""
+
+
+@main.command()
+@click.option("--model-source", help="Folder, file:// URI or s3://bucket/prefix/ of artifacts.")
+@click.option("--endpoint-name", help="Endpoint name in /endpoints/{name}/invocations.")
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default 8080; 0 picks a free one).")
+@click.option("--memory-limit", help="Memory budget for loaded models, e.g. 2GiB.")
+@click.option("--disk-limit", help="Disk budget for the artifact cache, e.g. 10GiB.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Disk cache folder.")
+@click.option(
+    "--model-cache",
+    type=click.Choice([c.value for c in ModelCacheSetting]),
+    help="'disabled' unloads and deletes each model after each call.",
+)
+@click.option("--invoke-timeout", type=float, help="Seconds to wait for a cold model (60).")
+@click.option("--max-body-size", help="Largest request body, e.g. 6MiB.")
+@click.option("--handler", help="Force one handler for every model (default: detect).")
+@click.option("--eviction-policy", help="Memory eviction policy (lru).")
+@click.option("--log-level", default="info", show_default=True)
+def serve(log_level: str, **flags: Any) -> None:
+    """Serve one endpoint from a model source (default: a local folder of examples)."""
+    _configure_logging(log_level)
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        settings = Settings(**given)
+    except pydantic.ValidationError as exc:
+        raise click.UsageError(_settings_error(exc)) from None
+    _ensure_examples(settings)
+
+    import uvicorn
+
+    from modelfleet.endpoint.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False
+    )
+    uvicorn.Server(config).run()
+
+
+def _settings_error(exc: pydantic.ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        lines.append(f"{where.replace('_', '-')}: {error['msg']}")
+    return "invalid settings: " + "; ".join(lines)
+
+
+def _ensure_examples(settings: Settings) -> None:
+    """Create the embedded default: a folder of example models, when it is missing."""
+    if settings.model_source != DEFAULT_SOURCE:
+        return
+    folder = Path(settings.model_source)
+    if folder.exists() and any(folder.iterdir()):
+        return
+    from modelfleet.examples import create_examples
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = create_examples(folder)
+    click.echo(f"created {len(names)} example models in {folder.resolve()}:", err=True)
+    for name in names:
+        click.echo(f"  {name}", err=True)
+
+
+@main.command()
+@click.argument("target_model")
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--endpoint-name", default="default", show_default=True)
+@click.option("--data", "-d", help="Request body as text (use --file for a file, - for stdin).")
+@click.option("--file", "-f", "file_", type=click.File("rb"), help="Read the body from a file.")
+@click.option("--content-type", "-t", default="text/csv", show_default=True)
+@click.option("--accept", "-a", default="application/json", show_default=True)
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait.")
+def invoke(
+    target_model: str,
+    url: str,
+    endpoint_name: str,
+    data: str | None,
+    file_: Any,
+    content_type: str,
+    accept: str,
+    timeout: float,
+) -> None:
+    """Invoke TARGET_MODEL on a running endpoint and print the answer."""
+    if data is None and file_ is None:
+        raise click.UsageError("give the request body with --data or --file")
+    body = data.encode() if data is not None else file_.read()
+    try:
+        response = httpx.post(
+            f"{url.rstrip('/')}/endpoints/{endpoint_name}/invocations",
+            content=body,
+            headers={
+                "Content-Type": content_type,
+                "Accept": accept,
+                "X-Amzn-SageMaker-Target-Model": target_model,
+            },
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        click.echo(f"error: cannot reach {url}: {exc}", err=True)
+        sys.exit(2)
+    if response.is_success:
+        click.echo(response.text)
+        return
+    try:
+        error = json.loads(response.content)
+        click.echo(f"{error.get('__type', response.status_code)}: {error.get('message')}", err=True)
+    except ValueError:
+        click.echo(f"HTTP {response.status_code}: {response.text}", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def examples(folder: Path) -> None:
+    """Write the example models into FOLDER."""
+    from modelfleet.examples import create_examples
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in create_examples(folder):
+        click.echo(name)

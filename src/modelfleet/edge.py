@@ -1,0 +1,128 @@
+"""The HTTP edge: the one place where errors become status codes and bodies.
+
+Two tables, one per contract: the runtime API (SageMaker InvokeEndpoint, what boto3 parses)
+and the instance API (the SageMaker MME container contract). Both answer a JSON body
+``{"__type": code, "message": ...}`` with an ``x-amzn-ErrorType`` header, never an empty body.
+Anything not in a table is a bug: logged with the request id, answered InternalFailure, no
+traceback sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from contextvars import ContextVar
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelfleet.errors import (
+    CapacityError,
+    ModelAlreadyLoadedError,
+    ModelError,
+    ModelfleetError,
+    ModelNotLoadedError,
+    ModelNotReadyError,
+    ModelTooLargeError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+    SourceError,
+    ValidationError,
+)
+
+logger = logging.getLogger(__name__)
+
+request_id_var: ContextVar[str] = ContextVar("modelfleet_request_id", default="-")
+target_model_var: ContextVar[str] = ContextVar("modelfleet_target_model", default="-")
+
+# (error class, HTTP status, SageMaker error code); the first matching row wins.
+RUNTIME_ERRORS: tuple[tuple[type[ModelfleetError], int, str], ...] = (
+    (ValidationError, 400, "ValidationError"),
+    (ModelError, 424, "ModelError"),
+    (ModelNotReadyError, 429, "ModelNotReadyException"),
+    (CapacityError, 503, "ServiceUnavailable"),
+    (SourceError, 503, "ServiceUnavailable"),
+    (ServiceUnavailableError, 503, "ServiceUnavailable"),
+)
+
+INSTANCE_ERRORS: tuple[tuple[type[ModelfleetError], int, str], ...] = (
+    (ModelTooLargeError, 507, "InsufficientStorage"),
+    (CapacityError, 507, "InsufficientStorage"),
+    (ModelNotLoadedError, 404, "ModelNotFound"),
+    (ModelAlreadyLoadedError, 409, "ModelAlreadyLoaded"),
+    (ValidationError, 400, "ValidationError"),
+    (ModelNotReadyError, 429, "ModelNotReadyException"),
+    (SourceError, 503, "ServiceUnavailable"),
+    (ServiceUnavailableError, 503, "ServiceUnavailable"),
+)
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def error_response(
+    exc: BaseException,
+    table: tuple[tuple[type[ModelfleetError], int, str], ...],
+    *,
+    request_id: str,
+) -> Response:
+    """The response for ``exc`` under ``table`` (a bug becomes InternalFailure, 500)."""
+    body: dict[str, object]
+    headers = {"x-amzn-RequestId": request_id}
+    for cls, status, code in table:
+        if isinstance(exc, cls):
+            body = {"__type": code, "message": exc.message}
+            break
+    else:
+        if isinstance(exc, ModelError) and table is INSTANCE_ERRORS:
+            # The container contract reports the model's own status; the router reads the type.
+            status, code = exc.original_status_code, "ModelError"
+            body = {"__type": code, "message": exc.message}
+        else:
+            logger.error("internal failure (request %s)", request_id, exc_info=exc)
+            status, code = 500, "InternalFailure"
+            body = {
+                "__type": code,
+                "message": f"An internal error occurred; request id {request_id}.",
+            }
+    if isinstance(exc, ModelError):
+        body["OriginalStatusCode"] = exc.original_status_code
+        body["OriginalMessage"] = exc.message
+        body["LogStreamArn"] = ""
+    if isinstance(exc, ServiceUnavailableError):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    elif status in (503, 429):
+        headers["Retry-After"] = "1"
+    headers["x-amzn-ErrorType"] = code
+    return Response(
+        json.dumps(body).encode(), status_code=status, headers=headers,
+        media_type="application/json",
+    )
+
+
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The request body, refused with PayloadTooLargeError past ``limit_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+        raise PayloadTooLargeError(
+            f"Request body of {declared} bytes exceeds the limit of {limit_bytes} bytes."
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise PayloadTooLargeError(f"Request body exceeds the limit of {limit_bytes} bytes.")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class ContextFilter(logging.Filter):
+    """Adds ``request_id`` and ``target_model`` from context variables to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        record.target_model = target_model_var.get()
+        return True

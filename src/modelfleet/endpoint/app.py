@@ -1,0 +1,131 @@
+"""The endpoint's HTTP server: SageMaker's runtime API, the instance contract, ``/metrics``.
+
+``POST /endpoints/{name}/invocations`` is wire-compatible with SageMaker InvokeEndpoint, so
+``boto3.client("sagemaker-runtime", endpoint_url=...)`` works against it. With the ``inprocess``
+backend the same port also serves the instance contract (``/models``...) of the one instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelfleet.backends.inprocess import InProcessBackend
+from modelfleet.config import Settings
+from modelfleet.edge import (
+    RUNTIME_ERRORS,
+    error_response,
+    new_request_id,
+    read_body,
+    request_id_var,
+    target_model_var,
+)
+from modelfleet.endpoint.router import Router
+from modelfleet.errors import UnknownEndpointError, ValidationError
+from modelfleet.instance.app import instance_routes, ping_route
+from modelfleet.metrics import CONTENT_TYPE, Metrics
+
+logger = logging.getLogger(__name__)
+
+_TARGET_MODEL_MAX = 1024
+
+
+class EndpointServer:
+    """One endpoint: its router, its backend, its metrics, and the Starlette app over them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(endpoint=settings.endpoint_name)
+        self.backend = InProcessBackend(settings, self.metrics)
+        self.router = Router({"AllTraffic": list(self.backend.instances)})
+        self.app = Starlette(
+            routes=[
+                Route(
+                    "/endpoints/{endpoint_name}/invocations",
+                    self.invocations,
+                    methods=["POST"],
+                ),
+                ping_route(self.backend.manager),
+                Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+                *instance_routes(self.backend.manager),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.backend.start()
+        logger.info(
+            "endpoint '%s' serving model source %s",
+            self.settings.endpoint_name,
+            self.settings.model_source,
+        )
+        try:
+            yield
+        finally:
+            await self.backend.stop()
+
+    async def invocations(self, request: Request) -> Response:
+        started = time.perf_counter()
+        request_id = new_request_id()
+        request_id_var.set(request_id)
+        metrics = self.metrics
+        metrics.invocations.inc()
+        try:
+            name = request.path_params["endpoint_name"]
+            if name != self.settings.endpoint_name:
+                raise UnknownEndpointError(f"Endpoint '{name}' not found.")
+            headers = request.headers
+            target = headers.get("x-amzn-sagemaker-target-model")
+            if target is None:
+                raise ValidationError(
+                    "This is a multi-model endpoint: the X-Amzn-SageMaker-Target-Model "
+                    "header (TargetModel) is required."
+                )
+            if not 0 < len(target) <= _TARGET_MODEL_MAX:
+                raise ValidationError("TargetModel must be 1 to 1024 characters.")
+            target_model_var.set(target)
+            body = await read_body(request, self.settings.max_body_size)
+            routed = await self.router.invoke(
+                target,
+                body,
+                content_type=headers.get("content-type"),
+                accept=headers.get("accept"),
+                custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"),
+                target_variant=headers.get("x-amzn-sagemaker-target-variant"),
+            )
+        except Exception as exc:
+            response = error_response(exc, RUNTIME_ERRORS, request_id=request_id)
+            if response.status_code >= 500:
+                metrics.invocation_5xx_errors.inc()
+            else:
+                metrics.invocation_4xx_errors.inc()
+            return response
+        metrics.invocations_per_instance.inc()
+        prediction = routed.result.prediction
+        response_headers = {
+            "x-Amzn-Invoked-Production-Variant": routed.variant,
+            "x-amzn-RequestId": request_id,
+        }
+        if prediction.custom_attributes is not None:
+            response_headers["X-Amzn-SageMaker-Custom-Attributes"] = prediction.custom_attributes
+        metrics.overhead_latency.observe(
+            max(time.perf_counter() - started - routed.result.model_latency_s, 0.0)
+        )
+        return Response(prediction.body, media_type=prediction.content_type,
+                        headers=response_headers)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app of one endpoint served by one in-process instance."""
+    return EndpointServer(settings).app

@@ -1,0 +1,78 @@
+"""Bounded worker pools and process-memory helpers for an instance.
+
+Everything that blocks runs through :func:`run_blocking` on one of three pools, so downloads and
+loads (slow, few) never take the threads that warm inference (fast, many) needs, and the event
+loop stays free for ``/ping`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import functools
+import gc
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Pools:
+    """The instance's three executors: downloads, loads (and unloads), inference."""
+
+    def __init__(self, *, downloads: int, loads: int, inference: int) -> None:
+        self.download = ThreadPoolExecutor(downloads, thread_name_prefix="mf-download")
+        self.load = ThreadPoolExecutor(loads, thread_name_prefix="mf-load")
+        self.inference = ThreadPoolExecutor(inference, thread_name_prefix="mf-infer")
+
+    def shutdown(self) -> None:
+        for pool in (self.download, self.load, self.inference):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def run_blocking(
+    pool: ThreadPoolExecutor, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """Run ``fn`` on ``pool`` and await its result without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    if kwargs:
+        return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+    return await loop.run_in_executor(pool, fn, *args)
+
+
+_PROCESS = psutil.Process()
+
+
+def current_rss() -> int:
+    """Resident set size of this process in bytes."""
+    return int(_PROCESS.memory_info().rss)
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``)."""
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

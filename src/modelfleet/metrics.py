@@ -1,0 +1,122 @@
+"""Prometheus metrics with SageMaker's names and meanings.
+
+One :class:`Metrics` object is created at start and passed down explicitly. Each SageMaker
+metric becomes ``modelfleet_`` + its snake_case name with Prometheus units, for example
+ModelLoadingTime -> ``modelfleet_model_loading_time_seconds``. Every series carries the
+``endpoint``, ``variant`` and ``instance`` labels; no per-model label (bounded cardinality).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_LABELS = ("endpoint", "variant", "instance")
+
+
+class Metrics:
+    """The registry and the bound series of one endpoint/variant/instance."""
+
+    def __init__(self, *, endpoint: str, variant: str = "AllTraffic", instance: str = "0") -> None:
+        self.registry = CollectorRegistry()
+        labels = {"endpoint": endpoint, "variant": variant, "instance": instance}
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, _LABELS, registry=self.registry).labels(**labels)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, _LABELS, registry=self.registry).labels(**labels)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, _LABELS, registry=self.registry, buckets=buckets).labels(
+                **labels
+            )
+
+        self.invocations = counter(
+            "modelfleet_invocations", "Invocations (SageMaker Invocations)."
+        )
+        self.invocations_per_instance = counter(
+            "modelfleet_invocations_per_instance",
+            "Invocations counted on the instance that served them (InvocationsPerInstance).",
+        )
+        self.invocation_4xx_errors = counter(
+            "modelfleet_invocation_4xx_errors", "Invocations answered 4xx (Invocation4XXErrors)."
+        )
+        self.invocation_5xx_errors = counter(
+            "modelfleet_invocation_5xx_errors", "Invocations answered 5xx (Invocation5XXErrors)."
+        )
+        self.model_cache_hit = counter(
+            "modelfleet_model_cache_hit",
+            "Invocations whose model was already loaded (ModelCacheHit = 1).",
+        )
+        self.model_cache_miss = counter(
+            "modelfleet_model_cache_miss",
+            "Invocations whose model was not loaded (ModelCacheHit = 0).",
+        )
+        self.model_downloads = counter(
+            "modelfleet_model_downloads", "Artifacts downloaded from the model source."
+        )
+        self.model_loading_wait_time = histogram(
+            "modelfleet_model_loading_wait_time_seconds",
+            "Time an invocation waited for its model to be downloaded and loaded "
+            "(ModelLoadingWaitTime).",
+            _LOAD_BUCKETS,
+        )
+        self.model_downloading_time = histogram(
+            "modelfleet_model_downloading_time_seconds",
+            "Time to download (and unpack) an artifact (ModelDownloadingTime).",
+            _LOAD_BUCKETS,
+        )
+        self.model_loading_time = histogram(
+            "modelfleet_model_loading_time_seconds",
+            "Time to load a model into memory (ModelLoadingTime).",
+            _LOAD_BUCKETS,
+        )
+        self.model_unloading_time = histogram(
+            "modelfleet_model_unloading_time_seconds",
+            "Time to unload a model; the count is the number of unloads (ModelUnloadingTime).",
+            _LOAD_BUCKETS,
+        )
+        self.model_latency = histogram(
+            "modelfleet_model_latency_seconds",
+            "Time the model took to answer (ModelLatency).",
+            _LATENCY_BUCKETS,
+        )
+        self.overhead_latency = histogram(
+            "modelfleet_overhead_latency_seconds",
+            "Time spent outside the model: routing, waiting, codecs at the edge (OverheadLatency).",
+            _LATENCY_BUCKETS,
+        )
+        self.loaded_model_count = gauge(
+            "modelfleet_loaded_model_count", "Models loaded in memory (LoadedModelCount)."
+        )
+        self.memory_utilization = gauge(
+            "modelfleet_memory_utilization_percent",
+            "Memory used by loaded models, percent of the memory budget (MemoryUtilization).",
+        )
+        self.disk_utilization = gauge(
+            "modelfleet_disk_utilization_percent",
+            "Disk cache used, percent of the disk budget (DiskUtilization).",
+        )
+        self.memory_used_bytes = gauge(
+            "modelfleet_memory_used_bytes", "Bytes of the memory budget held by loaded models."
+        )
+        self.disk_used_bytes = gauge(
+            "modelfleet_disk_used_bytes", "Bytes held by the disk cache."
+        )
+        self.process_rss_bytes = gauge(
+            "modelfleet_process_rss_bytes", "Resident memory of the instance process."
+        )
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+__all__ = ["CONTENT_TYPE", "Metrics", "MetricWrapperBase"]

@@ -1,0 +1,103 @@
+"""The disk tier: atomic publish, budget, pins, re-index on restart, orphan sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelfleet.cache.disk import DiskCache, tree_size
+from modelfleet.errors import DiskFullError
+
+
+def download(cache: DiskCache, key: str, size: int, *, etag: str = "e1") -> Path:
+    cache.reserve(key, size)
+    staging = cache.staging_dir()
+    (staging / "artifact" / "model.bin").write_bytes(b"x" * size)
+    entry = cache.commit(key, staging, etag=etag)
+    cache.unpin(key)
+    return entry.model_dir
+
+
+def test_commit_publishes_and_counts(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 1000)
+    cache.start()
+    model_dir = download(cache, "a/model.tar.gz", 300)
+    assert (model_dir / "model.bin").stat().st_size == 300
+    assert cache.used_bytes == 300
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_lru_unpinned_entries_are_deleted_to_stay_in_budget(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 1000)
+    cache.start()
+    first = download(cache, "a", 400)
+    download(cache, "b", 400)
+    cache.get("a")  # a is now more recent than b
+    download(cache, "c", 400)
+    assert sorted(cache.keys()) == ["a", "c"]
+    assert first.exists()
+    assert tree_size(tmp_path / "models") <= 1000
+
+
+def test_pinned_entries_survive_and_full_disk_is_a_clear_error(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 1000)
+    cache.start()
+    download(cache, "a", 600)
+    cache.pin("a")
+    with pytest.raises(DiskFullError, match="held by models in use"):
+        cache.reserve("b", 600)
+    assert "a" in cache
+    cache.unpin("a")
+    cache.reserve("b", 600)
+    assert "a" not in cache
+
+
+def test_artifact_larger_than_budget(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 100)
+    cache.start()
+    with pytest.raises(DiskFullError, match="budget is 100 bytes"):
+        cache.reserve("big", 101)
+
+
+def test_restart_reindexes_and_sweeps_orphans(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 1000)
+    cache.start()
+    download(cache, "a", 100, etag="etag-a")
+    download(cache, "b", 200)
+    orphan = cache.staging_dir()  # a download interrupted by a crash
+    (orphan / "artifact" / "half").write_bytes(b"x" * 50)
+    junk = tmp_path / "models" / "not-an-entry"
+    junk.mkdir()
+
+    again = DiskCache(tmp_path, 1000)
+    again.start()
+    assert sorted(again.keys()) == ["a", "b"]
+    assert again.used_bytes == 300
+    entry = again.get("a")
+    assert entry is not None
+    assert entry.etag == "etag-a"
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not junk.exists()
+
+
+def test_remove_respects_pins(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 1000)
+    cache.start()
+    model_dir = download(cache, "a", 10)
+    cache.pin("a")
+    assert cache.remove("a") is False
+    cache.unpin("a")
+    assert cache.remove("a") is True
+    assert not model_dir.exists()
+    assert cache.used_bytes == 0
+
+
+def test_recommit_replaces_the_old_entry(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 1000)
+    cache.start()
+    download(cache, "a", 100, etag="v1")
+    download(cache, "a", 200, etag="v2")
+    entry = cache.get("a")
+    assert entry is not None
+    assert (entry.etag, entry.size_bytes, cache.used_bytes) == ("v2", 200, 200)
