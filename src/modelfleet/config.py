@@ -1,4 +1,4 @@
-"""Settings: read once at start (flags, ``MODELFLEET_*`` environment, defaults) into a frozen object.
+"""Settings: read once at start (flags, ``MODELFLEET_*`` environment, defaults), then frozen.
 
 Every ``modelfleet serve`` flag has a field here of the same name, and every field can be set by
 the environment variable ``MODELFLEET_<FIELD>`` (``--memory-limit 2GiB`` is

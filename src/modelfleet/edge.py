@@ -69,24 +69,19 @@ def error_response(
     request_id: str,
 ) -> Response:
     """The response for ``exc`` under ``table`` (a bug becomes InternalFailure, 500)."""
-    body: dict[str, object]
     headers = {"x-amzn-RequestId": request_id}
-    for cls, status, code in table:
-        if isinstance(exc, cls):
-            body = {"__type": code, "message": exc.message}
-            break
+    row = next((r for r in table if isinstance(exc, r[0])), None)
+    if row is not None:
+        status, code = row[1], row[2]
+        message = exc.message if isinstance(exc, ModelfleetError) else str(exc)
+    elif isinstance(exc, ModelError) and table is INSTANCE_ERRORS:
+        # The container contract reports the model's own status; the router reads the type.
+        status, code, message = exc.original_status_code, "ModelError", exc.message
     else:
-        if isinstance(exc, ModelError) and table is INSTANCE_ERRORS:
-            # The container contract reports the model's own status; the router reads the type.
-            status, code = exc.original_status_code, "ModelError"
-            body = {"__type": code, "message": exc.message}
-        else:
-            logger.error("internal failure (request %s)", request_id, exc_info=exc)
-            status, code = 500, "InternalFailure"
-            body = {
-                "__type": code,
-                "message": f"An internal error occurred; request id {request_id}.",
-            }
+        logger.error("internal failure (request %s)", request_id, exc_info=exc)
+        status, code = 500, "InternalFailure"
+        message = f"An internal error occurred; request id {request_id}."
+    body: dict[str, object] = {"__type": code, "message": message}
     if isinstance(exc, ModelError):
         body["OriginalStatusCode"] = exc.original_status_code
         body["OriginalMessage"] = exc.message
@@ -97,7 +92,9 @@ def error_response(
         headers["Retry-After"] = "1"
     headers["x-amzn-ErrorType"] = code
     return Response(
-        json.dumps(body).encode(), status_code=status, headers=headers,
+        json.dumps(body).encode(),
+        status_code=status,
+        headers=headers,
         media_type="application/json",
     )
 

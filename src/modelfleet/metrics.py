@@ -38,9 +38,7 @@ class Metrics:
                 **labels
             )
 
-        self.invocations = counter(
-            "modelfleet_invocations", "Invocations (SageMaker Invocations)."
-        )
+        self.invocations = counter("modelfleet_invocations", "Invocations (SageMaker Invocations).")
         self.invocations_per_instance = counter(
             "modelfleet_invocations_per_instance",
             "Invocations counted on the instance that served them (InvocationsPerInstance).",
@@ -107,9 +105,7 @@ class Metrics:
         self.memory_used_bytes = gauge(
             "modelfleet_memory_used_bytes", "Bytes of the memory budget held by loaded models."
         )
-        self.disk_used_bytes = gauge(
-            "modelfleet_disk_used_bytes", "Bytes held by the disk cache."
-        )
+        self.disk_used_bytes = gauge("modelfleet_disk_used_bytes", "Bytes held by the disk cache.")
         self.process_rss_bytes = gauge(
             "modelfleet_process_rss_bytes", "Resident memory of the instance process."
         )
@@ -119,4 +115,4 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-__all__ = ["CONTENT_TYPE", "Metrics", "MetricWrapperBase"]
+__all__ = ["CONTENT_TYPE", "MetricWrapperBase", "Metrics"]

@@ -16,6 +16,7 @@ The methods block (file I/O) and are thread-safe; the instance calls them from w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -185,7 +186,11 @@ class DiskCache:
 
         ``staging`` is a folder from :meth:`staging_dir` whose ``artifact/`` holds the files.
         """
-        size = tree_size(staging / _ARTIFACT)
+        artifact_bytes = tree_size(staging / _ARTIFACT)
+        meta = {"target_model": target_model, "etag": etag, "size_bytes": artifact_bytes}
+        # The entry's size counts its metadata file too, so the folder itself stays in budget.
+        size = artifact_bytes + len(json.dumps(meta)) + 32
+        meta["size_bytes"] = size
         with self._lock:
             self._reserved.pop(target_model, None)
         try:
@@ -193,7 +198,6 @@ class DiskCache:
         except DiskFullError:
             _remove_tree(staging)
             raise
-        meta = {"target_model": target_model, "etag": etag, "size_bytes": size}
         (staging / _META).write_text(json.dumps(meta))
         final = self._models / _digest(target_model)
         with self._lock:
@@ -272,7 +276,5 @@ def _remove_tree(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        except FileNotFoundError:
-            pass

@@ -119,8 +119,9 @@ class EndpointServer:
         metrics.overhead_latency.observe(
             max(time.perf_counter() - started - routed.result.model_latency_s, 0.0)
         )
-        return Response(prediction.body, media_type=prediction.content_type,
-                        headers=response_headers)
+        return Response(
+            prediction.body, media_type=prediction.content_type, headers=response_headers
+        )
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)

@@ -42,7 +42,9 @@ _MAX_PAGE = 100
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _contract(fn: Callable[[Request, ModelManager], Awaitable[Response]], manager: ModelManager) -> Handler:
+def _contract(
+    fn: Callable[[Request, ModelManager], Awaitable[Response]], manager: ModelManager
+) -> Handler:
     async def endpoint(request: Request) -> Response:
         request_id = request.headers.get("x-amzn-requestid") or new_request_id()
         request_id_var.set(request_id)
@@ -59,8 +61,9 @@ def _contract(fn: Callable[[Request, ModelManager], Awaitable[Response]], manage
 def _model_json(info: ModelInfo, *, extras: bool) -> dict[str, Any]:
     body: dict[str, Any] = {"modelName": info.name, "modelUrl": info.url}
     if extras:
-        body.update(state=str(info.state), bytes=info.size_bytes, hits=info.hits,
-                    handler=info.handler)
+        body.update(
+            state=str(info.state), bytes=info.size_bytes, hits=info.hits, handler=info.handler
+        )
     return body
 
 
@@ -69,7 +72,9 @@ async def _load_model(request: Request, manager: ModelManager) -> Response:
         payload = json.loads(await request.body())
         name, url = payload["model_name"], payload["url"]
     except (ValueError, KeyError, TypeError):
-        raise ValidationError('LoadModel needs a JSON body {"model_name": ..., "url": ...}.') from None
+        raise ValidationError(
+            'LoadModel needs a JSON body {"model_name": ..., "url": ...}.'
+        ) from None
     if not isinstance(name, str) or not name or not isinstance(url, str):
         raise ValidationError("model_name and url must be non-empty strings.")
     info = await manager.load_from_url(name, url)
@@ -87,7 +92,7 @@ async def _list_models(request: Request, manager: ModelManager) -> Response:
     token = request.query_params.get("next_page_token")
     if token:
         try:
-            after = base64.urlsafe_b64decode(token.encode()).decode()
+            after = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise ValidationError("next_page_token is not valid.") from None
         models = [m for m in models if m.name > after]
@@ -111,8 +116,9 @@ def _prediction_response(result: InvokeResult) -> Response:
     headers = {}
     if result.prediction.custom_attributes is not None:
         headers["X-Amzn-SageMaker-Custom-Attributes"] = result.prediction.custom_attributes
-    return Response(result.prediction.body, media_type=result.prediction.content_type,
-                    headers=headers)
+    return Response(
+        result.prediction.body, media_type=result.prediction.content_type, headers=headers
+    )
 
 
 async def _invoke_model(request: Request, manager: ModelManager) -> Response:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,13 @@ from modelfleet.errors import (
 )
 from modelfleet.handlers import load_model
 from modelfleet.handlers.base import LoadedModel, Prediction
-from modelfleet.instance.pools import Pools, current_rss, release_memory, run_blocking
+from modelfleet.instance.pools import (
+    Pools,
+    configure_allocator,
+    current_rss,
+    release_memory,
+    run_blocking,
+)
 from modelfleet.metrics import Metrics
 from modelfleet.source import ModelSource, validate_target_model
 
@@ -103,6 +110,7 @@ class ModelManager:
         self._pools: Pools | None = None
         self._rss_high_water = settings.rss_high_water or 0
         self._watcher: asyncio.Task[None] | None = None
+        self._drained: dict[str, asyncio.Event] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,6 +121,7 @@ class ModelManager:
             loads=s.effective_load_concurrency,
             inference=s.effective_inference_concurrency,
         )
+        configure_allocator()
         await run_blocking(self.pools.load, self.disk.start)
         if not s.rss_high_water:
             self._rss_high_water = current_rss() + s.memory_limit
@@ -207,8 +216,12 @@ class ModelManager:
             latency = time.perf_counter() - started
         finally:
             entry.pins -= 1
-            if not self._cache_enabled and entry.pins == 0:
-                self._discard(entry.key)
+            if entry.pins == 0:
+                drained = self._drained.pop(entry.key, None)
+                if drained is not None:
+                    drained.set()
+                if not self._cache_enabled:
+                    self._discard(entry.key)
         self.metrics.model_latency.observe(latency)
         return InvokeResult(prediction=prediction, cache_hit=hit, model_latency_s=latency)
 
@@ -220,10 +233,12 @@ class ModelManager:
             return await self._load(
                 target_model, disk_entry.model_dir, disk_entry.size_bytes, from_source=True
             )
-        except BaseException:
+        except BaseException as exc:
             self.disk.unpin(target_model)
-            if isinstance(disk_entry, DiskEntry) and not self._cache_enabled:
-                self.disk.remove(target_model)
+            # An unloadable artifact is deleted so a fixed upload is fetched afresh; one that
+            # only lacked memory room stays on disk for the next try.
+            if isinstance(exc, ModelError) or not self._cache_enabled:
+                await run_blocking(self.pools.load, self.disk.remove, target_model)
             raise
 
     async def _download(self, target_model: str) -> DiskEntry:
@@ -232,8 +247,12 @@ class ModelManager:
         self._states[target_model] = ModelState.DOWNLOADING
         try:
             info = await run_blocking(pool, self.source.stat, target_model)
-            estimate = info.size * 2 if self.source.is_archive(target_model) else info.size
-            await self._reserve_disk(target_model, min(estimate, self.settings.disk_limit))
+            # Archives unpack to more than they weigh: reserve twice the object's size when the
+            # budget allows it; the true size is charged when the entry is committed.
+            estimate = info.size
+            if self.source.is_archive(target_model) and info.size <= self.settings.disk_limit:
+                estimate = min(2 * info.size, self.settings.disk_limit)
+            await self._reserve_disk(target_model, estimate)
             staging = self.disk.staging_dir()
             started = time.perf_counter()
             try:
@@ -298,7 +317,9 @@ class ModelManager:
         finally:
             self._states.pop(name, None)
 
-    def _load_blocking(self, name: str, url: Path, disk_bytes: int) -> tuple[LoadedModel, int, float]:
+    def _load_blocking(
+        self, name: str, url: Path, disk_bytes: int
+    ) -> tuple[LoadedModel, int, float]:
         rss_before = current_rss()
         started = time.perf_counter()
         try:
@@ -329,10 +350,11 @@ class ModelManager:
     async def _unload(self, entry: MemoryEntry[Resident], *, delete_files: bool = False) -> None:
         """Unload an entry already removed from the memory tier."""
         started = time.perf_counter()
+        from_source = entry.value.from_source
         await run_blocking(self.pools.load, _close_model, entry.value.model)
         entry.value = None  # type: ignore[assignment]  # drop the last reference before trimming
         await run_blocking(self.pools.load, release_memory)
-        if entry.key in self.disk:
+        if from_source:
             self.disk.unpin(entry.key)
             if delete_files:
                 await run_blocking(self.pools.load, self.disk.remove, entry.key)
@@ -356,7 +378,9 @@ class ModelManager:
             victim = self.memory.evict_one()
             if victim is None:
                 break
-            logger.warning("RSS %d above high-water %d: evicting %s", rss, self._rss_high_water, victim.key)
+            logger.warning(
+                "RSS %d above high-water %d: evicting %s", rss, self._rss_high_water, victim.key
+            )
             await self._unload(victim)
             evicted += 1
             rss = current_rss()
@@ -377,9 +401,7 @@ class ModelManager:
         if name in self.memory or name in self._pending or name in self._states:
             raise ModelAlreadyLoadedError(name)
         path = Path(url)
-        if not path.is_dir():
-            raise ValidationError(f"Model url '{url}' is not a folder on this instance.")
-        disk_bytes = await run_blocking(self.pools.load, tree_size, path)
+        disk_bytes = await run_blocking(self.pools.load, _folder_size, path)
         entry = await self._load(name, path, disk_bytes, from_source=False)
         return self._info(entry)
 
@@ -389,8 +411,11 @@ class ModelManager:
         if entry is None:
             raise ModelNotLoadedError(name)
         # Wait for calls in flight: a pinned model cannot be unloaded under them.
-        while entry.pins > 0 and self.memory.entry(name) is entry:
-            await asyncio.sleep(0.01)
+        if entry.pins > 0:
+            drained = self._drained.setdefault(name, asyncio.Event())
+            await drained.wait()
+        if self.memory.entry(name) is not entry:
+            return  # unloaded by someone else meanwhile
         popped = self.memory.pop(name)
         if popped is not None:
             await self._unload(popped, delete_files=not self._cache_enabled)
@@ -451,7 +476,11 @@ def _close_model(model: LoadedModel) -> None:
 
 
 def _remove_quietly(path: Path) -> None:
-    import shutil
-
     with contextlib.suppress(OSError):
         shutil.rmtree(path)
+
+
+def _folder_size(path: Path) -> int:
+    if not path.is_dir():
+        raise ValidationError(f"Model url '{path}' is not a folder on this instance.")
+    return tree_size(path)

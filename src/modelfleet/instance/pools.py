@@ -56,23 +56,37 @@ def current_rss() -> int:
     return int(_PROCESS.memory_info().rss)
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
         libc = ctypes.CDLL(name)
-        trim: Callable[[int], int] = libc.malloc_trim
+        libc.malloc_trim  # noqa: B018 - glibc only: probe for it
+        libc.mallopt  # noqa: B018
     except (OSError, AttributeError):
         return None
-    return trim
+    return libc
 
 
-_MALLOC_TRIM = _load_malloc_trim()
+_LIBC = _libc()
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def configure_allocator() -> None:
+    """Pin glibc's mmap threshold at 128 KiB.
+
+    glibc raises the threshold as large blocks are freed, after which model-sized arrays come
+    from the heap and linger there after an unload. With a fixed threshold every large block is
+    its own mapping, returned to the OS the moment the model that held it is gone.
+    """
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
 def release_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``)."""
     gc.collect()
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)

@@ -1,0 +1,238 @@
+"""Model-source URIs: parse them, read the environment once, and build the obstore stores.
+
+Supported forms:
+
+- a folder path (``./models``, ``/srv/models``) or a ``file://`` URI (``file:///srv/models``):
+  a :class:`obstore.store.LocalStore` rooted at the folder, which must exist;
+- ``s3://bucket/prefix/``: an :class:`obstore.store.S3Store` for S3 or any S3-compatible server,
+  configured from ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+  ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN`` and ``AWS_REGION``/``AWS_DEFAULT_REGION``.
+  Without explicit keys obstore's own credential chain applies (web identity, instance roles).
+
+Plain-http endpoints are accepted only for loopback hosts (``127.0.0.0/8``, ``::1``,
+``localhost``) or when ``allow_http`` is set: credentials and models must not cross a network
+unencrypted by accident.
+
+Two stores are built for S3: one for metadata (head, list) whose requests must finish within
+``timeout_s``, and one for downloads where ``timeout_s`` bounds connecting and each read (a large
+model may take minutes; a stalled one fails after ``timeout_s``). Each retries up to ``retries``
+times with exponential backoff (timeouts, connection errors, 5xx).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from obstore.exceptions import BaseError as ObstoreBaseError
+from obstore.store import LocalStore, S3Store
+
+from modelfleet.errors import InvalidTargetModelError, SourceError
+from modelfleet.source.target import validate_target_model
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, ObjectStore, RetryConfig, S3Config
+
+__all__ = ["SUPPORTED_SCHEMES", "SourceStores", "error_detail", "is_loopback_host", "open_stores"]
+
+SUPPORTED_SCHEMES = ("file", "s3")
+
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+_DOWNLOAD_DEADLINE = timedelta(hours=24)
+"""Overall cap of one download request; stalls are caught sooner by the per-read timeout."""
+
+_S3_CREDENTIAL_ENV = {
+    "AWS_ACCESS_KEY_ID": "access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "secret_access_key",
+    "AWS_SESSION_TOKEN": "session_token",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStores:
+    """The obstore stores behind one model source (the same store twice for a folder)."""
+
+    metadata: ObjectStore
+    data: ObjectStore
+    kind: str
+    """``"local"`` or ``"s3"``."""
+
+
+def open_stores(
+    uri: str,
+    *,
+    timeout_s: float,
+    retries: int,
+    allow_http: bool,
+    environ: Mapping[str, str] | None = None,
+) -> SourceStores:
+    """Build the stores for ``uri``; no network traffic happens here.
+
+    ``environ`` defaults to ``os.environ``, read once, now.
+
+    Raises:
+        SourceError: unknown scheme, malformed URI, missing folder, or a forbidden http endpoint.
+    """
+    if timeout_s <= 0:
+        raise SourceError(f"Model source timeout must be positive, got {timeout_s}.")
+    if retries < 0:
+        raise SourceError(f"Model source retries cannot be negative, got {retries}.")
+    if not uri:
+        raise SourceError("The model source URI is empty: use a folder path, file:// or s3://.")
+    scheme, sep, _ = uri.partition("://")
+    if not sep or _SCHEME_RE.fullmatch(scheme) is None:
+        return _local_stores(uri, Path(uri).expanduser())
+    scheme = scheme.lower()
+    if scheme == "file":
+        return _local_stores(uri, _file_uri_path(uri))
+    if scheme == "s3":
+        env = dict(os.environ if environ is None else environ)
+        return _s3_stores(uri, env, timeout_s=timeout_s, retries=retries, allow_http=allow_http)
+    raise SourceError(
+        f"Unsupported model source {uri!r}: the scheme {scheme!r} is not supported; use a "
+        f"folder path or one of {', '.join(s + '://' for s in SUPPORTED_SCHEMES)}."
+    )
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _file_uri_path(uri: str) -> Path:
+    parts = urlsplit(uri)
+    if parts.netloc not in ("", "localhost"):
+        raise SourceError(
+            f"Invalid model source {uri!r}: a file:// URI needs an absolute path "
+            "(file:///srv/models), not a host."
+        )
+    if parts.query or parts.fragment:
+        raise SourceError(f"Invalid model source {uri!r}: a file:// URI takes no query.")
+    return Path(unquote(parts.path))
+
+
+def _local_stores(uri: str, folder: Path) -> SourceStores:
+    root = folder.resolve()
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise SourceError(f"Invalid model source {uri!r}: the folder {root} {what}.")
+    try:
+        store = LocalStore(root)
+    except ObstoreBaseError as exc:  # pragma: no cover - the folder was just checked
+        raise SourceError(f"Invalid model source {uri!r}: {error_detail(exc)}") from exc
+    return SourceStores(metadata=store, data=store, kind="local")
+
+
+def _s3_stores(
+    uri: str,
+    env: Mapping[str, str],
+    *,
+    timeout_s: float,
+    retries: int,
+    allow_http: bool,
+) -> SourceStores:
+    parts = urlsplit(uri)
+    bucket = parts.netloc
+    if not bucket or "@" in bucket or ":" in bucket:
+        raise SourceError(f"Invalid model source {uri!r}: expected s3://bucket/prefix/.")
+    if parts.query or parts.fragment:
+        raise SourceError(f"Invalid model source {uri!r}: an s3:// URI takes no query.")
+    prefix = parts.path.strip("/")
+    if prefix:
+        try:
+            validate_target_model(prefix)
+        except InvalidTargetModelError as exc:
+            raise SourceError(f"Invalid model source {uri!r}: bad prefix: {exc.message}") from exc
+
+    config: S3Config = {}
+    for variable, key in _S3_CREDENTIAL_ENV.items():
+        value = env.get(variable)
+        if value:
+            config[key] = value  # type: ignore[literal-required]
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        config["region"] = region
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    http = False
+    if endpoint:
+        http = _check_endpoint(uri, endpoint, allow_http=allow_http)
+        config["endpoint"] = endpoint.rstrip("/")
+
+    timeout = timedelta(seconds=timeout_s)
+    retry: RetryConfig = {
+        "max_retries": retries,
+        "backoff": {
+            "init_backoff": timedelta(milliseconds=100),
+            "max_backoff": timedelta(seconds=min(15.0, max(0.1, timeout_s))),
+            "base": 2,
+        },
+    }
+    metadata_client: ClientConfig = {"timeout": timeout, "connect_timeout": timeout}
+    data_client: ClientConfig = {
+        "timeout": _DOWNLOAD_DEADLINE,
+        "connect_timeout": timeout,
+        "read_timeout": timeout,
+    }
+    if http:
+        metadata_client["allow_http"] = True
+        data_client["allow_http"] = True
+    try:
+        metadata = S3Store(
+            bucket,
+            prefix=prefix or None,
+            config=config,
+            client_options=metadata_client,
+            retry_config=retry,
+        )
+        data = S3Store(
+            bucket,
+            prefix=prefix or None,
+            config=config,
+            client_options=data_client,
+            retry_config=retry,
+        )
+    except (ObstoreBaseError, ValueError) as exc:
+        raise SourceError(f"Invalid model source {uri!r}: {error_detail(exc)}") from exc
+    return SourceStores(metadata=metadata, data=data, kind="s3")
+
+
+def _check_endpoint(uri: str, endpoint: str, *, allow_http: bool) -> bool:
+    """Validate the S3 endpoint; return whether it is plain http (and allowed)."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SourceError(
+            f"Invalid S3 endpoint {endpoint!r} for model source {uri!r}: expected "
+            "https://host[:port] or http://host[:port] (AWS_ENDPOINT_URL)."
+        )
+    if parts.scheme == "https":
+        return False
+    if allow_http or is_loopback_host(parts.hostname):
+        return True
+    raise SourceError(
+        f"Refusing plain-http S3 endpoint {endpoint!r} for model source {uri!r}: http is "
+        "allowed only for loopback hosts; use https, or set allow_http "
+        "(--allow-http, MODELFLEET_ALLOW_HTTP=true) for a trusted network."
+    )
+
+
+def error_detail(exc: BaseException, *, limit: int = 600) -> str:
+    """An exception's message on one line, without obstore's multi-line debug dump."""
+    text = str(exc).split("Debug source:", 1)[0]
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text or type(exc).__name__

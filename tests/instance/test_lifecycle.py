@@ -1,0 +1,78 @@
+"""Restart on the same cache folder, and ModelCacheSetting=Disabled."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from modelfleet.config import Settings
+from tests.artifacts import sklearn_artifact
+from tests.servers import metric, thread_server
+
+ROW = b"0,1,2,3,4,5,6,7,8,9"
+
+
+def make_source(root: Path, count: int) -> Path:
+    for i in range(count):
+        folder = root / f"model-{i}"
+        folder.mkdir(parents=True)
+        (folder / "model.tar.gz").write_bytes(sklearn_artifact(seed=i))
+    return root
+
+
+def invoke(url: str, target: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/endpoints/default/invocations",
+        content=ROW,
+        headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": target},
+        timeout=60,
+    )
+
+
+def test_restart_serves_models_on_disk_without_downloading(tmp_path: Path) -> None:
+    source = make_source(tmp_path / "source", 3)
+    settings = Settings(model_source=str(source), cache_dir=tmp_path / "cache")
+    answers = {}
+    with thread_server(settings) as first:
+        for i in range(3):
+            response = invoke(first.url, f"model-{i}/model.tar.gz")
+            assert response.status_code == 200
+            answers[i] = response.content
+        assert (
+            metric(httpx.get(f"{first.url}/metrics").text, "modelfleet_model_downloads_total") == 3
+        )
+    # Take the artifacts out of the source: only the disk cache can answer now.
+    for i in range(3):
+        (source / f"model-{i}" / "model.tar.gz").unlink()
+    with thread_server(settings) as second:
+        for i in range(3):
+            response = invoke(second.url, f"model-{i}/model.tar.gz")
+            assert response.status_code == 200, response.text
+            assert response.content == answers[i]
+        text = httpx.get(f"{second.url}/metrics").text
+        assert metric(text, "modelfleet_model_downloads_total") == 0
+        assert metric(text, "modelfleet_model_loading_time_seconds_count") == 3
+
+
+def test_model_cache_disabled_unloads_and_deletes_after_each_call(tmp_path: Path) -> None:
+    source = make_source(tmp_path / "source", 2)
+    cache = tmp_path / "cache"
+    settings = Settings(model_source=str(source), cache_dir=cache, model_cache="disabled")
+    with thread_server(settings) as server:
+        for i in (0, 1, 0):
+            assert invoke(server.url, f"model-{i}/model.tar.gz").status_code == 200
+            # Unloading is asynchronous: poll, bounded in count and time.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                text = httpx.get(f"{server.url}/metrics").text
+                files = [p for p in (cache / "models").rglob("*") if p.is_file()]
+                if metric(text, "modelfleet_loaded_model_count") == 0 and not files:
+                    break
+                time.sleep(0.02)
+            assert metric(text, "modelfleet_loaded_model_count") == 0
+            assert files == []
+        text = httpx.get(f"{server.url}/metrics").text
+        assert metric(text, "modelfleet_model_downloads_total") == 3
+        assert metric(text, "modelfleet_model_unloading_time_seconds_count") == 3

@@ -1,0 +1,150 @@
+"""Real servers for integration tests: uvicorn in a thread, or ``modelfleet serve`` as a process.
+
+Both listen on 127.0.0.1 on a free port and are stopped by the fixture that started them (the
+process by its PID: terminate, then kill after a bound).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from modelfleet.config import Settings
+from modelfleet.endpoint.app import EndpointServer
+
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ThreadServer:
+    """An endpoint served by uvicorn on a background thread of the test process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.endpoint = EndpointServer(settings)
+        config = uvicorn.Config(
+            self.endpoint.app,
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="test-uvicorn", daemon=True)
+        self.url = ""
+
+    def start(self) -> ThreadServer:
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+
+    @property
+    def manager(self) -> Any:
+        return self.endpoint.backend.manager
+
+
+@contextlib.contextmanager
+def thread_server(settings: Settings) -> Iterator[ThreadServer]:
+    server = ThreadServer(settings).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class ProcessServer:
+    """``python -m modelfleet serve`` in a child process."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._args = [
+            sys.executable,
+            "-m",
+            "modelfleet",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
+        self._env = {**os.environ, **(env or {})}
+        self._log_path = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ProcessServer:
+        log = self._log_path.open("ab")
+        self.proc = subprocess.Popen(self._args, env=self._env, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self._log_path.read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/ping", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not start:\n{self._log_path.read_text()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def process_server(
+    args: list[str], *, log: Path, env: dict[str, str] | None = None
+) -> Iterator[ProcessServer]:
+    server = ProcessServer(args, env=env, log=log).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def metric(text: str, name: str) -> float:
+    """The value of the first sample of ``name`` in Prometheus text (0 if absent)."""
+    for line in text.splitlines():
+        if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
