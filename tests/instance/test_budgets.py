@@ -79,6 +79,10 @@ def test_memory_budget_holds_over_thirty_models(thirty_models: Path, tmp_path: P
     ]
     with process_server(args, log=tmp_path / "server.log") as server:
         process = psutil.Process(server.pid)
+        # Warm up: the first load imports the handler code paths (a one-time cost, not a
+        # model's). Load and unload one model, then measure growth from there.
+        assert invoke(server.url, "m29/model.tar.gz").status_code == 200
+        assert httpx.delete(f"{server.url}/models/m29/model.tar.gz").status_code == 200
         baseline = process.memory_info().rss
         peak_growth = 0
         max_loaded = 0
@@ -98,8 +102,8 @@ def test_memory_budget_holds_over_thirty_models(thirty_models: Path, tmp_path: P
     # Every model was downloaded once; the second round reloaded evicted models from disk.
     assert metric(first_round, "modelfleet_model_downloads_total") == 30
     assert metric(text, "modelfleet_model_downloads_total") == 30
-    assert metric(text, "modelfleet_model_loading_time_seconds_count") == 60
-    assert metric(text, "modelfleet_model_unloading_time_seconds_count") >= 55
+    assert metric(text, "modelfleet_model_loading_time_seconds_count") == 61  # + the warm-up
+    assert metric(text, "modelfleet_model_unloading_time_seconds_count") >= 56
     # RSS growth stays within the budget plus a margin for the allocator and imports
     # (the margin is reported by the test output, see -rP).
     margin = peak_growth - limit
@@ -107,7 +111,7 @@ def test_memory_budget_holds_over_thirty_models(thirty_models: Path, tmp_path: P
         f"memory limit {limit / MIB:.1f} MiB, peak RSS growth {peak_growth / MIB:.1f} MiB, "
         f"margin {margin / MIB:+.1f} MiB"
     )
-    assert peak_growth <= limit + 16 * MIB
+    assert peak_growth <= limit + 8 * MIB
 
 
 def test_disk_budget_holds(thirty_models: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -178,7 +179,7 @@ class ModelManager:
             if task is None:
                 task = asyncio.create_task(self._load_from_source(target_model))
                 self._pending[target_model] = task
-                task.add_done_callback(lambda _t, k=target_model: self._pending.pop(k, None))
+                task.add_done_callback(functools.partial(self._load_done, target_model))
             remaining = deadline - time.monotonic()
             try:
                 await asyncio.wait_for(asyncio.shield(task), max(remaining, 0.0))
@@ -192,6 +193,13 @@ class ModelManager:
                 return entry
             # Evicted between the load finishing and this caller waking: load again.
         raise ModelNotReadyError(f"Model '{target_model}' was evicted repeatedly while loading.")
+
+    def _load_done(self, target_model: str, task: asyncio.Task[MemoryEntry[Resident]]) -> None:
+        if self._pending.get(target_model) is task:
+            del self._pending[target_model]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Retrieved here so a load that fails after its callers timed out is still logged.
+            logger.warning("loading %s failed: %s", target_model, exc)
 
     async def _run(
         self,

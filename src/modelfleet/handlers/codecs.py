@@ -1,0 +1,283 @@
+"""Request and response codecs: ``text/csv``, ``application/json`` and ``application/x-npy``.
+
+The defaults follow the SageMaker inference toolkit's ``default_input_fn`` and
+``default_output_fn`` (its ``decoder`` and ``encoder`` modules):
+
+* ``text/csv`` decodes like ``np.genfromtxt(..., delimiter=",")`` into floats (empty fields are
+  NaN; a payload of one row or one column gives a 1-D array) and encodes like
+  ``np.savetxt(..., delimiter=",", fmt="%s")`` (one line per row, one value per line for a 1-D
+  array);
+* ``application/json`` decodes with ``np.array(json.loads(body))`` and encodes with ``json.dumps``
+  (arrays through ``tolist()``);
+* ``application/x-npy`` decodes with the ``.npy`` format and encodes with ``np.save``. Unlike the
+  toolkit, object arrays are refused on both sides (``allow_pickle=False``): a request must never
+  make the server unpickle.
+
+Media types are compared without their parameters (``text/csv; charset=utf-8`` is ``text/csv``)
+and case-insensitively. A missing ``Accept`` or ``*/*`` answers JSON. These functions are on the
+hot path: small CSV payloads are parsed in pure Python (``np.genfromtxt`` costs ~30 µs for one row)
+and ``.npy`` headers are parsed once per distinct header.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import math
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelfleet.errors import ModelInvocationError, UnsupportedContentTypeError
+
+CSV = "text/csv"
+JSON = "application/json"
+NPY = "application/x-npy"
+ANY = "*/*"
+
+#: media types the default codecs decode and encode
+SUPPORTED = (CSV, JSON, NPY)
+#: the answer's type when the request has no Accept, or ``*/*``
+DEFAULT_ACCEPT = JSON
+#: text types whose body the inference toolkit hands to ``input_fn`` as ``str``
+UTF8_TYPES = frozenset({CSV, JSON})
+
+_WILDCARDS = {ANY: JSON, "application/*": JSON, "text/*": CSV}
+_NPY_MAGIC = b"\x93NUMPY"
+_LARGE_CSV_BYTES = 64 * 1024
+_NAN = math.nan
+
+Array = npt.NDArray[Any]
+
+
+@lru_cache(maxsize=256)
+def media_type(value: str) -> str:
+    """The bare media type of a header value: parameters dropped, lower case, trimmed."""
+    return value.split(";", 1)[0].strip().lower()
+
+
+def bad_payload(content_type: str, exc: BaseException | str) -> ModelInvocationError:
+    """The error for a body that does not parse as its declared content type (400 inside)."""
+    return ModelInvocationError(
+        f"The request body is not valid {content_type}: {exc}", original_status_code=400
+    )
+
+
+def unsupported_content_type(content_type: str | None) -> UnsupportedContentTypeError:
+    """The error for a request content type the default codecs cannot decode."""
+    shown = content_type if content_type else "(none)"
+    return UnsupportedContentTypeError(
+        f"Unsupported content type {shown}; supported: {', '.join(SUPPORTED)}"
+    )
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def decode(data: bytes | str, content_type: str | None) -> Array:
+    """Decode a request like the inference toolkit's ``default_input_fn``."""
+    kind = media_type(content_type) if content_type else ""
+    if kind == CSV:
+        matrix = _csv_matrix(data)
+        if matrix.shape[0] == 1 or matrix.shape[1] == 1:
+            return matrix.reshape(-1)
+        return matrix
+    if kind == JSON:
+        return _json_array(data)
+    if kind == NPY:
+        return _npy_array(data)
+    raise unsupported_content_type(content_type)
+
+
+def decode_matrix(data: bytes | str, content_type: str | None) -> Array:
+    """Decode a request into a 2-D numeric array (rows of features) for tabular handlers.
+
+    A 1-D JSON or ``.npy`` array is one row; CSV is always rows of floats.
+    """
+    array = decode_tensor(data, content_type)
+    if array.ndim != 2:
+        kind = media_type(content_type or "")
+        raise bad_payload(
+            kind, f"expected rows of features (2 dimensions), got shape {array.shape}"
+        )
+    return array
+
+
+def decode_tensor(data: bytes | str, content_type: str | None) -> Array:
+    """Decode a request into a numeric array of any rank (CSV gives rows of floats).
+
+    A 1-D array is one row, as in :func:`decode_matrix`; higher ranks are kept.
+    """
+    kind = media_type(content_type) if content_type else ""
+    if kind == CSV:
+        return _csv_matrix(data)
+    if kind not in (JSON, NPY):
+        raise unsupported_content_type(content_type)
+    array = _json_array(data) if kind == JSON else _npy_array(data)
+    if array.ndim < 2:
+        array = array.reshape(1, -1)
+    if array.dtype.kind not in "biuf":
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise bad_payload(kind, f"values must be numbers ({exc})") from exc
+    return array
+
+
+def _text(data: bytes | str, content_type: str) -> str:
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_payload(content_type, exc) from exc
+
+
+def _csv_matrix(data: bytes | str) -> Array:
+    """Rows of comma-separated floats; blank lines skipped, empty fields NaN."""
+    text = _text(data, CSV)
+    if len(text) > _LARGE_CSV_BYTES:
+        try:
+            return np.loadtxt(io.StringIO(text), delimiter=",", ndmin=2, dtype=np.float64)
+        except ValueError:
+            pass  # missing values or a ragged row: the slow path explains which
+    rows: list[list[float]] = []
+    width = -1
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line or line.isspace():
+            continue
+        try:
+            row = [float(field) if field.strip() else _NAN for field in line.split(",")]
+        except ValueError as exc:
+            raise bad_payload(CSV, f"line {number}: {exc}") from exc
+        if width < 0:
+            width = len(row)
+        elif len(row) != width:
+            raise bad_payload(CSV, f"line {number} has {len(row)} values, expected {width}")
+        rows.append(row)
+    if not rows:
+        raise bad_payload(CSV, "no rows")
+    return np.array(rows, dtype=np.float64)
+
+
+def _json_array(data: bytes | str) -> Array:
+    try:
+        return np.array(json.loads(data))
+    except (ValueError, TypeError) as exc:
+        raise bad_payload(JSON, exc) from exc
+
+
+@lru_cache(maxsize=256)
+def _npy_header(header: bytes) -> tuple[np.dtype[Any], bool, tuple[int, ...]]:
+    fields = ast.literal_eval(header.decode("latin1"))
+    if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
+        raise ValueError(f"bad header {header!r}")
+    dtype = np.lib.format.descr_to_dtype(fields["descr"])
+    shape = fields["shape"]
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"bad shape {shape!r}")
+    return dtype, bool(fields["fortran_order"]), shape
+
+
+def _npy_array(data: bytes | str) -> Array:
+    raw = data.encode("latin1") if isinstance(data, str) else data
+    if raw[:6] != _NPY_MAGIC or len(raw) < 10:
+        raise bad_payload(NPY, "missing the .npy magic string")
+    major = raw[6]
+    if major == 1:
+        size, start = int.from_bytes(raw[8:10], "little"), 10
+    elif major in (2, 3):
+        size, start = int.from_bytes(raw[8:12], "little"), 12
+    else:
+        raise bad_payload(NPY, f"unknown .npy format version {major}")
+    try:
+        dtype, fortran, shape = _npy_header(raw[start : start + size])
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise bad_payload(NPY, exc) from exc
+    if dtype.hasobject:
+        raise bad_payload(NPY, "object arrays are refused (they would need pickle)")
+    count = math.prod(shape)
+    offset = start + size
+    if len(raw) - offset != count * dtype.itemsize:
+        raise bad_payload(NPY, f"expected {count} values of {dtype} after the header")
+    flat = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape, order="F" if fortran else "C").copy()
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def choose_accept(accept: str | None, supported: tuple[str, ...] = SUPPORTED) -> str:
+    """The media type to answer with: the first of ``accept``'s list that ``supported`` has.
+
+    ``None``, empty or ``*/*`` choose JSON (``text/*`` chooses CSV). Quality values are ignored;
+    the list order decides, as in the inference toolkit.
+    """
+    if not accept:
+        return DEFAULT_ACCEPT if DEFAULT_ACCEPT in supported else supported[0]
+    for item in accept.split(","):
+        kind = media_type(item)
+        if kind in supported:
+            return kind
+        wildcard = _WILDCARDS.get(kind)
+        if wildcard is not None and wildcard in supported:
+            return wildcard
+    raise UnsupportedContentTypeError(
+        f"Unsupported accept {accept}; supported: {', '.join(supported)}"
+    )
+
+
+def encode(prediction: object, accept: str | None) -> tuple[bytes, str]:
+    """Encode like the inference toolkit's ``default_output_fn``: ``(body, content_type)``."""
+    kind = choose_accept(accept)
+    try:
+        if kind == JSON:
+            return encode_json(prediction), JSON
+        if kind == CSV:
+            return encode_csv(prediction), CSV
+        return encode_npy(prediction), NPY
+    except (TypeError, ValueError) as exc:
+        raise ModelInvocationError(f"Could not encode the prediction as {kind}: {exc}") from exc
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def encode_json(prediction: object) -> bytes:
+    """``json.dumps`` with numpy arrays and scalars turned into lists and numbers."""
+    if isinstance(prediction, np.ndarray):
+        prediction = prediction.tolist()
+    return json.dumps(prediction, default=_jsonable).encode()
+
+
+def _cells(row: Array) -> list[str]:
+    # str() of numpy scalars is what np.savetxt(fmt="%s") writes (float32 1.1 -> "1.1");
+    # tolist() is faster and writes the same for the types where Python's str agrees.
+    if row.dtype.kind in "biu" or row.dtype == np.float64:
+        return [str(value) for value in row.tolist()]
+    return [str(value) for value in row]
+
+
+def encode_csv(prediction: object) -> bytes:
+    """Like ``np.savetxt(delimiter=",", fmt="%s")``: a line per row, a value per line in 1-D."""
+    array = np.asarray(prediction)
+    if array.ndim == 0:
+        array = array.reshape(1)
+    if array.ndim == 1:
+        return ("\n".join(_cells(array)) + "\n").encode()
+    if array.ndim == 2:
+        return "".join(",".join(_cells(row)) + "\n" for row in array).encode()
+    raise ValueError(f"text/csv holds 1 or 2 dimensions, the prediction has {array.ndim}")
+
+
+def encode_npy(prediction: object) -> bytes:
+    """``np.save`` of the prediction, refusing object arrays."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(prediction), allow_pickle=False)
+    return buffer.getvalue()
