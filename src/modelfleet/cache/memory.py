@@ -135,11 +135,13 @@ class MemoryCache(Generic[V]):
             self.policy.on_remove(key)
         return entry
 
-    def evict_one(self) -> MemoryEntry[V] | None:
-        """Evict the policy's first unpinned victim (used under RSS pressure)."""
+    def evict_one(
+        self, accept: Callable[[MemoryEntry[V]], bool] | None = None
+    ) -> MemoryEntry[V] | None:
+        """Evict the policy's first unpinned victim that ``accept`` allows (default: any)."""
         for key in self.policy.victims():
             entry = self._entries.get(key)
-            if entry is not None and entry.pins == 0:
+            if entry is not None and entry.pins == 0 and (accept is None or accept(entry)):
                 return self.pop(key)
         return None
 

@@ -10,10 +10,8 @@ artifact pinned on disk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +23,6 @@ from modelfleet.cache.memory import MemoryCache, MemoryEntry
 from modelfleet.cache.policy import make_policy
 from modelfleet.config import ModelCacheSetting, Settings
 from modelfleet.errors import (
-    DiskFullError,
     ModelAlreadyLoadedError,
     ModelError,
     ModelLoadError,
@@ -35,6 +32,7 @@ from modelfleet.errors import (
 )
 from modelfleet.handlers import load_model
 from modelfleet.handlers.base import LoadedModel, Prediction
+from modelfleet.instance.downloader import Downloader
 from modelfleet.instance.pools import (
     Pools,
     configure_allocator,
@@ -101,6 +99,7 @@ class ModelManager:
         self.metrics = metrics
         self._clock = clock
         self.disk = DiskCache(settings.cache_dir, settings.disk_limit)
+        self.downloader = Downloader(settings, source=source, disk=self.disk, metrics=metrics)
         self.memory: MemoryCache[Resident] = MemoryCache(
             settings.memory_limit, make_policy(settings.eviction_policy), clock=clock
         )
@@ -250,52 +249,21 @@ class ModelManager:
             raise
 
     async def _download(self, target_model: str) -> DiskEntry:
-        """Fetch ``target_model`` into the disk cache; returns its entry, pinned once."""
-        pool = self.pools.download
         self._states[target_model] = ModelState.DOWNLOADING
         try:
-            info = await run_blocking(pool, self.source.stat, target_model)
-            # Archives unpack to more than they weigh: reserve twice the object's size when the
-            # budget allows it; the true size is charged when the entry is committed.
-            estimate = info.size
-            if self.source.is_archive(target_model) and info.size <= self.settings.disk_limit:
-                estimate = min(2 * info.size, self.settings.disk_limit)
-            await self._reserve_disk(target_model, estimate)
-            staging = self.disk.staging_dir()
-            started = time.perf_counter()
-            try:
-                fetched = await run_blocking(
-                    pool,
-                    self.source.fetch,
-                    target_model,
-                    staging / "artifact",
-                    max_bytes=min(self.settings.max_artifact_size, self.settings.disk_limit),
-                    max_files=self.settings.max_artifact_files,
-                )
-                entry = await run_blocking(
-                    pool, self.disk.commit, target_model, staging, etag=fetched.etag
-                )
-            except BaseException:
-                self.disk.release(target_model)
-                await run_blocking(pool, _remove_quietly, staging)
-                raise
-            self.metrics.model_downloads.inc()
-            self.metrics.model_downloading_time.observe(time.perf_counter() - started)
-            return entry
+            return await self.downloader.download(
+                target_model, self.pools.download, make_room=self._unload_one_for_disk
+            )
         finally:
             self._states.pop(target_model, None)
 
-    async def _reserve_disk(self, target_model: str, size_bytes: int) -> None:
-        """Reserve disk room, unloading idle models whose artifacts pin the room if needed."""
-        while True:
-            try:
-                await run_blocking(self.pools.download, self.disk.reserve, target_model, size_bytes)
-                return
-            except DiskFullError:
-                victim = self.memory.evict_one()
-                if victim is None or not victim.value.from_source:
-                    raise
-                await self._unload(victim)
+    async def _unload_one_for_disk(self) -> bool:
+        """Unload one idle source model so its artifact can leave the disk; False if none."""
+        victim = self.memory.evict_one(lambda entry: entry.value.from_source)
+        if victim is None:
+            return False
+        await self._unload(victim)
+        return True
 
     async def _load(
         self, name: str, url: Path, disk_bytes: int, *, from_source: bool
@@ -481,11 +449,6 @@ def _close_model(model: LoadedModel) -> None:
         model.close()
     except Exception:
         logger.exception("closing a model failed")
-
-
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        shutil.rmtree(path)
 
 
 def _folder_size(path: Path) -> int:
