@@ -117,7 +117,8 @@ def test_xgboost_builtin_layout(tmp_path: Path, pickled: bool) -> None:
     assert csv_answer.content_type == "text/csv"
     np.testing.assert_array_equal(json_answer(model, csv_body(rows), "text/csv"), expected)
     assert model.invoke(csv_body(rows), "text/csv", None).content_type == "application/json"
-    assert model.size_bytes() == len(booster.save_raw("ubj"))
+    # The footprint is measured by the manager (RSS growth, file size): no costly re-serialise.
+    assert model.size_bytes() is None
     hammer(model, csv_body(rows[:1]), ",".join(map(str, expected[:1].tolist())).encode())
 
 

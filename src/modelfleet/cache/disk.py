@@ -172,43 +172,53 @@ class DiskCache:
 
     def reserve(self, token: str, size_bytes: int) -> None:
         """Hold ``size_bytes`` for a download in progress, deleting unpinned entries if needed."""
-        self._make_room(size_bytes, what=token)
-        with self._lock:
-            self._reserved[token] = self._reserved.get(token, 0) + size_bytes
+        self._make_room(size_bytes, what=token, token=token)
 
     def release(self, token: str) -> None:
         """Drop a download's reservation (after commit or failure)."""
         with self._lock:
             self._reserved.pop(token, None)
 
+    @property
+    def pinned_bytes(self) -> int:
+        """Bytes of entries pinned by models in use or loading."""
+        with self._lock:
+            return sum(e.size_bytes for e in self._entries.values() if e.pins > 0)
+
     def commit(self, target_model: str, staging: Path, *, etag: str | None) -> DiskEntry:
         """Publish a finished download as the entry of ``target_model``, pinned once.
 
         ``staging`` is a folder from :meth:`staging_dir` whose ``artifact/`` holds the files.
+        The download's reservation (token ``target_model``) is replaced by the true size.
         """
         artifact_bytes = tree_size(staging / _ARTIFACT)
         meta = {"target_model": target_model, "etag": etag, "size_bytes": artifact_bytes}
         # The entry's size counts its metadata file too, so the folder itself stays in budget.
         size = artifact_bytes + len(json.dumps(meta)) + 32
         meta["size_bytes"] = size
-        with self._lock:
-            self._reserved.pop(target_model, None)
+        token = f"{target_model}\0commit"
+        self.release(target_model)
         try:
-            self._make_room(size, what=target_model)
+            self._make_room(size, what=target_model, token=token)
         except DiskFullError:
             _remove_tree(staging)
             raise
-        (staging / _META).write_text(json.dumps(meta))
-        final = self._models / _digest(target_model)
-        with self._lock:
-            old = self._entries.pop(target_model, None)
-            if old is not None:
-                self._used -= old.size_bytes
-        if old is not None or final.exists():
-            _remove_tree(_move_aside(final, self._tmp))
-        os.replace(staging, final)
+        try:
+            (staging / _META).write_text(json.dumps(meta))
+            final = self._models / _digest(target_model)
+            with self._lock:
+                old = self._entries.pop(target_model, None)
+                if old is not None:
+                    self._used -= old.size_bytes
+            if old is not None or final.exists():
+                _remove_tree(_move_aside(final, self._tmp))
+            os.replace(staging, final)
+        except BaseException:
+            self.release(token)
+            raise
         entry = DiskEntry(target_model, final, size, etag, pins=1)
         with self._lock:
+            self._reserved.pop(token, None)
             self._entries[target_model] = entry
             self._used += size
         return entry
@@ -224,13 +234,19 @@ class DiskCache:
         _remove_tree(_move_aside(entry.path, self._tmp))
         return True
 
-    def _make_room(self, size_bytes: int, *, what: str) -> None:
+    def _make_room(self, size_bytes: int, *, what: str, token: str) -> None:
+        """Delete unpinned entries until ``size_bytes`` fit, then charge them to ``token``.
+
+        Choosing the victims and charging the room happen under one lock, so two downloads
+        can never both take the last free bytes.
+        """
         if size_bytes > self.budget_bytes:
             raise DiskFullError(
                 f"Artifact '{what}' needs {size_bytes} bytes but the disk cache budget is "
                 f"{self.budget_bytes} bytes."
             )
         doomed: list[DiskEntry] = []
+        error: DiskFullError | None = None
         with self._lock:
             need = self._used + sum(self._reserved.values()) + size_bytes - self.budget_bytes
             for key in list(self._entries):
@@ -244,15 +260,15 @@ class DiskCache:
                 need -= entry.size_bytes
                 doomed.append(entry)
             if need > 0:
-                # Put nothing back: the entries chosen so far are unpinned and their deletion
-                # only helps the next attempt; report what blocks this one.
+                # The entries chosen so far stay deleted: they are unpinned and their room
+                # helps the next attempt. Report what blocks this one.
                 pinned = sum(e.size_bytes for e in self._entries.values() if e.pins > 0)
                 error = DiskFullError(
                     f"Disk cache full: artifact '{what}' needs {size_bytes} bytes, "
                     f"{pinned} of {self.budget_bytes} bytes are held by models in use."
                 )
             else:
-                error = None
+                self._reserved[token] = self._reserved.get(token, 0) + size_bytes
         for entry in doomed:
             logger.info("disk cache evicting %s (%d bytes)", entry.target_model, entry.size_bytes)
             _remove_tree(_move_aside(entry.path, self._tmp))

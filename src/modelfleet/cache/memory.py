@@ -110,21 +110,26 @@ class MemoryCache(Generic[V]):
     def admit(self, key: str, value: V, size_bytes: int, *, cost_s: float) -> list[MemoryEntry[V]]:
         """Turn the reservation of ``key`` into an entry of its measured size.
 
-        Returns entries evicted because the measured size exceeded the reservation. The new
-        entry itself is never among them (it is pinned for the call that loaded it, if any).
+        Returns the entries evicted because the measured size exceeded the reservation (already
+        out of the cache: the caller unloads them). Raises, admitting nothing, when the measured
+        size can never fit (:class:`ModelTooLargeError`) or the room is held by pinned models
+        (:class:`OutOfMemoryError`); the caller then unloads the new model.
         """
         self._reserved.pop(key, None)
+        if key in self._entries:
+            raise ValueError(f"{key!r} is already in the memory cache")
+        if size_bytes > self.budget_bytes:
+            raise ModelTooLargeError(
+                f"Model '{key}' measured {size_bytes} bytes in memory but the instance's whole "
+                f"memory budget is {self.budget_bytes} bytes."
+            )
+        victims = self._make_room(size_bytes)
         now = self._clock()
         entry = MemoryEntry(key=key, value=value, size_bytes=size_bytes, loaded_at=now)
         entry.last_used = now
         self._entries[key] = entry
         self._used += size_bytes
         self.policy.on_insert(key, size_bytes, cost_s)
-        entry.pins += 1  # protect the newcomer while making room for its true size
-        try:
-            victims = self._make_room(0, strict=False)
-        finally:
-            entry.pins -= 1
         return victims
 
     def pop(self, key: str) -> MemoryEntry[V] | None:
@@ -145,7 +150,7 @@ class MemoryCache(Generic[V]):
                 return self.pop(key)
         return None
 
-    def _make_room(self, size_bytes: int, *, strict: bool = True) -> list[MemoryEntry[V]]:
+    def _make_room(self, size_bytes: int) -> list[MemoryEntry[V]]:
         need = self.used_bytes + size_bytes - self.budget_bytes
         if need <= 0:
             return []
@@ -159,7 +164,7 @@ class MemoryCache(Generic[V]):
             freed += entry.size_bytes
             if freed >= need:
                 break
-        if freed < need and strict:
+        if freed < need:
             raise OutOfMemoryError(
                 f"Cannot make {size_bytes} bytes of room: "
                 f"{self.used_bytes - freed} of {self.budget_bytes} bytes are held by models "

@@ -57,7 +57,6 @@ class XGBoostModel(ArrayModel):
         self.booster_type = str(config["learner"]["gradient_booster"]["name"])
         best = booster.attr("best_iteration")
         self.iteration_range = (0, int(best) + 1) if best is not None else (0, 0)
-        self._size_bytes = len(booster.save_raw("ubj"))
         self._lock = threading.Lock()
 
     def predict(self, features: codecs.Array) -> Any:
@@ -77,9 +76,6 @@ class XGBoostModel(ArrayModel):
             text = ",".join(map(str, np.asarray(prediction).tolist()))
             return text.encode(), codecs.CSV
         return codecs.encode(prediction, kind)
-
-    def size_bytes(self) -> int | None:
-        return self._size_bytes
 
     def close(self) -> None:
         self.booster = None

@@ -44,20 +44,26 @@ class Downloader:
     ) -> DiskEntry:
         """Fetch ``target_model`` into the disk cache; return its entry, pinned once."""
         info = await run_blocking(pool, self.source.stat, target_model)
-        # Archives unpack to more than they weigh: reserve twice the object's size when the
-        # budget allows it; the true size is charged when the entry is committed.
+        if info.size > self._disk_limit:  # can never fit: fail before evicting anything
+            raise DiskFullError(
+                f"Artifact '{target_model}' is {info.size} bytes but the disk cache budget is "
+                f"{self._disk_limit} bytes."
+            )
         estimate = info.size
-        if self.source.is_archive(target_model) and info.size <= self._disk_limit:
-            estimate = min(2 * info.size, self._disk_limit)
-        while True:
-            try:
-                await run_blocking(pool, self.disk.reserve, target_model, estimate)
-                break
-            except DiskFullError:
-                if not await make_room():
-                    raise
-        started = time.perf_counter()
+        if self.source.is_archive(target_model):
+            # Archives unpack to more than they weigh: reserve up to twice the object's size,
+            # as far as unpinned room allows; the true size is charged at commit.
+            room = self._disk_limit - self.disk.pinned_bytes
+            estimate = max(info.size, min(2 * info.size, room))
         try:
+            while True:
+                try:
+                    await run_blocking(pool, self.disk.reserve, target_model, estimate)
+                    break
+                except DiskFullError:
+                    if not await make_room():
+                        raise
+            started = time.perf_counter()
             entry = await run_blocking(pool, self._fetch_and_commit, target_model)
         finally:
             self.disk.release(target_model)

@@ -1,10 +1,14 @@
 """The model manager: one instance's models, from the source to the disk to memory to inference.
 
 The manager is transport-neutral (the HTTP apps are thin layers over it) and runs on one event
-loop. Per target model at most one download and one load run at a time (single flight: callers
-share one task); different models load in parallel up to the pools' limits. Memory and disk are
-byte-budgeted caches (:mod:`modelfleet.cache`); a model in use is pinned in memory and its
-artifact pinned on disk.
+loop. Per model at most one download and one load run at a time: callers share one
+:class:`Flight` (single flight); different models load in parallel up to the pools' limits.
+Memory and disk are byte-budgeted caches (:mod:`modelfleet.cache`).
+
+Pins are the one safety rule: a model is pinned in memory (and its artifact on disk) while any
+call uses it, from before its first await until its inference thread has returned, and a fresh
+model arrives pinned once for every caller that waited for it. Nothing pinned is ever evicted,
+unloaded or deleted.
 """
 
 from __future__ import annotations
@@ -12,26 +16,31 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from modelfleet.cache.disk import DiskCache, DiskEntry, tree_size
 from modelfleet.cache.memory import MemoryCache, MemoryEntry
 from modelfleet.cache.policy import make_policy
 from modelfleet.config import ModelCacheSetting, Settings
 from modelfleet.errors import (
+    CapacityError,
     ModelAlreadyLoadedError,
     ModelError,
     ModelLoadError,
     ModelNotLoadedError,
     ModelNotReadyError,
+    ModelTooLargeError,
     ValidationError,
 )
 from modelfleet.handlers import load_model
 from modelfleet.handlers.base import LoadedModel, Prediction
+from modelfleet.handlers.isolation import ROOT_PACKAGE
 from modelfleet.instance.downloader import Downloader
 from modelfleet.instance.pools import (
     Pools,
@@ -46,7 +55,9 @@ from modelfleet.source import ModelSource, validate_target_model
 logger = logging.getLogger(__name__)
 
 _RSS_CHECK_INTERVAL_S = 1.0
-_MAX_EVICTED_RETRIES = 3
+_MAX_LOAD_ROUNDS = 3
+
+Entry = MemoryEntry["Resident"]
 
 
 class ModelState(StrEnum):
@@ -62,6 +73,23 @@ class Resident:
     model: LoadedModel
     url: Path
     from_source: bool
+
+
+@dataclass(eq=False, slots=True)
+class Flight:
+    """One load in progress and the callers waiting for it."""
+
+    task: asyncio.Task[Entry] | None = None
+    waiters: int = 0  # callers waiting now; each gets a pin when the model is admitted
+    prepins: int = 0  # pins taken on the waiters' behalf and not yet claimed
+    entry: Entry | None = None  # set at admission
+
+    def claim(self) -> Entry | None:
+        """The admitted entry with one of the pins taken for a waiter, if one is left."""
+        if self.entry is not None and self.prepins > 0:
+            self.prepins -= 1
+            return self.entry
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,20 +125,19 @@ class ModelManager:
         self.settings = settings
         self.source = source
         self.metrics = metrics
-        self._clock = clock
         self.disk = DiskCache(settings.cache_dir, settings.disk_limit)
         self.downloader = Downloader(settings, source=source, disk=self.disk, metrics=metrics)
         self.memory: MemoryCache[Resident] = MemoryCache(
             settings.memory_limit, make_policy(settings.eviction_policy), clock=clock
         )
         self._cache_enabled = settings.model_cache is ModelCacheSetting.ENABLED
-        self._pending: dict[str, asyncio.Task[MemoryEntry[Resident]]] = {}
+        self._pending: dict[str, Flight] = {}
         self._states: dict[str, ModelState] = {}
+        self._drained: dict[str, asyncio.Event] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._pools: Pools | None = None
         self._rss_high_water = settings.rss_high_water or 0
         self._watcher: asyncio.Task[None] | None = None
-        self._drained: dict[str, asyncio.Event] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -129,12 +156,15 @@ class ModelManager:
         self._update_gauges()
 
     async def stop(self) -> None:
-        """Cancel loads in progress, unload every model, and stop the pools."""
+        """Cancel loads in progress, finish background unloads, unload every model."""
         if self._watcher is not None:
             self._watcher.cancel()
-        for task in [*self._pending.values(), *self._background]:
+        flights = [f.task for f in self._pending.values() if f.task is not None]
+        for task in flights:
             task.cancel()
-        await asyncio.gather(*self._pending.values(), *self._background, return_exceptions=True)
+        await asyncio.gather(*flights, return_exceptions=True)
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
         for key in list(self.memory):
             entry = self.memory.pop(key)
             if entry is not None:
@@ -161,58 +191,88 @@ class ModelManager:
         """Invoke ``target_model``, downloading and loading it first if needed."""
         entry = self.memory.get(target_model)
         hit = entry is not None
-        if entry is None:
+        if entry is not None:
+            entry.pins += 1
+            self.metrics.model_cache_hit.inc()
+        else:
             validate_target_model(target_model)
             self.metrics.model_cache_miss.inc()
             started = time.perf_counter()
             entry = await self._wait_loaded(target_model)
             self.metrics.model_loading_wait_time.observe(time.perf_counter() - started)
-        else:
-            self.metrics.model_cache_hit.inc()
         return await self._run(entry, body, content_type, accept, custom_attributes, hit)
 
-    async def _wait_loaded(self, target_model: str) -> MemoryEntry[Resident]:
+    async def _wait_loaded(self, target_model: str) -> Entry:
+        """The model, loaded and pinned once for the caller."""
         deadline = time.monotonic() + self.settings.invoke_timeout
-        for _ in range(_MAX_EVICTED_RETRIES):
-            task = self._pending.get(target_model)
-            if task is None:
-                task = asyncio.create_task(self._load_from_source(target_model))
-                self._pending[target_model] = task
-                task.add_done_callback(functools.partial(self._load_done, target_model))
-            remaining = deadline - time.monotonic()
+        for _ in range(_MAX_LOAD_ROUNDS):
+            flight = self._pending.get(target_model)
+            if flight is None:
+                entry = self.memory.get(target_model)
+                if entry is not None:
+                    entry.pins += 1
+                    return entry
+                flight = self._launch(target_model, self._load_from_source(target_model))
+            assert flight.task is not None
+            flight.waiters += 1
             try:
-                await asyncio.wait_for(asyncio.shield(task), max(remaining, 0.0))
+                await asyncio.wait_for(
+                    asyncio.shield(flight.task), max(deadline - time.monotonic(), 0.0)
+                )
             except TimeoutError:
+                if (entry := flight.claim()) is not None:
+                    return entry  # admitted just as the time ran out
                 raise ModelNotReadyError(
                     f"Model '{target_model}' is still loading after "
                     f"{self.settings.invoke_timeout:g} s; the load continues, retry shortly."
                 ) from None
+            except asyncio.CancelledError:
+                if (entry := flight.claim()) is not None:
+                    self._release(entry)
+                raise
+            finally:
+                flight.waiters -= 1
+            if (entry := flight.claim()) is not None:
+                return entry
+            # Joined after admission: pin it ourselves if it is still there, else load again.
             entry = self.memory.get(target_model)
             if entry is not None:
+                entry.pins += 1
                 return entry
-            # Evicted between the load finishing and this caller waking: load again.
         raise ModelNotReadyError(f"Model '{target_model}' was evicted repeatedly while loading.")
 
-    def _load_done(self, target_model: str, task: asyncio.Task[MemoryEntry[Resident]]) -> None:
-        if self._pending.get(target_model) is task:
-            del self._pending[target_model]
-        if not task.cancelled() and (exc := task.exception()) is not None:
+    def _launch(self, name: str, load: Coroutine[Any, Any, Entry]) -> Flight:
+        """Start the single flight of ``name``; ``load`` is the coroutine that loads it."""
+        flight = Flight()
+        self._pending[name] = flight
+        flight.task = asyncio.create_task(load)
+        flight.task.add_done_callback(functools.partial(self._load_done, name, flight))
+        return flight
+
+    def _load_done(self, name: str, flight: Flight, task: asyncio.Task[Entry]) -> None:
+        if self._pending.get(name) is flight:
+            del self._pending[name]
+        if task.cancelled():
+            return
+        if (exc := task.exception()) is not None:
             # Retrieved here so a load that fails after its callers timed out is still logged.
-            logger.warning("loading %s failed: %s", target_model, exc)
+            logger.warning("loading %s failed: %s", name, exc)
+        elif not self._cache_enabled and flight.prepins == 0 and flight.entry is not None:
+            self._discard(flight.entry)  # every caller gave up: nobody will use it
 
     async def _run(
         self,
-        entry: MemoryEntry[Resident],
+        entry: Entry,
         body: bytes,
         content_type: str | None,
         accept: str | None,
         custom_attributes: str | None,
         hit: bool,
     ) -> InvokeResult:
-        entry.pins += 1
-        try:
-            started = time.perf_counter()
-            prediction = await run_blocking(
+        """Run inference on ``entry``, which the caller pinned; the pin is released here."""
+        started = time.perf_counter()
+        call = asyncio.ensure_future(
+            run_blocking(
                 self.pools.inference,
                 entry.value.model.invoke,
                 body,
@@ -220,19 +280,36 @@ class ModelManager:
                 accept,
                 custom_attributes,
             )
-            latency = time.perf_counter() - started
-        finally:
-            entry.pins -= 1
-            if entry.pins == 0:
-                drained = self._drained.pop(entry.key, None)
-                if drained is not None:
-                    drained.set()
-                if not self._cache_enabled:
-                    self._discard(entry.key)
+        )
+        try:
+            prediction = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # The worker thread runs on: keep the pin until it returns.
+            call.add_done_callback(lambda done: self._release_after(entry, done))
+            raise
+        except BaseException:
+            self._release(entry)
+            raise
+        latency = time.perf_counter() - started
+        self._release(entry)
         self.metrics.model_latency.observe(latency)
         return InvokeResult(prediction=prediction, cache_hit=hit, model_latency_s=latency)
 
-    async def _load_from_source(self, target_model: str) -> MemoryEntry[Resident]:
+    def _release_after(self, entry: Entry, done: asyncio.Future[Prediction]) -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved: the caller is gone
+        self._release(entry)
+
+    def _release(self, entry: Entry) -> None:
+        entry.pins -= 1
+        if entry.pins == 0:
+            drained = self._drained.pop(entry.key, None)
+            if drained is not None:
+                drained.set()
+            if not self._cache_enabled:
+                self._discard(entry)
+
+    async def _load_from_source(self, target_model: str) -> Entry:
         disk_entry = self.disk.pin(target_model)
         if disk_entry is None:
             disk_entry = await self._download(target_model)
@@ -265,30 +342,36 @@ class ModelManager:
         await self._unload(victim)
         return True
 
-    async def _load(
-        self, name: str, url: Path, disk_bytes: int, *, from_source: bool
-    ) -> MemoryEntry[Resident]:
+    async def _load(self, name: str, url: Path, disk_bytes: int, *, from_source: bool) -> Entry:
+        """Load ``url`` as ``name`` into memory; the entry comes pinned for every waiter."""
         self._states[name] = ModelState.LOADING
         try:
             victims = self.memory.reserve(name, max(disk_bytes, 1))
-            await self._unload_all(victims)
             try:
+                await asyncio.shield(self._unload_all(victims))
                 model, size, load_s = await run_blocking(
                     self.pools.load, self._load_blocking, name, url, disk_bytes
                 )
             except BaseException:
                 self.memory.release(name)
                 raise
-            victims = self.memory.admit(
-                name, Resident(model, url, from_source), size, cost_s=load_s
-            )
+            try:
+                victims = self.memory.admit(
+                    name, Resident(model, url, from_source), size, cost_s=load_s
+                )
+            except (CapacityError, ModelTooLargeError):  # measured larger than the room
+                await run_blocking(self.pools.load, _close_model, model)
+                raise
+            entry = self.memory.entry(name)
+            assert entry is not None
+            flight = self._pending.get(name)
+            if flight is not None:
+                entry.pins += flight.waiters
+                flight.prepins, flight.entry = flight.waiters, entry
             self.metrics.model_loading_time.observe(load_s)
             logger.info("loaded %s (%d bytes) in %.3f s", name, size, load_s)
-            await self._unload_all(victims)
+            await asyncio.shield(self._unload_all(victims))
             self._update_gauges()
-            entry = self.memory.entry(name)
-            if entry is None:  # pragma: no cover - admit never evicts the newcomer
-                raise ModelLoadError(f"Model '{name}' was evicted as soon as it loaded.")
             return entry
         finally:
             self._states.pop(name, None)
@@ -296,6 +379,7 @@ class ModelManager:
     def _load_blocking(
         self, name: str, url: Path, disk_bytes: int
     ) -> tuple[LoadedModel, int, float]:
+        modules_before = _shared_module_count()
         rss_before = current_rss()
         started = time.perf_counter()
         try:
@@ -306,24 +390,31 @@ class ModelManager:
             raise ModelLoadError(f"Model '{name}' failed to load: {exc}") from exc
         load_s = time.perf_counter() - started
         grown = current_rss() - rss_before
+        if _shared_module_count() != modules_before:
+            # The load imported a framework: the RSS growth is mostly that one-time import,
+            # which stays when the model goes. Charge the model its files' size instead.
+            grown = 0
         size = max(grown, model.size_bytes() or 0, disk_bytes, 1)
         return model, size, load_s
 
     # -- unloading -----------------------------------------------------------------------------
-    def _discard(self, name: str) -> None:
-        """ModelCacheSetting=Disabled: unload and delete ``name`` in the background."""
-        entry = self.memory.pop(name)
-        if entry is None:
+    def _discard(self, entry: Entry) -> None:
+        """ModelCacheSetting=Disabled: unload and delete an idle model in the background."""
+        if entry.pins > 0 or self.memory.entry(entry.key) is not entry:
             return
+        self.memory.pop(entry.key)
         task = asyncio.create_task(self._unload(entry, delete_files=True))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _unload_all(self, entries: list[MemoryEntry[Resident]]) -> None:
+    async def _unload_all(self, entries: list[Entry]) -> None:
         for entry in entries:
-            await self._unload(entry)
+            try:
+                await self._unload(entry)
+            except Exception:
+                logger.exception("unloading %s failed", entry.key)
 
-    async def _unload(self, entry: MemoryEntry[Resident], *, delete_files: bool = False) -> None:
+    async def _unload(self, entry: Entry, *, delete_files: bool = False) -> None:
         """Unload an entry already removed from the memory tier."""
         started = time.perf_counter()
         from_source = entry.value.from_source
@@ -374,27 +465,30 @@ class ModelManager:
     # -- the MME container contract --------------------------------------------------------------
     async def load_from_url(self, name: str, url: str) -> ModelInfo:
         """LoadModel: load the model in local folder ``url`` under ``name``."""
-        if name in self.memory or name in self._pending or name in self._states:
+        if name in self.memory or name in self._pending:
             raise ModelAlreadyLoadedError(name)
-        path = Path(url)
-        disk_bytes = await run_blocking(self.pools.load, _folder_size, path)
-        entry = await self._load(name, path, disk_bytes, from_source=False)
+        flight = self._launch(name, self._load_url(name, url))
+        assert flight.task is not None
+        entry = await asyncio.shield(flight.task)
         return self._info(entry)
 
+    async def _load_url(self, name: str, url: str) -> Entry:
+        if not url:
+            raise ValidationError("LoadModel needs a non-empty url.")
+        path = Path(url)
+        disk_bytes = await run_blocking(self.pools.load, _folder_size, path)
+        return await self._load(name, path, disk_bytes, from_source=False)
+
     async def unload(self, name: str) -> None:
-        """UnloadModel: free the memory of ``name``; its artifact stays in the disk cache."""
+        """UnloadModel: free the memory of ``name`` once the calls using it are done."""
         entry = self.memory.entry(name)
         if entry is None:
             raise ModelNotLoadedError(name)
-        # Wait for calls in flight: a pinned model cannot be unloaded under them.
-        if entry.pins > 0:
-            drained = self._drained.setdefault(name, asyncio.Event())
-            await drained.wait()
-        if self.memory.entry(name) is not entry:
-            return  # unloaded by someone else meanwhile
-        popped = self.memory.pop(name)
-        if popped is not None:
-            await self._unload(popped, delete_files=not self._cache_enabled)
+        while entry.pins > 0:
+            await self._drained.setdefault(name, asyncio.Event()).wait()
+        if self.memory.entry(name) is entry:
+            self.memory.pop(name)
+            await self._unload(entry, delete_files=not self._cache_enabled)
 
     async def invoke_loaded(
         self,
@@ -409,6 +503,7 @@ class ModelManager:
         entry = self.memory.get(name)
         if entry is None:
             raise ModelNotLoadedError(name)
+        entry.pins += 1
         self.metrics.model_cache_hit.inc()
         return await self._run(entry, body, content_type, accept, custom_attributes, True)
 
@@ -421,19 +516,15 @@ class ModelManager:
 
     def list_models(self) -> list[ModelInfo]:
         """ListModels: loaded models in name order."""
-        infos = []
-        for name in sorted(self.memory):
-            entry = self.memory.entry(name)
-            if entry is not None:
-                infos.append(self._info(entry))
-        return infos
+        entries = (self.memory.entry(name) for name in sorted(self.memory))
+        return [self._info(entry) for entry in entries if entry is not None]
 
     def states(self) -> dict[str, ModelState]:
         """Models downloading or loading now."""
         return dict(self._states)
 
     @staticmethod
-    def _info(entry: MemoryEntry[Resident]) -> ModelInfo:
+    def _info(entry: Entry) -> ModelInfo:
         return ModelInfo(
             name=entry.key,
             url=str(entry.value.url),
@@ -451,7 +542,15 @@ def _close_model(model: LoadedModel) -> None:
         logger.exception("closing a model failed")
 
 
+def _shared_module_count() -> int:
+    """Modules imported process-wide, not counting models' private code namespaces."""
+    return sum(1 for name in list(sys.modules) if not name.startswith(ROOT_PACKAGE))
+
+
 def _folder_size(path: Path) -> int:
     if not path.is_dir():
         raise ValidationError(f"Model url '{path}' is not a folder on this instance.")
     return tree_size(path)
+
+
+__all__ = ["InvokeResult", "ModelInfo", "ModelManager", "ModelState"]
