@@ -99,10 +99,19 @@ class FakeSource:
         return ArtifactInfo(target_model, self.sizes[target_model], "etag", "file")
 
     def fetch(
-        self, target_model: str, dest: Path, *, max_bytes: int, max_files: int
+        self,
+        target_model: str,
+        dest: Path,
+        *,
+        max_bytes: int,
+        max_files: int,
+        before_write: Any = None,
     ) -> ArtifactInfo:
+        info = self.stat(target_model)
+        if before_write is not None:
+            before_write(info)
         (dest / "model.bin").write_bytes(b"x" * self.sizes[target_model])
-        return self.stat(target_model)
+        return info
 
 
 class Harness:

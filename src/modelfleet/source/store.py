@@ -26,7 +26,7 @@ import io
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,12 +145,18 @@ class ModelSource:
         *,
         max_bytes: int,
         max_files: int,
+        before_write: Callable[[ArtifactInfo], None] | None = None,
     ) -> ArtifactInfo:
         """Download ``target_model`` into the empty existing folder ``dest``.
 
         Archives are unpacked into ``dest``, a single object becomes ``dest/<basename>``, a
         folder's objects keep their relative paths. ``max_bytes`` and ``max_files`` bound what
         is written. On error ``dest`` may hold partial files: the caller deletes it.
+
+        ``before_write`` is called once with the artifact's size and ETag as soon as the
+        source has answered and before any byte is written (to reserve disk room, say): one
+        round trip instead of a :meth:`stat` followed by the download. If it raises, nothing
+        is written and the error propagates.
 
         Raises:
             InvalidTargetModelError, ModelNotFoundError, SourceError: as :meth:`stat`.
@@ -164,9 +170,11 @@ class ModelSource:
             except _NOT_FOUND:
                 result = None
         if result is None:
-            info, written = self._fetch_folder(key, Path(dest), max_bytes, max_files)
+            info, written = self._fetch_folder(key, Path(dest), max_bytes, max_files, before_write)
         else:
             info = ArtifactInfo(key, result.meta["size"], result.meta["e_tag"], "file")
+            if before_write is not None:
+                before_write(info)
             written = self._fetch_object(key, result, Path(dest), max_bytes, max_files)
         logger.debug(
             "fetched %r (%s, %d bytes written) from %s in %.3f s",
@@ -191,13 +199,20 @@ class ModelSource:
         return _write(self._chunks(key, result), dest / key.rsplit("/", 1)[-1], key, max_bytes)
 
     def _fetch_folder(
-        self, key: str, dest: Path, max_bytes: int, max_files: int
+        self,
+        key: str,
+        dest: Path,
+        max_bytes: int,
+        max_files: int,
+        before_write: Callable[[ArtifactInfo], None] | None,
     ) -> tuple[ArtifactInfo, int]:
         members = self._folder_members(key)
         info = _folder_info(key, members)
         _check_limits(
             key, files=len(members), size=info.size, max_files=max_files, max_bytes=max_bytes
         )
+        if before_write is not None:
+            before_write(info)
         written = 0
         for meta in members:
             relative = meta["path"][len(key) + 1 :]
