@@ -58,7 +58,7 @@ def main() -> None:
 @click.option("--invoke-timeout", type=float, help="Seconds to wait for a cold model (60).")
 @click.option("--max-body-size", help="Largest request body, e.g. 6MiB.")
 @click.option("--handler", help="Force one handler for every model (default: detect).")
-@click.option("--eviction-policy", help="Memory eviction policy (lru).")
+@click.option("--eviction-policy", help="Eviction policy (lrfu; lru = SageMaker).")
 @click.option("--log-level", default="info", show_default=True)
 def serve(log_level: str, **flags: Any) -> None:
     """Serve one endpoint from a model source (default: a local folder of examples)."""

@@ -121,8 +121,8 @@ class Settings(BaseSettings):
     max_body_size: ByteSize = Field(default=parse_size("6MiB"), gt=0)
     """Largest accepted request body."""
 
-    eviction_policy: str = "lru"
-    """Memory eviction policy (``lru``)."""
+    eviction_policy: str = "lrfu"
+    """Memory eviction policy: ``lrfu`` (default, see docs/eviction.md), ``lru``, ``gdsf``..."""
 
     rss_high_water: ByteSize | None = None
     """Process RSS above which idle models are evicted; default: RSS at start + memory limit."""

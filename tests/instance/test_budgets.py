@@ -102,8 +102,13 @@ def test_memory_budget_holds_over_thirty_models(thirty_models: Path, tmp_path: P
     # Every model was downloaded once; the second round reloaded evicted models from disk.
     assert metric(first_round, "modelfleet_model_downloads_total") == 30
     assert metric(text, "modelfleet_model_downloads_total") == 30
-    assert metric(text, "modelfleet_model_loading_time_seconds_count") == 61  # + the warm-up
-    assert metric(text, "modelfleet_model_unloading_time_seconds_count") >= 56
+    loads = metric(text, "modelfleet_model_loading_time_seconds_count")
+    # Requests are sequential, so every miss is exactly one load (the warm-up included) ...
+    assert loads == metric(text, "modelfleet_model_cache_miss_total")
+    # ... most second-round requests reloaded an evicted model, from disk (no new download),
+    assert loads - metric(first_round, "modelfleet_model_loading_time_seconds_count") >= 20
+    # ... and every load beyond the 5 resident models was matched by an unload.
+    assert metric(text, "modelfleet_model_unloading_time_seconds_count") >= loads - 5
     # RSS growth stays within the budget plus a margin for the allocator and imports
     # (the margin is reported by the test output, see -rP).
     margin = peak_growth - limit

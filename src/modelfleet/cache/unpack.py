@@ -51,7 +51,7 @@ __all__ = ["CHUNK_BYTES", "safe_extract"]
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 18
 """Read and write size while unpacking."""
 
 MAX_HEADER_BYTES = 1 << 20

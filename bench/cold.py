@@ -1,0 +1,217 @@
+"""Cold path: one request for a model that is nowhere yet, broken down, against the raw steps.
+
+Artifacts of about 1, 10 and 100 MB (scikit-learn forest, XGBoost) sit in an S3-compatible
+server (moto, its own process) reached over HTTP. For each, in alternation:
+
+- **raw**: what a script does by hand — obstore get streamed to a file, tarfile extract,
+  framework load, one predict;
+- **modelfleet**: one request to a ``modelfleet serve`` process whose source is that bucket,
+  timed at the client, with the server's own breakdown from ``/metrics`` (download + unpack,
+  load, inference; the rest is overhead).
+
+Each repetition uses fresh object keys, so every request is truly cold.
+
+    python -m bench.cold [--quick]
+"""
+
+from __future__ import annotations
+
+import statistics
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.artifacts import artifact, sample_row
+from bench.common import parser, print_table, write_results
+from bench.moto import moto_server, s3_client, s3_env
+from tests.servers import metric, process_server
+
+BUCKET = "bench-cold"
+
+
+def raw_cold(url: str, key: str, kind: str, workdir: Path) -> dict[str, float]:
+    """The raw steps, timed one by one."""
+    import numpy as np
+    from obstore.store import S3Store
+
+    store = S3Store(
+        BUCKET,
+        config={
+            "endpoint": url,
+            "region": "us-east-1",
+            "access_key_id": "bench",
+            "secret_access_key": "bench",
+        },
+        client_options={"allow_http": True},
+    )
+    archive = workdir / "model.tar.gz"
+    unpacked = workdir / "model"
+    started = time.perf_counter()
+    import obstore
+
+    with archive.open("wb") as out:
+        for chunk in obstore.get(store, key).stream(min_chunk_size=1 << 20):
+            out.write(chunk)
+    downloaded = time.perf_counter()
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(unpacked, filter="data")
+    extracted = time.perf_counter()
+    row = np.array([float(v) for v in sample_row().decode().split(",")]).reshape(1, -1)
+    if kind == "sklearn":
+        import joblib
+
+        model = joblib.load(unpacked / "model.joblib")
+        loaded = time.perf_counter()
+        model.predict(row)
+    else:
+        import xgboost
+
+        booster = xgboost.Booster(model_file=str(unpacked / "xgboost-model"))
+        loaded = time.perf_counter()
+        booster.inplace_predict(row)
+    done = time.perf_counter()
+    return {
+        "download_s": downloaded - started,
+        "unpack_s": extracted - downloaded,
+        "load_s": loaded - extracted,
+        "infer_s": done - loaded,
+        "total_s": done - started,
+    }
+
+
+def fleet_cold(http: httpx.Client, key: str) -> dict[str, float]:
+    """One cold request (on a warm keep-alive connection); the server's own breakdown."""
+    before = http.get("/metrics").text
+    started = time.perf_counter()
+    response = http.post(
+        "/endpoints/default/invocations",
+        content=sample_row(),
+        headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": key},
+        timeout=600,
+    )
+    total = time.perf_counter() - started
+    response.raise_for_status()
+    after = http.get("/metrics").text
+
+    def delta(name: str) -> float:
+        return metric(after, name) - metric(before, name)
+
+    download = delta("modelfleet_model_downloading_time_seconds_sum")
+    load = delta("modelfleet_model_loading_time_seconds_sum")
+    infer = delta("modelfleet_model_latency_seconds_sum")
+    assert delta("modelfleet_model_downloads_total") == 1, "the request was not cold"
+    return {
+        "download_unpack_s": download,
+        "load_s": load,
+        "infer_s": infer,
+        "overhead_s": total - download - load - infer,
+        "total_s": total,
+    }
+
+
+def main() -> None:
+    args = parser(__doc__ or "").parse_args()
+    sizes = [1.0, 10.0] if args.quick else [1.0, 10.0, 100.0]
+    kinds = ["sklearn", "xgboost"]
+    reps = 1 if args.quick else 3
+    rows: list[dict[str, Any]] = []
+    with moto_server() as url, tempfile.TemporaryDirectory() as tmp:
+        s3 = s3_client(url)
+        s3.create_bucket(Bucket=BUCKET)
+        keys: dict[tuple[str, float, int], tuple[str, str]] = {}
+        sizes_mb: dict[tuple[str, float], float] = {}
+        for kind in kinds:
+            for size in sizes:
+                data = artifact(kind, size)
+                sizes_mb[kind, size] = len(data) / 1e6
+                for rep in range(reps):
+                    raw_key = f"raw/{kind}-{size:g}-{rep}/model.tar.gz"
+                    fleet_key = f"{kind}-{size:g}-{rep}/model.tar.gz"
+                    s3.put_object(Bucket=BUCKET, Key=raw_key, Body=data)
+                    s3.put_object(Bucket=BUCKET, Key=f"fleet/{fleet_key}", Body=data)
+                    keys[kind, size, rep] = (raw_key, fleet_key)
+        server_args = [
+            "--model-source",
+            f"s3://{BUCKET}/fleet/",
+            "--cache-dir",
+            f"{tmp}/cache",
+            "--memory-limit",
+            "8GiB",
+            "--disk-limit",
+            "20GiB",
+            "--log-level",
+            "warning",
+        ]
+        for kind in kinds:  # warm-up models: imports are a one-time cost, not a cold load's
+            s3.put_object(
+                Bucket=BUCKET,
+                Key=f"fleet/warm-{kind}/model.tar.gz",
+                Body=artifact(kind, 1.0, seed=1),
+            )
+            s3.put_object(
+                Bucket=BUCKET, Key=f"raw/warm-{kind}/model.tar.gz", Body=artifact(kind, 1.0, seed=1)
+            )
+        with (
+            process_server(server_args, env=s3_env(url), log=Path(tmp) / "server.log") as srv,
+            httpx.Client(base_url=srv.url) as http,
+        ):
+            for kind in kinds:
+                with tempfile.TemporaryDirectory(dir=tmp) as work:
+                    raw_cold(url, f"raw/warm-{kind}/model.tar.gz", kind, Path(work))
+                fleet_cold(http, f"warm-{kind}/model.tar.gz")
+            for kind in kinds:
+                for size in sizes:
+                    raws, fleets = [], []
+                    for rep in range(reps):
+                        raw_key, fleet_key = keys[kind, size, rep]
+                        with tempfile.TemporaryDirectory(dir=tmp) as work:
+                            raws.append(raw_cold(url, raw_key, kind, Path(work)))
+                        fleets.append(fleet_cold(http, fleet_key))
+                    raw = {k: statistics.median(r[k] for r in raws) for k in raws[0]}
+                    fleet = {k: statistics.median(f[k] for f in fleets) for k in fleets[0]}
+                    rows.append(
+                        {
+                            "model": kind,
+                            "artifact_mb": round(sizes_mb[kind, size], 1),
+                            "raw_download_unpack_s": raw["download_s"] + raw["unpack_s"],
+                            "raw_load_s": raw["load_s"],
+                            "raw_total_s": raw["total_s"],
+                            "mf_download_unpack_s": fleet["download_unpack_s"],
+                            "mf_load_s": fleet["load_s"],
+                            "mf_infer_s": fleet["infer_s"],
+                            "mf_overhead_s": fleet["overhead_s"],
+                            "mf_total_s": fleet["total_s"],
+                            "ratio": fleet["total_s"] / raw["total_s"],
+                            "raw_runs": raws,
+                            "mf_runs": fleets,
+                        }
+                    )
+    columns = [
+        "model",
+        "artifact_mb",
+        "raw_download_unpack_s",
+        "raw_load_s",
+        "raw_total_s",
+        "mf_download_unpack_s",
+        "mf_load_s",
+        "mf_overhead_s",
+        "mf_total_s",
+        "ratio",
+    ]
+    print_table(rows, columns, title=f"Cold path (median of {reps}); ratio = modelfleet / raw")
+    path = write_results(
+        "cold",
+        quick=args.quick,
+        out=args.out,
+        rows=rows,
+        params={"sizes_mb": sizes, "kinds": kinds, "repetitions": reps},
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
