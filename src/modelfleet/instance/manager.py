@@ -397,7 +397,9 @@ class ModelManager:
         grown = current_rss() - rss_before
         if _shared_module_count() != modules_before:
             # The load imported a framework: the RSS growth is mostly that one-time import,
-            # which stays when the model goes. Charge the model its files' size instead.
+            # which stays when the model goes. Charge the model its files' size instead, and
+            # count the import as the process's own (the RSS high-water mark moves up by it).
+            self._rss_high_water += max(grown, 0)
             grown = 0
         size = max(grown, model.size_bytes() or 0, disk_bytes, 1)
         return model, size, load_s
@@ -443,21 +445,31 @@ class ModelManager:
                 logger.exception("RSS watcher failed")
 
     async def enforce_rss(self) -> int:
-        """Evict idle models while the process RSS is above the high-water mark."""
-        evicted = 0
+        """Evict idle models while the process RSS is above the high-water mark.
+
+        Victims are chosen until their charged bytes cover the excess, then unloaded; the next
+        check (a second later) sees what that freed. Evicting one at a time until RSS drops
+        would empty the cache, since freed memory reaches the OS only after the unloads.
+        """
         rss = current_rss()
-        while rss > self._rss_high_water:
+        self.metrics.process_rss_bytes.set(rss)
+        excess = rss - self._rss_high_water
+        victims: list[Entry] = []
+        while excess > 0:
             victim = self.memory.evict_one()
             if victim is None:
                 break
+            victims.append(victim)
+            excess -= victim.size_bytes
+        if victims:
             logger.warning(
-                "RSS %d above high-water %d: evicting %s", rss, self._rss_high_water, victim.key
+                "RSS %d above the high-water mark %d: evicting %d idle models",
+                rss,
+                self._rss_high_water,
+                len(victims),
             )
-            await self._unload(victim)
-            evicted += 1
-            rss = current_rss()
-        self.metrics.process_rss_bytes.set(rss)
-        return evicted
+            await self._unload_all(victims)
+        return len(victims)
 
     def _update_gauges(self) -> None:
         m, s = self.metrics, self.settings

@@ -1,0 +1,176 @@
+"""Herds and parallel loads.
+
+1. **Herd**: 100 concurrent requests for one cold model. Counts downloads and loads (from the
+   server's metrics): single flight means one of each, and 100 identical answers.
+2. **Parallel cold loads**: 8 different cold models requested at once, against the slowest of
+   the same models loaded one at a time (a server that serialises loads behind one lock, as
+   Ray Serve's multiplexing does, takes the sum instead). Two mixes: eight 10 MB models, and
+   sizes from 1 to 10 MB.
+
+Artifacts live in an S3-compatible server (moto, its own process) over HTTP; the server under
+test is a ``modelfleet serve`` process.
+
+    python -m bench.herds [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.artifacts import artifact, sample_row
+from bench.common import parser, print_table, write_results
+from bench.moto import moto_server, s3_client, s3_env
+from tests.servers import metric, process_server
+
+BUCKET = "bench-herds"
+MIXES = {
+    "8 x 10 MB": [("sklearn", 10.0)] * 4 + [("xgboost", 10.0)] * 4,
+    "1-10 MB": [("sklearn", 1.0), ("xgboost", 1.0), ("sklearn", 10.0), ("xgboost", 10.0)] * 2,
+}
+
+
+async def _invoke(http: httpx.AsyncClient, key: str) -> tuple[int, bytes, float]:
+    started = time.perf_counter()
+    response = await http.post(
+        "/endpoints/default/invocations",
+        content=sample_row(),
+        headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": key},
+        timeout=600,
+    )
+    return response.status_code, response.content, time.perf_counter() - started
+
+
+async def herd(url: str, key: str, size: int) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    async with httpx.AsyncClient(base_url=url, limits=limits) as http:
+        before = (await http.get("/metrics")).text
+        started = time.perf_counter()
+        results = await asyncio.gather(*(_invoke(http, key) for _ in range(size)))
+        wall = time.perf_counter() - started
+        after = (await http.get("/metrics")).text
+
+    def delta(name: str) -> float:
+        return metric(after, name) - metric(before, name)
+
+    return {
+        "requests": size,
+        "ok": sum(1 for status, _, _ in results if status == 200),
+        "distinct_answers": len({body for _, body, _ in results}),
+        "downloads": delta("modelfleet_model_downloads_total"),
+        "loads": delta("modelfleet_model_loading_time_seconds_count"),
+        "wall_s": wall,
+    }
+
+
+async def cold_batch(url: str, keys: list[str]) -> tuple[float, list[float]]:
+    limits = httpx.Limits(max_connections=len(keys))
+    async with httpx.AsyncClient(base_url=url, limits=limits) as http:
+        await http.get("/ping")
+        started = time.perf_counter()
+        results = await asyncio.gather(*(_invoke(http, key) for key in keys))
+        wall = time.perf_counter() - started
+    assert all(status == 200 for status, _, _ in results), results
+    return wall, [elapsed for _, _, elapsed in results]
+
+
+async def one_at_a_time(url: str, keys: list[str]) -> list[float]:
+    times = []
+    async with httpx.AsyncClient(base_url=url) as http:
+        await http.get("/ping")
+        for key in keys:
+            status, _, elapsed = await _invoke(http, key)
+            assert status == 200
+            times.append(elapsed)
+    return times
+
+
+def main() -> None:
+    args = parser(__doc__ or "").parse_args()
+    herd_size = 100
+    reps = 1 if args.quick else 3
+    mixes = {"1-10 MB": MIXES["1-10 MB"]} if args.quick else MIXES
+    rows: list[dict[str, Any]] = []
+    with moto_server() as url, tempfile.TemporaryDirectory() as tmp:
+        s3 = s3_client(url)
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key="herd/model.tar.gz", Body=artifact("sklearn", 10.0))
+        keys: dict[tuple[str, int, str], list[str]] = {}
+        for name, mix in mixes.items():
+            for rep in range(reps):
+                for phase in ("single", "batch"):
+                    batch = []
+                    for index, (kind, size) in enumerate(mix):
+                        key = f"{phase}-{rep}-{name.replace(' ', '')}-{index}/model.tar.gz"
+                        s3.put_object(Bucket=BUCKET, Key=key, Body=artifact(kind, size))
+                        batch.append(key)
+                    keys[name, rep, phase] = batch
+        for kind in ("sklearn", "xgboost"):  # imports are a one-time cost: pay them first
+            s3.put_object(
+                Bucket=BUCKET, Key=f"warm-{kind}/model.tar.gz", Body=artifact(kind, 1.0, seed=1)
+            )
+        server_args = [
+            "--model-source",
+            f"s3://{BUCKET}/",
+            "--cache-dir",
+            f"{tmp}/cache",
+            "--memory-limit",
+            "8GiB",
+            "--disk-limit",
+            "20GiB",
+            "--log-level",
+            "warning",
+        ]
+        with process_server(server_args, env=s3_env(url), log=Path(tmp) / "server.log") as srv:
+            asyncio.run(
+                one_at_a_time(srv.url, [f"warm-{k}/model.tar.gz" for k in ("sklearn", "xgboost")])
+            )
+            herd_row = asyncio.run(herd(srv.url, "herd/model.tar.gz", herd_size))
+            for name in mixes:
+                for rep in range(reps):
+                    singles = asyncio.run(one_at_a_time(srv.url, keys[name, rep, "single"]))
+                    wall, each = asyncio.run(cold_batch(srv.url, keys[name, rep, "batch"]))
+                    rows.append(
+                        {
+                            "mix": name,
+                            "rep": rep,
+                            "slowest_single_s": max(singles),
+                            "sum_of_singles_s": sum(singles),
+                            "batch_wall_s": wall,
+                            "ratio_to_slowest": wall / max(singles),
+                            "singles_s": singles,
+                            "batch_each_s": each,
+                        }
+                    )
+    print_table(
+        [herd_row],
+        ["requests", "ok", "distinct_answers", "downloads", "loads", "wall_s"],
+        title="Herd: concurrent requests for one cold model",
+    )
+    print_table(
+        rows,
+        ["mix", "rep", "slowest_single_s", "sum_of_singles_s", "batch_wall_s", "ratio_to_slowest"],
+        title="8 different cold models at once vs the slowest single cold request",
+    )
+    path = write_results(
+        "herds",
+        quick=args.quick,
+        out=args.out,
+        rows=rows,
+        params={
+            "herd_size": herd_size,
+            "mixes": {k: v for k, v in mixes.items()},
+            "repetitions": reps,
+        },
+        extra={"herd": herd_row},
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
