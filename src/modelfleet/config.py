@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     inference_concurrency: PositiveInt | None = None
     """Inference calls running at once; default max(4, 2 x CPUs)."""
 
+    inline_inference_ms: float = Field(default=1.0, ge=0.0)
+    """Models averaging at most this many ms per call run on the event loop (0: never)."""
+
     max_artifact_size: ByteSize = Field(default=parse_size("20GiB"), gt=0)
     """Largest total size an archive may unpack to."""
 

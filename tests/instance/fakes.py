@@ -34,6 +34,7 @@ class FakeModel(LoadedModel):
         self.invoking = 0
         self.closed = False
         self.closed_while_invoking = False
+        self.threads: list[str] = []
 
     def invoke(
         self,
@@ -44,6 +45,7 @@ class FakeModel(LoadedModel):
     ) -> Prediction:
         if self.closed:
             raise RuntimeError(f"model {self.name} invoked after close")
+        self.threads.append(threading.current_thread().name)
         self.invoking += 1
         try:
             if self.block is not None:

@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 _RSS_CHECK_INTERVAL_S = 1.0
 _MAX_LOAD_ROUNDS = 3
+_INLINE_AFTER_CALLS = 8  # calls measured on the pool before a model may run inline
+_INLINE_MAX_BODY_BYTES = 64 * 1024  # larger bodies always go to the pool
 
 Entry = MemoryEntry["Resident"]
 
@@ -69,11 +71,23 @@ class ModelState(StrEnum):
 
 @dataclass(slots=True)
 class Resident:
-    """What the memory tier holds for one model."""
+    """What the memory tier holds for one model, with its inference-latency average."""
 
     model: LoadedModel
     url: Path
     from_source: bool
+    latency_ewma_s: float = 0.0
+    calls: int = 0
+    inline: bool = False  # fast enough to run on the event loop (see ModelManager._run)
+    on_pool: int = 0  # calls of this model on the inference pool now
+
+    def observe(self, latency_s: float, inline_max_s: float) -> None:
+        """Fold one inference latency into the average; decide where the next call runs."""
+        self.latency_ewma_s = (
+            latency_s if self.calls == 0 else 0.8 * self.latency_ewma_s + 0.2 * latency_s
+        )
+        self.calls += 1
+        self.inline = self.calls >= _INLINE_AFTER_CALLS and self.latency_ewma_s <= inline_max_s
 
 
 @dataclass(eq=False, slots=True)
@@ -132,6 +146,7 @@ class ModelManager:
             settings.memory_limit, make_policy(settings.eviction_policy), clock=clock
         )
         self._cache_enabled = settings.model_cache is ModelCacheSetting.ENABLED
+        self._inline_max_s = settings.inline_inference_ms / 1000.0
         self._pending: dict[str, Flight] = {}
         self._states: dict[str, ModelState] = {}
         self._drained: dict[str, asyncio.Event] = {}
@@ -274,35 +289,56 @@ class ModelManager:
         custom_attributes: str | None,
         hit: bool,
     ) -> InvokeResult:
-        """Run inference on ``entry``, which the caller pinned; the pin is released here."""
+        """Run inference on ``entry``, which the caller pinned; the pin is released here.
+
+        Inference normally runs on the inference pool. A model whose calls average at most
+        ``inline_inference_ms`` runs on the event loop instead, for bodies up to 64 KiB: for
+        sub-millisecond models the thread hop costs more than the model (about a quarter of
+        the throughput of a small forest), while the loop is held no longer than it would be
+        by parsing the request. A model that slows down goes back to the pool.
+        """
+        resident = entry.value
         started = time.perf_counter()
-        call = asyncio.ensure_future(
-            run_blocking(
-                self.pools.inference,
-                entry.value.model.invoke,
-                body,
-                content_type,
-                accept,
-                custom_attributes,
+        # Never inline beside a pool call of the same model: a model that serialises its
+        # calls (inference.py) would make the event loop wait for that call.
+        if resident.inline and resident.on_pool == 0 and len(body) <= _INLINE_MAX_BODY_BYTES:
+            try:
+                prediction = resident.model.invoke(body, content_type, accept, custom_attributes)
+            finally:
+                self._release(entry)
+        else:
+            call = asyncio.ensure_future(
+                run_blocking(
+                    self.pools.inference,
+                    resident.model.invoke,
+                    body,
+                    content_type,
+                    accept,
+                    custom_attributes,
+                )
             )
-        )
-        try:
-            prediction = await asyncio.shield(call)
-        except asyncio.CancelledError:
-            # The worker thread runs on: keep the pin until it returns.
-            call.add_done_callback(lambda done: self._release_after(entry, done))
-            raise
-        except BaseException:
+            resident.on_pool += 1
+            try:
+                prediction = await asyncio.shield(call)
+            except asyncio.CancelledError:
+                # The worker thread runs on: keep the pin until it returns.
+                call.add_done_callback(lambda done: self._release_after(entry, done))
+                raise
+            except BaseException:
+                resident.on_pool -= 1
+                self._release(entry)
+                raise
+            resident.on_pool -= 1
             self._release(entry)
-            raise
         latency = time.perf_counter() - started
-        self._release(entry)
+        resident.observe(latency, self._inline_max_s)
         self.metrics.model_latency.observe(latency)
         return InvokeResult(prediction=prediction, cache_hit=hit, model_latency_s=latency)
 
     def _release_after(self, entry: Entry, done: asyncio.Future[Prediction]) -> None:
         if not done.cancelled():
             done.exception()  # retrieved: the caller is gone
+        entry.value.on_pool -= 1
         self._release(entry)
 
     def _release(self, entry: Entry) -> None:
