@@ -112,18 +112,25 @@ class MemoryCache(Generic[V]):
 
         Returns the entries evicted because the measured size exceeded the reservation (already
         out of the cache: the caller unloads them). Raises, admitting nothing, when the measured
-        size can never fit (:class:`ModelTooLargeError`) or the room is held by pinned models
-        (:class:`OutOfMemoryError`); the caller then unloads the new model.
+        size can never fit (:class:`ModelTooLargeError`, reservation dropped) or the room is
+        held by pinned models (:class:`OutOfMemoryError`, reservation kept so the caller can
+        wait for room and retry, or :meth:`release` it).
         """
-        self._reserved.pop(key, None)
         if key in self._entries:
             raise ValueError(f"{key!r} is already in the memory cache")
         if size_bytes > self.budget_bytes:
+            self._reserved.pop(key, None)
             raise ModelTooLargeError(
                 f"Model '{key}' measured {size_bytes} bytes in memory but the instance's whole "
                 f"memory budget is {self.budget_bytes} bytes."
             )
-        victims = self._make_room(size_bytes)
+        reserved = self._reserved.pop(key, 0)
+        try:
+            victims = self._make_room(size_bytes)
+        except OutOfMemoryError:
+            if reserved:
+                self._reserved[key] = reserved  # still held: the caller may wait and retry
+            raise
         now = self._clock()
         entry = MemoryEntry(key=key, value=value, size_bytes=size_bytes, loaded_at=now)
         entry.last_used = now

@@ -14,6 +14,7 @@ unloaded or deleted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
@@ -30,13 +31,12 @@ from modelfleet.cache.memory import MemoryCache, MemoryEntry
 from modelfleet.cache.policy import make_policy
 from modelfleet.config import ModelCacheSetting, Settings
 from modelfleet.errors import (
-    CapacityError,
     ModelAlreadyLoadedError,
     ModelError,
     ModelLoadError,
     ModelNotLoadedError,
     ModelNotReadyError,
-    ModelTooLargeError,
+    OutOfMemoryError,
     ValidationError,
 )
 from modelfleet.handlers import load_model
@@ -44,6 +44,7 @@ from modelfleet.handlers.base import LoadedModel, Prediction
 from modelfleet.handlers.isolation import ROOT_PACKAGE
 from modelfleet.instance.downloader import Downloader
 from modelfleet.instance.pools import (
+    OverlapTracker,
     Pools,
     configure_allocator,
     current_rss,
@@ -56,6 +57,7 @@ from modelfleet.source import ModelSource, validate_target_model
 logger = logging.getLogger(__name__)
 
 _RSS_CHECK_INTERVAL_S = 1.0
+_FULL_COLLECT_INTERVAL_S = 5.0
 _MAX_LOAD_ROUNDS = 3
 _INLINE_AFTER_CALLS = 8  # calls measured on the pool before a model may run inline
 _INLINE_MAX_BODY_BYTES = 64 * 1024  # larger bodies always go to the pool
@@ -154,6 +156,9 @@ class ModelManager:
         self._pools: Pools | None = None
         self._rss_high_water = settings.rss_high_water or 0
         self._watcher: asyncio.Task[None] | None = None
+        self._overlaps = OverlapTracker()
+        self._last_collect = 0.0
+        self._room = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -344,6 +349,7 @@ class ModelManager:
     def _release(self, entry: Entry) -> None:
         entry.pins -= 1
         if entry.pins == 0:
+            self._signal_room()
             drained = self._drained.pop(entry.key, None)
             if drained is not None:
                 drained.set()
@@ -387,7 +393,7 @@ class ModelManager:
         """Load ``url`` as ``name`` into memory; the entry comes pinned for every waiter."""
         self._states[name] = ModelState.LOADING
         try:
-            victims = self.memory.reserve(name, max(disk_bytes, 1))
+            victims = await self._reserve_memory(name, max(disk_bytes, 1))
             try:
                 await asyncio.shield(self._unload_all(victims))
                 model, size, load_s = await run_blocking(
@@ -395,13 +401,14 @@ class ModelManager:
                 )
             except BaseException:
                 self.memory.release(name)
+                self._signal_room()
                 raise
             try:
-                victims = self.memory.admit(
-                    name, Resident(model, url, from_source), size, cost_s=load_s
-                )
-            except (CapacityError, ModelTooLargeError):  # measured larger than the room
-                await run_blocking(self.pools.load, _close_model, model)
+                victims = await self._admit(name, Resident(model, url, from_source), size, load_s)
+            except BaseException:  # no room for its measured size, or cancelled meanwhile
+                self.memory.release(name)
+                self._signal_room()
+                await asyncio.shield(run_blocking(self.pools.load, _close_model, model))
                 raise
             entry = self.memory.entry(name)
             assert entry is not None
@@ -417,26 +424,66 @@ class ModelManager:
         finally:
             self._states.pop(name, None)
 
+    async def _reserve_memory(self, name: str, size_bytes: int) -> list[Entry]:
+        """Reserve memory for a load, waiting while models in use hold the room.
+
+        Calls in flight unpin their models within milliseconds, so a load that finds the
+        budget held by pins waits for room (up to the invoke timeout) rather than failing.
+        """
+        deadline = time.monotonic() + self.settings.invoke_timeout
+        while True:
+            try:
+                return self.memory.reserve(name, size_bytes)
+            except OutOfMemoryError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), remaining)
+
+    async def _admit(
+        self, name: str, resident: Resident, size_bytes: int, load_s: float
+    ) -> list[Entry]:
+        """Admit a loaded model, waiting (up to the invoke timeout) while pins hold the room."""
+        deadline = time.monotonic() + self.settings.invoke_timeout
+        while True:
+            try:
+                return self.memory.admit(name, resident, size_bytes, cost_s=load_s)
+            except OutOfMemoryError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), remaining)
+
+    def _signal_room(self) -> None:
+        """Wake loads waiting for memory room (a pin or a reservation was dropped)."""
+        room, self._room = self._room, asyncio.Event()
+        room.set()
+
     def _load_blocking(
         self, name: str, url: Path, disk_bytes: int
     ) -> tuple[LoadedModel, int, float]:
         modules_before = _shared_module_count()
-        rss_before = current_rss()
-        started = time.perf_counter()
-        try:
-            model = load_model(url, model_id=name, handler=self.settings.handler)
-        except ModelError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(f"Model '{name}' failed to load: {exc}") from exc
-        load_s = time.perf_counter() - started
-        grown = current_rss() - rss_before
+        with self._overlaps.track() as overlap:
+            rss_before = current_rss()
+            started = time.perf_counter()
+            try:
+                model = load_model(url, model_id=name, handler=self.settings.handler)
+            except ModelError:
+                raise
+            except Exception as exc:
+                raise ModelLoadError(f"Model '{name}' failed to load: {exc}") from exc
+            load_s = time.perf_counter() - started
+            grown = current_rss() - rss_before
         if _shared_module_count() != modules_before:
             # The load imported a framework: the RSS growth is mostly that one-time import,
             # which stays when the model goes. Charge the model its files' size instead, and
             # count the import as the process's own (the RSS high-water mark moves up by it).
             self._rss_high_water += max(grown, 0)
             grown = 0
+        elif overlap.happened:
+            grown = 0  # other loads grew the process too: the growth is not this model's
         size = max(grown, model.size_bytes() or 0, disk_bytes, 1)
         return model, size, load_s
 
@@ -463,7 +510,7 @@ class ModelManager:
         from_source = entry.value.from_source
         await run_blocking(self.pools.load, _close_model, entry.value.model)
         entry.value = None  # type: ignore[assignment]  # drop the last reference before trimming
-        await run_blocking(self.pools.load, release_memory)
+        await run_blocking(self.pools.load, release_memory, collect=self._collect_due())
         if from_source:
             self.disk.unpin(entry.key)
             if delete_files:
@@ -471,6 +518,19 @@ class ModelManager:
         self.metrics.model_unloading_time.observe(time.perf_counter() - started)
         logger.info("unloaded %s", entry.key)
         self._update_gauges()
+
+    def _collect_due(self) -> bool:
+        """Whether this unload should run a full garbage collection.
+
+        Most models are acyclic and freed by reference counting the moment they are dropped;
+        a full collection walks every object of the process (tens of milliseconds once a few
+        frameworks are imported), so it runs at most every few seconds, not per unload.
+        """
+        now = time.monotonic()
+        if now - self._last_collect >= _FULL_COLLECT_INTERVAL_S:
+            self._last_collect = now
+            return True
+        return False
 
     async def _watch_rss(self) -> None:
         while True:

@@ -8,12 +8,14 @@ loop stays free for ``/ping`` and ``/metrics``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import gc
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
@@ -46,6 +48,42 @@ async def run_blocking(
     if kwargs:
         return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
     return await loop.run_in_executor(pool, fn, *args)
+
+
+class Overlap:
+    """Whether another tracked section ran at the same time as this one."""
+
+    __slots__ = ("happened",)
+
+    def __init__(self) -> None:
+        self.happened = False
+
+
+class OverlapTracker:
+    """Tells each section (a model load) whether any other overlapped it in time.
+
+    A process-wide RSS reading taken around a load is that load's footprint only if no other
+    load ran meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: set[Overlap] = set()
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[Overlap]:
+        mine = Overlap()
+        with self._lock:
+            if self._active:
+                mine.happened = True
+                for other in self._active:
+                    other.happened = True
+            self._active.add(mine)
+        try:
+            yield mine
+        finally:
+            with self._lock:
+                self._active.discard(mine)
 
 
 _PROCESS = psutil.Process()
@@ -88,8 +126,10 @@ def configure_allocator() -> None:
         _LIBC.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``)."""
-    gc.collect()
+def release_memory(*, collect: bool) -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``), after a full garbage
+    collection when ``collect`` (models with reference cycles are freed only by one)."""
+    if collect:
+        gc.collect()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
