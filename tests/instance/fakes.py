@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import modelfleet.instance.loader as loader_mod
 import modelfleet.instance.manager as manager_mod
 from modelfleet.errors import ModelNotFoundError
 from modelfleet.handlers.base import LoadedModel, Prediction
@@ -104,7 +105,8 @@ class Harness:
         self.load_blocks: dict[str, Block] = {}
         self.models: dict[str, list[FakeModel]] = {}
         monkeypatch.setattr(manager_mod, "current_rss", lambda: 0)
-        monkeypatch.setattr(manager_mod, "load_model", self._load_model)
+        monkeypatch.setattr(loader_mod, "current_rss", lambda: 0)
+        monkeypatch.setattr(loader_mod, "load_model", self._load_model)
 
     def _load_model(self, url: Path, *, model_id: str, handler: str | None = None) -> FakeModel:
         block = self.load_blocks.get(model_id)

@@ -18,38 +18,40 @@ import contextlib
 import functools
 import gc
 import logging
-import sys
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from modelfleet.cache.disk import DiskCache, DiskEntry, tree_size
-from modelfleet.cache.memory import MemoryCache, MemoryEntry
+from modelfleet.cache.memory import MemoryCache
 from modelfleet.cache.policy import make_policy
 from modelfleet.config import ModelCacheSetting, Settings
 from modelfleet.errors import (
     ModelAlreadyLoadedError,
     ModelError,
-    ModelLoadError,
     ModelNotLoadedError,
     ModelNotReadyError,
     OutOfMemoryError,
     ValidationError,
 )
-from modelfleet.handlers import load_model
 from modelfleet.handlers.base import LoadedModel, Prediction
-from modelfleet.handlers.isolation import ROOT_PACKAGE
 from modelfleet.instance.downloader import Downloader
+from modelfleet.instance.loader import Loader
 from modelfleet.instance.pools import (
-    OverlapTracker,
     Pools,
     configure_allocator,
     current_rss,
     release_memory,
     run_blocking,
+)
+from modelfleet.instance.state import (
+    Entry,
+    Flight,
+    InvokeResult,
+    ModelInfo,
+    ModelState,
+    Resident,
 )
 from modelfleet.metrics import Metrics
 from modelfleet.source import ModelSource, validate_target_model
@@ -59,73 +61,7 @@ logger = logging.getLogger(__name__)
 _RSS_CHECK_INTERVAL_S = 1.0
 _FULL_COLLECT_INTERVAL_S = 5.0
 _MAX_LOAD_ROUNDS = 3
-_INLINE_AFTER_CALLS = 8  # calls measured on the pool before a model may run inline
 _INLINE_MAX_BODY_BYTES = 64 * 1024  # larger bodies always go to the pool
-
-Entry = MemoryEntry["Resident"]
-
-
-class ModelState(StrEnum):
-    DOWNLOADING = "downloading"
-    LOADING = "loading"
-    LOADED = "loaded"
-
-
-@dataclass(slots=True)
-class Resident:
-    """What the memory tier holds for one model, with its inference-latency average."""
-
-    model: LoadedModel
-    url: Path
-    from_source: bool
-    latency_ewma_s: float = 0.0
-    calls: int = 0
-    inline: bool = False  # fast enough to run on the event loop (see ModelManager._run)
-    on_pool: int = 0  # calls of this model on the inference pool now
-
-    def observe(self, latency_s: float, inline_max_s: float) -> None:
-        """Fold one inference latency into the average; decide where the next call runs."""
-        self.latency_ewma_s = (
-            latency_s if self.calls == 0 else 0.8 * self.latency_ewma_s + 0.2 * latency_s
-        )
-        self.calls += 1
-        self.inline = self.calls >= _INLINE_AFTER_CALLS and self.latency_ewma_s <= inline_max_s
-
-
-@dataclass(eq=False, slots=True)
-class Flight:
-    """One load in progress and the callers waiting for it."""
-
-    task: asyncio.Task[Entry] | None = None
-    waiters: int = 0  # callers waiting now; each gets a pin when the model is admitted
-    prepins: int = 0  # pins taken on the waiters' behalf and not yet claimed
-    entry: Entry | None = None  # set at admission
-
-    def claim(self) -> Entry | None:
-        """The admitted entry with one of the pins taken for a waiter, if one is left."""
-        if self.entry is not None and self.prepins > 0:
-            self.prepins -= 1
-            return self.entry
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """A model as the instance contract describes it."""
-
-    name: str
-    url: str
-    state: ModelState
-    size_bytes: int = 0
-    hits: int = 0
-    handler: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class InvokeResult:
-    prediction: Prediction
-    cache_hit: bool
-    model_latency_s: float
 
 
 class ModelManager:
@@ -156,7 +92,7 @@ class ModelManager:
         self._pools: Pools | None = None
         self._rss_high_water = settings.rss_high_water or 0
         self._watcher: asyncio.Task[None] | None = None
-        self._overlaps = OverlapTracker()
+        self.loader = Loader(handler=settings.handler)
         self._last_collect = 0.0
         self._room = asyncio.Event()
 
@@ -396,9 +332,11 @@ class ModelManager:
             victims = await self._reserve_memory(name, max(disk_bytes, 1))
             try:
                 await asyncio.shield(self._unload_all(victims))
-                model, size, load_s = await run_blocking(
-                    self.pools.load, self._load_blocking, name, url, disk_bytes
+                model, size, load_s, imported = await run_blocking(
+                    self.pools.load, self.loader.load, name, url, disk_bytes
                 )
+                # A framework import's growth belongs to the process: raise the mark by it.
+                self._rss_high_water += imported
             except BaseException:
                 self.memory.release(name)
                 self._signal_room()
@@ -460,32 +398,6 @@ class ModelManager:
         """Wake loads waiting for memory room (a pin or a reservation was dropped)."""
         room, self._room = self._room, asyncio.Event()
         room.set()
-
-    def _load_blocking(
-        self, name: str, url: Path, disk_bytes: int
-    ) -> tuple[LoadedModel, int, float]:
-        modules_before = _shared_module_count()
-        with self._overlaps.track() as overlap:
-            rss_before = current_rss()
-            started = time.perf_counter()
-            try:
-                model = load_model(url, model_id=name, handler=self.settings.handler)
-            except ModelError:
-                raise
-            except Exception as exc:
-                raise ModelLoadError(f"Model '{name}' failed to load: {exc}") from exc
-            load_s = time.perf_counter() - started
-            grown = current_rss() - rss_before
-        if _shared_module_count() != modules_before:
-            # The load imported a framework: the RSS growth is mostly that one-time import,
-            # which stays when the model goes. Charge the model its files' size instead, and
-            # count the import as the process's own (the RSS high-water mark moves up by it).
-            self._rss_high_water += max(grown, 0)
-            grown = 0
-        elif overlap.happened:
-            grown = 0  # other loads grew the process too: the growth is not this model's
-        size = max(grown, model.size_bytes() or 0, disk_bytes, 1)
-        return model, size, load_s
 
     # -- unloading -----------------------------------------------------------------------------
     def _discard(self, entry: Entry) -> None:
@@ -653,11 +565,6 @@ def _close_model(model: LoadedModel) -> None:
         model.close()
     except Exception:
         logger.exception("closing a model failed")
-
-
-def _shared_module_count() -> int:
-    """Modules imported process-wide, not counting models' private code namespaces."""
-    return sum(1 for name in list(sys.modules) if not name.startswith(ROOT_PACKAGE))
 
 
 def _folder_size(path: Path) -> int:

@@ -1,0 +1,59 @@
+"""Loading one model in a worker thread, and measuring what it costs in memory.
+
+A model's footprint is the larger of the process RSS growth during its load, the handler's own
+figure and the size of its files. RSS growth is only trusted when it can be the model's: not
+when another load ran at the same time, and not when the load imported a framework (that
+growth stays with the process after the model goes; it is reported separately so the instance
+can raise its RSS high-water mark by it).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from modelfleet.errors import ModelError, ModelLoadError
+from modelfleet.handlers import load_model
+from modelfleet.handlers.base import LoadedModel
+from modelfleet.handlers.isolation import ROOT_PACKAGE
+from modelfleet.instance.pools import OverlapTracker, current_rss
+
+
+class Loader:
+    """Loads models with a handler (detected, or the one configured) and sizes them."""
+
+    def __init__(self, *, handler: str | None) -> None:
+        self._handler = handler
+        self._overlaps = OverlapTracker()
+
+    def load(self, name: str, url: Path, disk_bytes: int) -> tuple[LoadedModel, int, float, int]:
+        """Load ``url`` as ``name`` (blocking).
+
+        Returns the model, its footprint in bytes, the load's seconds, and the RSS growth of
+        framework imports during the load (0 if none).
+        """
+        modules_before = _shared_module_count()
+        with self._overlaps.track() as overlap:
+            rss_before = current_rss()
+            started = time.perf_counter()
+            try:
+                model = load_model(url, model_id=name, handler=self._handler)
+            except ModelError:
+                raise
+            except Exception as exc:
+                raise ModelLoadError(f"Model '{name}' failed to load: {exc}") from exc
+            load_s = time.perf_counter() - started
+            grown = current_rss() - rss_before
+        imported = 0
+        if _shared_module_count() != modules_before:
+            imported, grown = max(grown, 0), 0
+        elif overlap.happened:
+            grown = 0  # other loads grew the process too: the growth is not this model's
+        size = max(grown, model.size_bytes() or 0, disk_bytes, 1)
+        return model, size, load_s, imported
+
+
+def _shared_module_count() -> int:
+    """Modules imported process-wide, not counting models' private code namespaces."""
+    return sum(1 for name in list(sys.modules) if not name.startswith(ROOT_PACKAGE))

@@ -1,0 +1,78 @@
+"""What the model manager keeps per model: residency, single flights, public descriptions."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from modelfleet.cache.memory import MemoryEntry
+from modelfleet.handlers.base import LoadedModel, Prediction
+
+INLINE_AFTER_CALLS = 8  # calls measured on the pool before a model may run inline
+
+Entry = MemoryEntry["Resident"]
+
+
+class ModelState(StrEnum):
+    DOWNLOADING = "downloading"
+    LOADING = "loading"
+    LOADED = "loaded"
+
+
+@dataclass(slots=True)
+class Resident:
+    """What the memory tier holds for one model, with its inference-latency average."""
+
+    model: LoadedModel
+    url: Path
+    from_source: bool
+    latency_ewma_s: float = 0.0
+    calls: int = 0
+    inline: bool = False  # fast enough to run on the event loop (see ModelManager._run)
+    on_pool: int = 0  # calls of this model on the inference pool now
+
+    def observe(self, latency_s: float, inline_max_s: float) -> None:
+        """Fold one inference latency into the average; decide where the next call runs."""
+        self.latency_ewma_s = (
+            latency_s if self.calls == 0 else 0.8 * self.latency_ewma_s + 0.2 * latency_s
+        )
+        self.calls += 1
+        self.inline = self.calls >= INLINE_AFTER_CALLS and self.latency_ewma_s <= inline_max_s
+
+
+@dataclass(eq=False, slots=True)
+class Flight:
+    """One load in progress and the callers waiting for it."""
+
+    task: asyncio.Task[Entry] | None = None
+    waiters: int = 0  # callers waiting now; each gets a pin when the model is admitted
+    prepins: int = 0  # pins taken on the waiters' behalf and not yet claimed
+    entry: Entry | None = None  # set at admission
+
+    def claim(self) -> Entry | None:
+        """The admitted entry with one of the pins taken for a waiter, if one is left."""
+        if self.entry is not None and self.prepins > 0:
+            self.prepins -= 1
+            return self.entry
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model as the instance contract describes it."""
+
+    name: str
+    url: str
+    state: ModelState
+    size_bytes: int = 0
+    hits: int = 0
+    handler: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeResult:
+    prediction: Prediction
+    cache_hit: bool
+    model_latency_s: float
