@@ -74,7 +74,7 @@ async def run(
     ok = sorted(latencies)
     errors = sum(n for status, n in statuses.items() if status != 200)
     return {
-        "requests": len(ok) + errors,
+        "requests": sum(statuses.values()),
         "ok": statuses.get(200, 0),
         "errors": errors,
         "statuses": {str(k): v for k, v in statuses.items()},

@@ -224,7 +224,7 @@ async def admission_race(harness: Harness, make_manager: Any) -> tuple[ModelMana
 
     async def gated(pool: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if pool is manager.pools.inference:
-            if fn.__self__.name == "w":  # only "w"'s call is held; others run at once
+            if fn.__self__.model.name == "w":  # only "w"'s call is held; others run at once
                 gate = asyncio.Event()
                 inference_gates.append(gate)
                 await gate.wait()

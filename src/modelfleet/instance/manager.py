@@ -244,14 +244,16 @@ class ModelManager:
         # calls (inference.py) would make the event loop wait for that call.
         if resident.inline and resident.on_pool == 0 and len(body) <= _INLINE_MAX_BODY_BYTES:
             try:
-                prediction = resident.model.invoke(body, content_type, accept, custom_attributes)
+                prediction, cpu_s = resident.timed_invoke(
+                    body, content_type, accept, custom_attributes
+                )
             finally:
                 self._release(entry)
         else:
             call = asyncio.ensure_future(
                 run_blocking(
                     self.pools.inference,
-                    resident.model.invoke,
+                    resident.timed_invoke,
                     body,
                     content_type,
                     accept,
@@ -260,7 +262,7 @@ class ModelManager:
             )
             resident.on_pool += 1
             try:
-                prediction = await asyncio.shield(call)
+                prediction, cpu_s = await asyncio.shield(call)
             except asyncio.CancelledError:
                 # The worker thread runs on: keep the pin until it returns.
                 call.add_done_callback(lambda done: self._release_after(entry, done))
@@ -272,11 +274,11 @@ class ModelManager:
             resident.on_pool -= 1
             self._release(entry)
         latency = time.perf_counter() - started
-        resident.observe(latency, self._inline_max_s)
+        resident.observe(cpu_s, self._inline_max_s)
         self.metrics.model_latency.observe(latency)
         return InvokeResult(prediction=prediction, cache_hit=hit, model_latency_s=latency)
 
-    def _release_after(self, entry: Entry, done: asyncio.Future[Prediction]) -> None:
+    def _release_after(self, entry: Entry, done: asyncio.Future[tuple[Prediction, float]]) -> None:
         if not done.cancelled():
             done.exception()  # retrieved: the caller is gone
         entry.value.on_pool -= 1
