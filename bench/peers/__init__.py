@@ -1,0 +1,1 @@
+"""The peers the benchmarks compare modelfleet with: bare apps, Ray Serve, MLServer."""
