@@ -97,14 +97,17 @@ def _unpickle(path: Path, raw: bytes, xgb: Any) -> Any:
 
 def load_booster(path: Path, xgb: Any) -> Any:
     """Read a native (JSON, UBJSON) or pickled booster from ``path``."""
-    raw = path.read_bytes()
+    # Read straight into the bytearray XGBoost parses: one copy of a large model, not two.
+    raw = bytearray(path.stat().st_size)
+    with path.open("rb") as file:
+        file.readinto(raw)
     if not raw:
         raise ModelLoadError(f"The xgboost handler could not load {path.name}: the file is empty")
     if raw[0] == _PICKLE_PROTOCOL_2_PLUS:
-        return _unpickle(path, raw, xgb)
+        return _unpickle(path, bytes(raw), xgb)
     booster = xgb.Booster()
     try:
-        booster.load_model(bytearray(raw))
+        booster.load_model(raw)
     except Exception as exc:
         raise load_error(XGBOOST, path, exc) from exc
     return booster
