@@ -39,13 +39,18 @@ _ARTIFACT = "artifact"
 
 @dataclass(slots=True)
 class DiskEntry:
-    """One artifact on disk."""
+    """One artifact on disk (a few hundred bytes of index: the index may hold many)."""
 
     target_model: str
-    path: Path
+    root: Path  # the cache's ``models/`` folder, one object shared by every entry
     size_bytes: int
     etag: str | None
     pins: int = 0
+
+    @property
+    def path(self) -> Path:
+        """The entry's folder: ``models/<digest of the target model>``."""
+        return self.root / _digest(self.target_model)
 
     @property
     def model_dir(self) -> Path:
@@ -109,15 +114,14 @@ class DiskCache:
         if found:
             logger.info("disk cache re-indexed %d artifacts, %d bytes", len(found), self._used)
 
-    @staticmethod
-    def _read_entry(path: Path) -> DiskEntry | None:
+    def _read_entry(self, path: Path) -> DiskEntry | None:
         try:
             meta = json.loads((path / _META).read_text())
             if not (path / _ARTIFACT).is_dir() or path.name != _digest(meta["target_model"]):
                 return None
             return DiskEntry(
                 target_model=str(meta["target_model"]),
-                path=path,
+                root=self._models,
                 size_bytes=int(meta["size_bytes"]),
                 etag=meta.get("etag"),
             )
@@ -216,7 +220,7 @@ class DiskCache:
         except BaseException:
             self.release(token)
             raise
-        entry = DiskEntry(target_model, final, size, etag, pins=1)
+        entry = DiskEntry(target_model, self._models, size, etag, pins=1)
         with self._lock:
             self._reserved.pop(token, None)
             self._entries[target_model] = entry
