@@ -125,7 +125,8 @@ class Settings(BaseSettings):
     """Memory eviction policy: ``lrfu`` (default, see docs/eviction.md), ``lru``, ``gdsf``..."""
 
     rss_high_water: ByteSize | None = None
-    """Process RSS above which idle models are evicted; default: RSS at start + memory limit."""
+    """Process RSS above which idle models are evicted; default: RSS at start + memory limit
+    + max(64 MiB, 10% of it), raised by the RSS of framework imports."""
 
     load_concurrency: PositiveInt | None = None
     """Models loading at once; default 2 x CPUs (4 x CPUs with the model cache disabled)."""

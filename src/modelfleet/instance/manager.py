@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 _RSS_CHECK_INTERVAL_S = 1.0
 _FULL_COLLECT_INTERVAL_S = 5.0
+_RSS_SLACK_BYTES = 64 * 1024 * 1024
 _MAX_LOAD_ROUNDS = 3
 _INLINE_MAX_BODY_BYTES = 64 * 1024  # larger bodies always go to the pool
 
@@ -112,7 +113,10 @@ class ModelManager:
         gc.freeze()
         await run_blocking(self.pools.load, self.disk.start)
         if not s.rss_high_water:
-            self._rss_high_water = current_rss() + s.memory_limit
+            # The watcher is a safety net for footprints measured too small, not the budget
+            # itself: allow the allocator its slack, or a small budget would evict on noise.
+            slack = max(_RSS_SLACK_BYTES, s.memory_limit // 10)
+            self._rss_high_water = current_rss() + s.memory_limit + slack
         self._watcher = asyncio.create_task(self._watch_rss(), name="modelfleet-rss-watcher")
         self._update_gauges()
 
