@@ -11,6 +11,7 @@ import pytest
 
 import modelfleet.instance.loader as loader_mod
 import modelfleet.instance.manager as manager_mod
+import modelfleet.instance.pressure as pressure_mod
 from modelfleet.errors import ModelNotFoundError
 from modelfleet.handlers.base import LoadedModel, Prediction
 from modelfleet.instance.manager import ModelManager
@@ -104,7 +105,7 @@ class Harness:
         self.invoke_blocks: dict[str, Block] = {}
         self.load_blocks: dict[str, Block] = {}
         self.models: dict[str, list[FakeModel]] = {}
-        monkeypatch.setattr(manager_mod, "current_rss", lambda: 0)
+        monkeypatch.setattr(pressure_mod, "current_rss", lambda: 0)
         monkeypatch.setattr(loader_mod, "current_rss", lambda: 0)
         monkeypatch.setattr(loader_mod, "load_model", self._load_model)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-import modelfleet.instance.manager as manager_mod
+import modelfleet.instance.pressure as pressure_mod
 from tests.instance.fakes import FakeSource, Harness, invoke
 
 
@@ -20,11 +20,11 @@ async def test_rss_excess_evicts_just_enough_idle_models(
     for i in range(5):
         await invoke(manager, f"m{i}")
     assert len(manager.memory) == 5
-    manager._rss_high_water = 1_000
-    monkeypatch.setattr(manager_mod, "current_rss", lambda: 1_250)  # 250 bytes over
+    manager.pressure.high_water = 1_000
+    monkeypatch.setattr(pressure_mod, "current_rss", lambda: 1_250)  # 250 bytes over
     evicted = await manager.enforce_rss()
     assert evicted == 3  # 3 x 100 bytes cover the 250-byte excess; two models stay
     assert sorted(manager.memory) == ["m3", "m4"]  # the least recently used went first
-    monkeypatch.setattr(manager_mod, "current_rss", lambda: 900)  # under the mark
+    monkeypatch.setattr(pressure_mod, "current_rss", lambda: 900)  # under the mark
     assert await manager.enforce_rss() == 0
     assert len(manager.memory) == 2

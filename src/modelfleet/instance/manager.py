@@ -41,10 +41,10 @@ from modelfleet.instance.loader import Loader
 from modelfleet.instance.pools import (
     Pools,
     configure_allocator,
-    current_rss,
     release_memory,
     run_blocking,
 )
+from modelfleet.instance.pressure import CHECK_INTERVAL_S, MemoryPressure
 from modelfleet.instance.state import (
     Entry,
     Flight,
@@ -58,9 +58,6 @@ from modelfleet.source import ModelSource, validate_target_model
 
 logger = logging.getLogger(__name__)
 
-_RSS_CHECK_INTERVAL_S = 1.0
-_FULL_COLLECT_INTERVAL_S = 5.0
-_RSS_SLACK_BYTES = 64 * 1024 * 1024
 _MAX_LOAD_ROUNDS = 3
 _INLINE_MAX_BODY_BYTES = 64 * 1024  # larger bodies always go to the pool
 
@@ -91,10 +88,11 @@ class ModelManager:
         self._drained: dict[str, asyncio.Event] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._pools: Pools | None = None
-        self._rss_high_water = settings.rss_high_water or 0
+        self.pressure = MemoryPressure(
+            memory_limit=settings.memory_limit, high_water=settings.rss_high_water
+        )
         self._watcher: asyncio.Task[None] | None = None
         self.loader = Loader(handler=settings.handler)
-        self._last_collect = 0.0
         self._room = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -112,11 +110,7 @@ class ModelManager:
         # does not walk them (measured: 10 MB cold loads 1.5x faster).
         gc.freeze()
         await run_blocking(self.pools.load, self.disk.start)
-        if not s.rss_high_water:
-            # The watcher is a safety net for footprints measured too small, not the budget
-            # itself: allow the allocator its slack, or a small budget would evict on noise.
-            slack = max(_RSS_SLACK_BYTES, s.memory_limit // 10)
-            self._rss_high_water = current_rss() + s.memory_limit + slack
+        self.pressure.start()
         self._watcher = asyncio.create_task(self._watch_rss(), name="modelfleet-rss-watcher")
         self._update_gauges()
 
@@ -342,7 +336,7 @@ class ModelManager:
                     self.pools.load, self.loader.load, name, url, disk_bytes
                 )
                 # A framework import's growth belongs to the process: raise the mark by it.
-                self._rss_high_water += imported
+                self.pressure.imported(imported)
             except BaseException:
                 self.memory.release(name)
                 self._signal_room()
@@ -428,7 +422,7 @@ class ModelManager:
         from_source = entry.value.from_source
         await run_blocking(self.pools.load, _close_model, entry.value.model)
         entry.value = None  # type: ignore[assignment]  # drop the last reference before trimming
-        await run_blocking(self.pools.load, release_memory, collect=self._collect_due())
+        await run_blocking(self.pools.load, release_memory, collect=self.pressure.collect_due())
         if from_source:
             self.disk.unpin(entry.key)
             if delete_files:
@@ -437,22 +431,9 @@ class ModelManager:
         logger.info("unloaded %s", entry.key)
         self._update_gauges()
 
-    def _collect_due(self) -> bool:
-        """Whether this unload should run a full garbage collection.
-
-        Most models are acyclic and freed by reference counting the moment they are dropped;
-        a full collection walks every object of the process (tens of milliseconds once a few
-        frameworks are imported), so it runs at most every few seconds, not per unload.
-        """
-        now = time.monotonic()
-        if now - self._last_collect >= _FULL_COLLECT_INTERVAL_S:
-            self._last_collect = now
-            return True
-        return False
-
     async def _watch_rss(self) -> None:
         while True:
-            await asyncio.sleep(_RSS_CHECK_INTERVAL_S)
+            await asyncio.sleep(CHECK_INTERVAL_S)
             try:
                 await self.enforce_rss()
             except Exception:  # pragma: no cover - the watcher must survive anything
@@ -465,9 +446,8 @@ class ModelManager:
         check (a second later) sees what that freed. Evicting one at a time until RSS drops
         would empty the cache, since freed memory reaches the OS only after the unloads.
         """
-        rss = current_rss()
+        rss, excess = self.pressure.excess()
         self.metrics.process_rss_bytes.set(rss)
-        excess = rss - self._rss_high_water
         victims: list[Entry] = []
         while excess > 0:
             victim = self.memory.evict_one()
@@ -479,7 +459,7 @@ class ModelManager:
             logger.warning(
                 "RSS %d above the high-water mark %d: evicting %d idle models",
                 rss,
-                self._rss_high_water,
+                self.pressure.high_water,
                 len(victims),
             )
             await self._unload_all(victims)

@@ -1,0 +1,56 @@
+"""Process-memory pressure: the RSS high-water mark, and pacing of full garbage collections.
+
+The memory budget is kept by measured footprints (:mod:`modelfleet.instance.loader`); this is
+the safety net behind them. The high-water mark starts at the RSS at start plus the budget plus
+slack for the allocator, and rises by what framework imports add (a one-time cost that stays
+with the process). Above it, the instance evicts idle models worth the excess.
+"""
+
+from __future__ import annotations
+
+import time
+
+from modelfleet.instance.pools import current_rss
+
+CHECK_INTERVAL_S = 1.0
+_FULL_COLLECT_INTERVAL_S = 5.0
+_SLACK_BYTES = 64 * 1024 * 1024
+
+
+class MemoryPressure:
+    """The RSS high-water mark of one instance, and when the next full GC is due."""
+
+    def __init__(self, *, memory_limit: int, high_water: int | None) -> None:
+        self._memory_limit = memory_limit
+        self._fixed = high_water
+        self.high_water = high_water or 0
+        self._last_collect = 0.0
+
+    def start(self) -> None:
+        """Set the mark from the RSS now (unless it was configured)."""
+        if self._fixed is None:
+            slack = max(_SLACK_BYTES, self._memory_limit // 10)
+            self.high_water = current_rss() + self._memory_limit + slack
+
+    def imported(self, grown_bytes: int) -> None:
+        """A load imported a framework that grew the process by ``grown_bytes`` for good."""
+        if self._fixed is None:
+            self.high_water += grown_bytes
+
+    def excess(self) -> tuple[int, int]:
+        """The RSS now, and how far it is above the mark (negative when below)."""
+        rss = current_rss()
+        return rss, rss - self.high_water
+
+    def collect_due(self) -> bool:
+        """Whether an unload should run a full garbage collection now.
+
+        Most models are acyclic and freed by reference counting the moment they are dropped;
+        a full collection walks every object of the process (tens of milliseconds once a few
+        frameworks are imported), so it runs at most every few seconds, not per unload.
+        """
+        now = time.monotonic()
+        if now - self._last_collect >= _FULL_COLLECT_INTERVAL_S:
+            self._last_collect = now
+            return True
+        return False
