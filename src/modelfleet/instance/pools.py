@@ -110,10 +110,12 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc()
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_BYTES = 1024 * 1024
+_M_ARENA_MAX = -8
+_ARENA_MAX = 2
 
 
 def configure_allocator() -> None:
-    """Pin glibc's mmap threshold at 1 MiB.
+    """Pin glibc's mmap threshold at 1 MiB and its arenas at 2.
 
     glibc raises the threshold (up to 32 MiB) as large blocks are freed, after which model-sized
     arrays come from the heap and linger there after an unload. With a fixed threshold every
@@ -121,9 +123,15 @@ def configure_allocator() -> None:
     it is gone. Lower thresholds were measured to slow loads (fresh pages fault in); 1 MiB kept
     load times equal to glibc's default while RSS tracked the memory budget
     (tests/instance/test_budgets.py).
+
+    Also cap glibc at 2 malloc arenas. By default each worker thread gets its own arena, and a
+    load on a thread whose arena is new or trimmed grows it page by page: a 100 MB XGBoost load
+    took 1.8 s on a fresh thread against 0.17 s on the main thread; with 2 arenas, 0.17 s on any
+    thread. The GIL already serialises most allocation, so arena contention costs little.
     """
     if _LIBC is not None:
         _LIBC.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+        _LIBC.mallopt(_M_ARENA_MAX, _ARENA_MAX)
 
 
 def release_memory(*, collect: bool) -> None:
