@@ -194,8 +194,7 @@ async def test_disabled_cache_discards_a_load_whose_callers_timed_out(
     block.release.set()
     await asyncio.shield(task)
     await spin(lambda: "m" not in manager._pending)
-    while manager._background:
-        await asyncio.gather(*list(manager._background), return_exceptions=True)
+    await manager.unloader.drain()
     assert "m" not in manager.memory, "Disabled: a model nobody invoked stays loaded"
     assert "m" not in manager.disk, "Disabled: its files stay on disk"
 

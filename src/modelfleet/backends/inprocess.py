@@ -7,7 +7,8 @@ HTTP hop); the same manager also answers the instance contract on the server's p
 from __future__ import annotations
 
 from modelfleet.config import Settings
-from modelfleet.instance.manager import InvokeResult, ModelManager
+from modelfleet.instance.manager import ModelManager
+from modelfleet.instance.state import InvokeResult
 from modelfleet.metrics import Metrics
 from modelfleet.source import ModelSource
 

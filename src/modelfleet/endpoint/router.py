@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from modelfleet.backends.inprocess import InProcessInstance
 from modelfleet.errors import ServiceUnavailableError, ValidationError
-from modelfleet.instance.manager import InvokeResult
+from modelfleet.instance.state import InvokeResult
 
 DEFAULT_VARIANT = "AllTraffic"
 

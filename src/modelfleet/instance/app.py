@@ -36,7 +36,8 @@ from modelfleet.edge import (
     target_model_var,
 )
 from modelfleet.errors import ModelfleetError, ValidationError
-from modelfleet.instance.manager import InvokeResult, ModelInfo, ModelManager
+from modelfleet.instance.manager import ModelManager
+from modelfleet.instance.state import InvokeResult, ModelInfo
 
 _MAX_PAGE = 100
 Handler = Callable[[Request], Awaitable[Response]]

@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from modelfleet.errors import ModelError, ModelLoadError
+from modelfleet.cache.disk import tree_size
+from modelfleet.errors import ModelError, ModelLoadError, ValidationError
 from modelfleet.handlers import load_model
 from modelfleet.handlers.base import LoadedModel
 from modelfleet.handlers.isolation import ROOT_PACKAGE
@@ -57,3 +58,10 @@ class Loader:
 def _shared_module_count() -> int:
     """Modules imported process-wide, not counting models' private code namespaces."""
     return sum(1 for name in list(sys.modules) if not name.startswith(ROOT_PACKAGE))
+
+
+def folder_size(path: Path) -> int:
+    """Bytes under the LoadModel folder ``path``; ValidationError if it is not a folder."""
+    if not path.is_dir():
+        raise ValidationError(f"Model url '{path}' is not a folder on this instance.")
+    return tree_size(path)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from modelfleet.cache.disk import DiskCache, DiskEntry, tree_size
+from modelfleet.cache.disk import DiskCache, DiskEntry
 from modelfleet.cache.memory import MemoryCache
 from modelfleet.cache.policy import make_policy
 from modelfleet.config import ModelCacheSetting, Settings
@@ -35,16 +35,15 @@ from modelfleet.errors import (
     OutOfMemoryError,
     ValidationError,
 )
-from modelfleet.handlers.base import LoadedModel, Prediction
+from modelfleet.handlers.base import Prediction
 from modelfleet.instance.downloader import Downloader
-from modelfleet.instance.loader import Loader
+from modelfleet.instance.loader import Loader, folder_size
 from modelfleet.instance.pools import (
     Pools,
     configure_allocator,
-    release_memory,
     run_blocking,
 )
-from modelfleet.instance.pressure import CHECK_INTERVAL_S, MemoryPressure
+from modelfleet.instance.pressure import MemoryPressure
 from modelfleet.instance.state import (
     Entry,
     Flight,
@@ -53,6 +52,7 @@ from modelfleet.instance.state import (
     ModelState,
     Resident,
 )
+from modelfleet.instance.unloader import Unloader, close_model
 from modelfleet.metrics import Metrics
 from modelfleet.source import ModelSource, validate_target_model
 
@@ -86,10 +86,17 @@ class ModelManager:
         self._pending: dict[str, Flight] = {}
         self._states: dict[str, ModelState] = {}
         self._drained: dict[str, asyncio.Event] = {}
-        self._background: set[asyncio.Task[None]] = set()
         self._pools: Pools | None = None
         self.pressure = MemoryPressure(
             memory_limit=settings.memory_limit, high_water=settings.rss_high_water
+        )
+        self.unloader = Unloader(
+            memory=self.memory,
+            disk=self.disk,
+            metrics=metrics,
+            pressure=self.pressure,
+            pools=lambda: self.pools,
+            changed=self._update_gauges,
         )
         self._watcher: asyncio.Task[None] | None = None
         self.loader = Loader(handler=settings.handler)
@@ -111,7 +118,9 @@ class ModelManager:
         gc.freeze()
         await run_blocking(self.pools.load, self.disk.start)
         self.pressure.start()
-        self._watcher = asyncio.create_task(self._watch_rss(), name="modelfleet-rss-watcher")
+        self._watcher = asyncio.create_task(
+            self.unloader.watch_rss(), name="modelfleet-rss-watcher"
+        )
         self._update_gauges()
 
     async def stop(self) -> None:
@@ -122,12 +131,11 @@ class ModelManager:
         for task in flights:
             task.cancel()
         await asyncio.gather(*flights, return_exceptions=True)
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.unloader.drain()
         for key in list(self.memory):
             entry = self.memory.pop(key)
             if entry is not None:
-                await self._unload(entry, delete_files=not self._cache_enabled)
+                await self.unloader.unload(entry, delete_files=not self._cache_enabled)
         if self._pools is not None:
             self._pools.shutdown()
 
@@ -217,7 +225,7 @@ class ModelManager:
             # Retrieved here so a load that fails after its callers timed out is still logged.
             logger.warning("loading %s failed: %s", name, exc)
         elif not self._cache_enabled and flight.prepins == 0 and flight.entry is not None:
-            self._discard(flight.entry)  # every caller gave up: nobody will use it
+            self.unloader.discard(flight.entry)  # every caller gave up: nobody will use it
 
     async def _run(
         self,
@@ -290,7 +298,7 @@ class ModelManager:
             if drained is not None:
                 drained.set()
             if not self._cache_enabled:
-                self._discard(entry)
+                self.unloader.discard(entry)
 
     async def _load_from_source(self, target_model: str) -> Entry:
         disk_entry = self.disk.pin(target_model)
@@ -322,7 +330,7 @@ class ModelManager:
         victim = self.memory.evict_one(lambda entry: entry.value.from_source)
         if victim is None:
             return False
-        await self._unload(victim)
+        await self.unloader.unload(victim)
         return True
 
     async def _load(self, name: str, url: Path, disk_bytes: int, *, from_source: bool) -> Entry:
@@ -331,7 +339,7 @@ class ModelManager:
         try:
             victims = await self._reserve_memory(name, max(disk_bytes, 1))
             try:
-                await asyncio.shield(self._unload_all(victims))
+                await asyncio.shield(self.unloader.unload_all(victims))
                 model, size, load_s, imported = await run_blocking(
                     self.pools.load, self.loader.load, name, url, disk_bytes
                 )
@@ -346,7 +354,7 @@ class ModelManager:
             except BaseException:  # no room for its measured size, or cancelled meanwhile
                 self.memory.release(name)
                 self._signal_room()
-                await asyncio.shield(run_blocking(self.pools.load, _close_model, model))
+                await asyncio.shield(run_blocking(self.pools.load, close_model, model))
                 raise
             entry = self.memory.entry(name)
             assert entry is not None
@@ -356,7 +364,7 @@ class ModelManager:
                 flight.prepins, flight.entry = flight.waiters, entry
             self.metrics.model_loading_time.observe(load_s)
             logger.info("loaded %s (%d bytes) in %.3f s", name, size, load_s)
-            await asyncio.shield(self._unload_all(victims))
+            await asyncio.shield(self.unloader.unload_all(victims))
             self._update_gauges()
             return entry
         finally:
@@ -399,71 +407,9 @@ class ModelManager:
         room, self._room = self._room, asyncio.Event()
         room.set()
 
-    # -- unloading -----------------------------------------------------------------------------
-    def _discard(self, entry: Entry) -> None:
-        """ModelCacheSetting=Disabled: unload and delete an idle model in the background."""
-        if entry.pins > 0 or self.memory.entry(entry.key) is not entry:
-            return
-        self.memory.pop(entry.key)
-        task = asyncio.create_task(self._unload(entry, delete_files=True))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _unload_all(self, entries: list[Entry]) -> None:
-        for entry in entries:
-            try:
-                await self._unload(entry)
-            except Exception:
-                logger.exception("unloading %s failed", entry.key)
-
-    async def _unload(self, entry: Entry, *, delete_files: bool = False) -> None:
-        """Unload an entry already removed from the memory tier."""
-        started = time.perf_counter()
-        from_source = entry.value.from_source
-        await run_blocking(self.pools.load, _close_model, entry.value.model)
-        entry.value = None  # type: ignore[assignment]  # drop the last reference before trimming
-        await run_blocking(self.pools.load, release_memory, collect=self.pressure.collect_due())
-        if from_source:
-            self.disk.unpin(entry.key)
-            if delete_files:
-                await run_blocking(self.pools.load, self.disk.remove, entry.key)
-        self.metrics.model_unloading_time.observe(time.perf_counter() - started)
-        logger.info("unloaded %s", entry.key)
-        self._update_gauges()
-
-    async def _watch_rss(self) -> None:
-        while True:
-            await asyncio.sleep(CHECK_INTERVAL_S)
-            try:
-                await self.enforce_rss()
-            except Exception:  # pragma: no cover - the watcher must survive anything
-                logger.exception("RSS watcher failed")
-
     async def enforce_rss(self) -> int:
-        """Evict idle models while the process RSS is above the high-water mark.
-
-        Victims are chosen until their charged bytes cover the excess, then unloaded; the next
-        check (a second later) sees what that freed. Evicting one at a time until RSS drops
-        would empty the cache, since freed memory reaches the OS only after the unloads.
-        """
-        rss, excess = self.pressure.excess()
-        self.metrics.process_rss_bytes.set(rss)
-        victims: list[Entry] = []
-        while excess > 0:
-            victim = self.memory.evict_one()
-            if victim is None:
-                break
-            victims.append(victim)
-            excess -= victim.size_bytes
-        if victims:
-            logger.warning(
-                "RSS %d above the high-water mark %d: evicting %d idle models",
-                rss,
-                self.pressure.high_water,
-                len(victims),
-            )
-            await self._unload_all(victims)
-        return len(victims)
+        """Evict idle models worth the RSS excess over the high-water mark (see Unloader)."""
+        return await self.unloader.enforce_rss()
 
     def _update_gauges(self) -> None:
         m, s = self.metrics, self.settings
@@ -481,13 +427,13 @@ class ModelManager:
         flight = self._launch(name, self._load_url(name, url))
         assert flight.task is not None
         entry = await asyncio.shield(flight.task)
-        return self._info(entry)
+        return ModelInfo.of(entry)
 
     async def _load_url(self, name: str, url: str) -> Entry:
         if not url:
             raise ValidationError("LoadModel needs a non-empty url.")
         path = Path(url)
-        disk_bytes = await run_blocking(self.pools.load, _folder_size, path)
+        disk_bytes = await run_blocking(self.pools.load, folder_size, path)
         return await self._load(name, path, disk_bytes, from_source=False)
 
     async def unload(self, name: str) -> None:
@@ -499,7 +445,7 @@ class ModelManager:
             await self._drained.setdefault(name, asyncio.Event()).wait()
         if self.memory.entry(name) is entry:
             self.memory.pop(name)
-            await self._unload(entry, delete_files=not self._cache_enabled)
+            await self.unloader.unload(entry, delete_files=not self._cache_enabled)
 
     async def invoke_loaded(
         self,
@@ -523,40 +469,13 @@ class ModelManager:
         entry = self.memory.entry(name)
         if entry is None:
             raise ModelNotLoadedError(name)
-        return self._info(entry)
+        return ModelInfo.of(entry)
 
     def list_models(self) -> list[ModelInfo]:
         """ListModels: loaded models in name order."""
         entries = (self.memory.entry(name) for name in sorted(self.memory))
-        return [self._info(entry) for entry in entries if entry is not None]
+        return [ModelInfo.of(entry) for entry in entries if entry is not None]
 
     def states(self) -> dict[str, ModelState]:
         """Models downloading or loading now."""
         return dict(self._states)
-
-    @staticmethod
-    def _info(entry: Entry) -> ModelInfo:
-        return ModelInfo(
-            name=entry.key,
-            url=str(entry.value.url),
-            state=ModelState.LOADED,
-            size_bytes=entry.size_bytes,
-            hits=entry.hits,
-            handler=entry.value.model.handler_name,
-        )
-
-
-def _close_model(model: LoadedModel) -> None:
-    try:
-        model.close()
-    except Exception:
-        logger.exception("closing a model failed")
-
-
-def _folder_size(path: Path) -> int:
-    if not path.is_dir():
-        raise ValidationError(f"Model url '{path}' is not a folder on this instance.")
-    return tree_size(path)
-
-
-__all__ = ["InvokeResult", "ModelInfo", "ModelManager", "ModelState"]

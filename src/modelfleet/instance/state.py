@@ -83,6 +83,18 @@ class ModelInfo:
     hits: int = 0
     handler: str = ""
 
+    @classmethod
+    def of(cls, entry: Entry) -> ModelInfo:
+        """The description of a loaded model."""
+        return cls(
+            name=entry.key,
+            url=str(entry.value.url),
+            state=ModelState.LOADED,
+            size_bytes=entry.size_bytes,
+            hits=entry.hits,
+            handler=entry.value.model.handler_name,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class InvokeResult:

@@ -1,0 +1,126 @@
+"""Taking models out of memory: unloads, background discards, and the RSS watcher.
+
+An unload closes the model on the load pool, returns freed memory to the OS (see
+:mod:`modelfleet.instance.pools`), unpins its artifact and, when asked, deletes it. Every
+entry handed here has already left the memory tier; pinned models never reach this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from modelfleet.cache.disk import DiskCache
+from modelfleet.cache.memory import MemoryCache
+from modelfleet.handlers.base import LoadedModel
+from modelfleet.instance.pools import Pools, release_memory, run_blocking
+from modelfleet.instance.pressure import CHECK_INTERVAL_S, MemoryPressure
+from modelfleet.instance.state import Entry, Resident
+from modelfleet.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class Unloader:
+    """Unloads models for one instance and watches its RSS."""
+
+    def __init__(
+        self,
+        *,
+        memory: MemoryCache[Resident],
+        disk: DiskCache,
+        metrics: Metrics,
+        pressure: MemoryPressure,
+        pools: Callable[[], Pools],
+        changed: Callable[[], None],
+    ) -> None:
+        self._memory = memory
+        self._disk = disk
+        self._metrics = metrics
+        self._pressure = pressure
+        self._pools = pools
+        self._changed = changed
+        self.background: set[asyncio.Task[None]] = set()
+
+    async def unload(self, entry: Entry, *, delete_files: bool = False) -> None:
+        """Unload an entry already removed from the memory tier."""
+        started = time.perf_counter()
+        pool = self._pools().load
+        from_source = entry.value.from_source
+        await run_blocking(pool, close_model, entry.value.model)
+        entry.value = None  # type: ignore[assignment]  # drop the last reference before trimming
+        await run_blocking(pool, release_memory, collect=self._pressure.collect_due())
+        if from_source:
+            self._disk.unpin(entry.key)
+            if delete_files:
+                await run_blocking(pool, self._disk.remove, entry.key)
+        self._metrics.model_unloading_time.observe(time.perf_counter() - started)
+        logger.info("unloaded %s", entry.key)
+        self._changed()
+
+    async def unload_all(self, entries: list[Entry]) -> None:
+        """Unload each entry; one failing does not keep the others loaded."""
+        for entry in entries:
+            try:
+                await self.unload(entry)
+            except Exception:
+                logger.exception("unloading %s failed", entry.key)
+
+    def discard(self, entry: Entry) -> None:
+        """ModelCacheSetting=Disabled: unload and delete an idle model in the background."""
+        if entry.pins > 0 or self._memory.entry(entry.key) is not entry:
+            return
+        self._memory.pop(entry.key)
+        task = asyncio.create_task(self.unload(entry, delete_files=True))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def drain(self) -> None:
+        """Wait for the background discards (at shutdown)."""
+        while self.background:
+            await asyncio.gather(*list(self.background), return_exceptions=True)
+
+    async def watch_rss(self) -> None:
+        """Check the RSS against the high-water mark every second, forever."""
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            try:
+                await self.enforce_rss()
+            except Exception:  # pragma: no cover - the watcher must survive anything
+                logger.exception("RSS watcher failed")
+
+    async def enforce_rss(self) -> int:
+        """Evict idle models while the process RSS is above the high-water mark.
+
+        Victims are chosen until their charged bytes cover the excess, then unloaded; the next
+        check (a second later) sees what that freed. Evicting one at a time until RSS drops
+        would empty the cache, since freed memory reaches the OS only after the unloads.
+        """
+        rss, excess = self._pressure.excess()
+        self._metrics.process_rss_bytes.set(rss)
+        victims: list[Entry] = []
+        while excess > 0:
+            victim = self._memory.evict_one()
+            if victim is None:
+                break
+            victims.append(victim)
+            excess -= victim.size_bytes
+        if victims:
+            logger.warning(
+                "RSS %d above the high-water mark %d: evicting %d idle models",
+                rss,
+                self._pressure.high_water,
+                len(victims),
+            )
+            await self.unload_all(victims)
+        return len(victims)
+
+
+def close_model(model: LoadedModel) -> None:
+    """Close ``model``, logging (not raising) what its ``close`` raises."""
+    try:
+        model.close()
+    except Exception:
+        logger.exception("closing a model failed")
