@@ -27,7 +27,7 @@ import httpx
 
 from bench.artifacts import artifact, sample_row
 from bench.common import parser, print_table, write_results
-from bench.moto import moto_server, s3_client, s3_env
+from bench.moto import fleet_args, moto_server, s3_client, s3_env
 from tests.servers import metric, process_server
 
 BUCKET = "bench-cold"
@@ -134,18 +134,7 @@ def main() -> None:
                     s3.put_object(Bucket=BUCKET, Key=raw_key, Body=data)
                     s3.put_object(Bucket=BUCKET, Key=f"fleet/{fleet_key}", Body=data)
                     keys[kind, size, rep] = (raw_key, fleet_key)
-        server_args = [
-            "--model-source",
-            f"s3://{BUCKET}/fleet/",
-            "--cache-dir",
-            f"{tmp}/cache",
-            "--memory-limit",
-            "8GiB",
-            "--disk-limit",
-            "20GiB",
-            "--log-level",
-            "warning",
-        ]
+        server_args = fleet_args(f"s3://{BUCKET}/fleet/", f"{tmp}/cache")
         for kind in kinds:  # warm-up models: imports are a one-time cost, not a cold load's
             s3.put_object(
                 Bucket=BUCKET,

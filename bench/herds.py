@@ -25,7 +25,7 @@ import httpx
 
 from bench.artifacts import artifact, sample_row
 from bench.common import parser, print_table, write_results
-from bench.moto import moto_server, s3_client, s3_env
+from bench.moto import fleet_args, moto_server, s3_client, s3_env
 from tests.servers import metric, process_server
 
 BUCKET = "bench-herds"
@@ -114,18 +114,7 @@ def main() -> None:
             s3.put_object(
                 Bucket=BUCKET, Key=f"warm-{kind}/model.tar.gz", Body=artifact(kind, 1.0, seed=1)
             )
-        server_args = [
-            "--model-source",
-            f"s3://{BUCKET}/",
-            "--cache-dir",
-            f"{tmp}/cache",
-            "--memory-limit",
-            "8GiB",
-            "--disk-limit",
-            "20GiB",
-            "--log-level",
-            "warning",
-        ]
+        server_args = fleet_args(f"s3://{BUCKET}/", f"{tmp}/cache")
         with process_server(server_args, env=s3_env(url), log=Path(tmp) / "server.log") as srv:
             asyncio.run(
                 one_at_a_time(srv.url, [f"warm-{k}/model.tar.gz" for k in ("sklearn", "xgboost")])

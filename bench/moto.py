@@ -81,3 +81,11 @@ def s3_client(url: str) -> Any:
 
 def apply_env(url: str) -> None:
     os.environ.update(s3_env(url))
+
+
+def fleet_args(source: str, cache_dir: str) -> list[str]:
+    """``modelfleet serve`` flags for a benchmark: roomy budgets, quiet logs."""
+    return [
+        "--model-source", source, "--cache-dir", cache_dir, "--memory-limit", "8GiB",
+        "--disk-limit", "20GiB", "--log-level", "warning",
+    ]  # fmt: skip
