@@ -93,6 +93,70 @@ def test_sklearn_classifier_answers_labels_not_probabilities(make_folder: Folder
     assert answer.body.decode().split() == [str(label) for label in tree.predict(rows[:3])]
 
 
+FORESTS = [
+    f"{kind}{task}"
+    for kind in ("RandomForest", "ExtraTrees")
+    for task in ("Regressor", "Classifier")
+]
+
+
+@pytest.mark.parametrize("name", FORESTS)
+def test_forests_are_walked_directly_with_predicts_exact_answers(name: str) -> None:
+    from sklearn import ensemble
+
+    from modelfleet.handlers.sklearn import SklearnModel, tree_walker
+
+    rows = features(4, 300, 6)
+    target = rows @ np.linspace(-1.0, 2.0, 6)
+    labels = np.array(["low", "mid", "high"])[np.digitize(target, [-0.5, 0.5])]
+    forest = getattr(ensemble, name)(n_estimators=7, random_state=1)
+    forest.fit(rows, labels if name.endswith("Classifier") else target)
+    walker = tree_walker(forest)
+    assert walker is not None
+    probe = features(5, 2_000, 6) * 1.5  # wider than the training range: every leaf side
+    assert np.array_equal(walker(probe), forest.predict(probe))  # bit for bit, same dtype
+    assert walker(probe).dtype == forest.predict(probe).dtype
+    assert np.array_equal(walker(probe[:1].astype(np.float32)), forest.predict(probe[:1]))
+    model = SklearnModel("f", Path("model.pkl"), forest)
+    answer = model.invoke(csv_body(probe[:3]), "text/csv", "text/csv").body
+    assert answer.decode().split() == [str(v) for v in forest.predict(probe[:3])]
+
+
+def test_forest_walk_hands_odd_inputs_to_scikit_learn() -> None:
+    from modelfleet.handlers.sklearn import tree_walker
+
+    forest = train_sklearn(seed=2, n_features=4, n_trees=3)
+    walker = tree_walker(forest)
+    assert walker is not None
+    with_nan = features(1, 5, 4)
+    with_nan[2, 1] = np.nan
+    assert np.array_equal(walker(with_nan), forest.predict(with_nan))  # scikit-learn's NaN rules
+    with pytest.raises(ValueError, match="4 features"):
+        walker(features(1, 2, 3))  # scikit-learn's own message for the wrong width
+    listed = features(1, 2, 4).tolist()
+    assert np.array_equal(walker(listed), forest.predict(listed))
+
+
+def test_forest_walk_is_refused_when_it_would_answer_differently() -> None:
+    from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+
+    from modelfleet.handlers.sklearn import tree_walker
+
+    rows = features(3, 100, 4)
+    forest = train_sklearn(seed=3, n_features=4, n_trees=3)
+    shifted = forest.predict
+    forest.predict = lambda x: shifted(x) + 1e-12  # an instance whose predict is not the walk
+    assert tree_walker(forest) is None
+
+    class Tweaked(RandomForestRegressor):
+        pass
+
+    assert tree_walker(Tweaked(n_estimators=2).fit(rows, rows[:, 0])) is None  # subclasses
+    assert tree_walker(GradientBoostingRegressor(n_estimators=2).fit(rows, rows[:, 0])) is None
+    two_outputs = RandomForestRegressor(n_estimators=2).fit(rows, rows[:, :2])
+    assert tree_walker(two_outputs) is None
+
+
 def test_sklearn_file_without_predict(make_folder: FolderFactory) -> None:
     folder = make_folder({"model.pkl": pickle.dumps({"weights": [1, 2]})})
     with pytest.raises(ModelLoadError, match="holds a dict, which has no predict"):
