@@ -231,14 +231,21 @@ def run_loadgen(
 
 
 def modelfleet(
-    port: int, source: Path, cache_dir: Path, *, memory_limit: str = "2GiB", fast: bool = False
+    port: int,
+    source: Path,
+    cache_dir: Path,
+    *,
+    memory_limit: str = "2GiB",
+    walk_trees: bool = True,
 ) -> Server:
-    """``modelfleet serve`` on ``source``; ``fast`` puts uvloop + httptools in its reach."""
+    """``modelfleet serve`` on ``source`` (uvloop + httptools: its own dependencies)."""
     argv = [MAIN_PYTHON, "-m", "modelfleet", "serve", "--model-source", str(source)]
     argv += ["--port", str(port), "--cache-dir", str(cache_dir)]
     argv += ["--memory-limit", memory_limit, "--log-level", "warning"]
-    name = "modelfleet-fast" if fast else "modelfleet"
-    return Server(name, argv, port, env=uvicorn_env(fast), cwd=ROOT)
+    if not walk_trees:
+        argv.append("--no-walk-trees")
+    name = "modelfleet" if walk_trees else "modelfleet-predict"
+    return Server(name, argv, port, env=uvicorn_env(False), cwd=ROOT)
 
 
 def bare(port: int, model: Path, *, fast: bool = False, threaded: bool = False) -> Server:

@@ -4,7 +4,9 @@
 
 Systems: ``bare`` (Starlette + uvicorn calling ``predict``, on modelfleet's stack: asyncio + h11),
 ``bare-fast`` (uvloop + httptools), ``bare-thread`` (``predict`` in a thread pool, as a server that
-keeps its loop free must), ``modelfleet`` and ``modelfleet-fast`` (the same two stacks), Ray Serve
+keeps its loop free must), ``modelfleet`` (uvloop + httptools, its own dependencies: compare it
+with ``bare-fast``), ``modelfleet-predict`` (the same with ``--no-walk-trees``: scikit-learn's own
+forest ``predict``, as every other system calls it, so the serving overhead alone), Ray Serve
 with ``@serve.multiplexed`` in its defaults (``ray-default``) and its documented high-throughput
 configuration (``ray-best``), and MLServer with mlserver-sklearn (``mlserver-default``: one
 parallel worker; ``mlserver-best``: inference in the server process). Models: a scikit-learn
@@ -47,14 +49,14 @@ FULL_SYSTEMS = (
     "bare-fast",
     "bare-thread",
     "modelfleet",
-    "modelfleet-fast",
+    "modelfleet-predict",
     "ray-default",
     "ray-best",
     "mlserver-default",
     "mlserver-best",
 )
 PEER_NEEDS = {"ray-default": "ray", "ray-best": "ray", "mlserver-default": "mlserver"}
-PEER_NEEDS |= {"mlserver-best": "mlserver", "bare-fast": "uvfast", "modelfleet-fast": "uvfast"}
+PEER_NEEDS |= {"mlserver-best": "mlserver", "bare-fast": "uvfast"}
 #: Ray Serve's best configuration here (tried: 1 or 2 replicas, max_ongoing_requests 5, 32, 64)
 RAY_BEST = {"replicas": 1, "max_ongoing": 64}
 #: MLServer's best configuration here: no debug logging, no gzip or metrics middleware, and
@@ -129,7 +131,8 @@ class Bench:
             return list(started.values()), lambda m: self.sagemaker(started[m], m)
         if system.startswith("modelfleet"):
             cache = self.work / f"cache-{system}"
-            one = servers.modelfleet(port(), self.source, cache, fast=system.endswith("fast"))
+            walk = system != "modelfleet-predict"
+            one = servers.modelfleet(port(), self.source, cache, walk_trees=walk)
             one.start(logs)
             return [one], lambda m: self.sagemaker(one, m)
         if system.startswith("ray"):

@@ -8,9 +8,10 @@ concurrency 8 by ``bench.loadgen --targets-file`` from an empty cache, with memo
 models. Systems: ``modelfleet`` (``--memory-limit`` = 20 times the mean file size), ``bare-lru`` (a
 bare Starlette app with a byte-LRU of the same room, ``peers/bare_lru.py``), and Ray Serve
 multiplexing with ``max_num_models_per_replica=20`` in its defaults (``ray-default``) and its
-high-throughput configuration (``ray-best``); ``-fast`` variants run modelfleet and the bare
-app on uvloop + httptools. Hit ratio: modelfleet's from its ``/metrics``
-(``modelfleet_model_cache_hit_total`` and ``_miss_total``), the bare app's from its own
+high-throughput configuration (``ray-best``); ``bare-lru-fast`` runs the bare app on uvloop +
+httptools (modelfleet's own stack); ``modelfleet-predict`` runs modelfleet with ``--no-walk-trees``
+(scikit-learn's own forest ``predict``, as the others call it). Hit ratio: modelfleet's from its
+``/metrics`` (``modelfleet_model_cache_hit_total`` and ``_miss_total``), the bare app's from its own
 counters; Ray's is ``1 - loads / requests`` (its app counts its multiplexed loads), shown for
 every system as ``hit_ratio_by_loads`` (a request that waits on another's load is a miss in
 ``hit_ratio`` but causes no load).
@@ -45,14 +46,14 @@ TRAIN_ROWS = 1000
 QUICK_SYSTEMS = ("modelfleet", "bare-lru")
 FULL_SYSTEMS = (
     "modelfleet",
-    "modelfleet-fast",
+    "modelfleet-predict",
     "bare-lru",
     "bare-lru-fast",
     "ray-default",
     "ray-best",
 )
 PEER_NEEDS = {"ray-default": "ray", "ray-best": "ray"}
-PEER_NEEDS |= {"modelfleet-fast": "uvfast", "bare-lru-fast": "uvfast"}
+PEER_NEEDS |= {"bare-lru-fast": "uvfast"}
 RAY_BEST = {"replicas": 1, "max_ongoing": 64}
 
 
@@ -131,7 +132,10 @@ def start(system: str, work: Path, models: Path, w: Workload, room_bytes: int) -
     fast = system.endswith("-fast")
     if system.startswith("modelfleet"):
         cache = work / f"cache-{system}"
-        server = servers.modelfleet(port, models, cache, memory_limit=str(room_bytes), fast=fast)
+        walk = system != "modelfleet-predict"
+        server = servers.modelfleet(
+            port, models, cache, memory_limit=str(room_bytes), walk_trees=walk
+        )
     elif system.startswith("bare-lru"):
         server = servers.bare_lru(port, models, room_bytes, fast=fast)
     elif system.startswith("ray"):

@@ -58,6 +58,11 @@ def main() -> None:
 @click.option("--invoke-timeout", type=float, help="Seconds to wait for a cold model (60).")
 @click.option("--max-body-size", help="Largest request body, e.g. 6MiB.")
 @click.option("--handler", help="Force one handler for every model (default: detect).")
+@click.option(
+    "--walk-trees/--no-walk-trees",
+    default=None,
+    help="Predict scikit-learn forests by walking their trees (default: on; same answers).",
+)
 @click.option("--eviction-policy", help="Eviction policy (lrfu; lru = SageMaker).")
 @click.option("--log-level", default="info", show_default=True)
 def serve(log_level: str, **flags: Any) -> None:

@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     handler: str | None = None
     """Force one handler for every model (``sklearn``, ``xgboost``, ...); default: detect."""
 
+    walk_trees: bool = True
+    """Predict scikit-learn forests by walking their trees (same answers, ~15x less per row)."""
+
     source_timeout: PositiveFloat = 30.0
     """Seconds before one object-store request times out."""
 

@@ -122,6 +122,16 @@ def test_forests_are_walked_directly_with_predicts_exact_answers(name: str) -> N
     assert answer.decode().split() == [str(v) for v in forest.predict(probe[:3])]
 
 
+def test_walk_trees_off_keeps_scikit_learns_predict(tmp_path: Path) -> None:
+    folder = unpack(sklearn_artifact(seed=3, n_features=5, n_trees=4), tmp_path / "m")
+    walked = load_model(folder, model_id="forest")
+    plain = load_model(folder, model_id="forest", walk_trees=False)
+    assert getattr(walked, "walks_trees", None) is True
+    assert getattr(plain, "walks_trees", None) is False
+    body = csv_body(features(9, 20, 5))
+    assert walked.invoke(body, "text/csv", "text/csv") == plain.invoke(body, "text/csv", "text/csv")
+
+
 def test_forest_walk_hands_odd_inputs_to_scikit_learn() -> None:
     from modelfleet.handlers.sklearn import tree_walker
 
@@ -137,15 +147,27 @@ def test_forest_walk_hands_odd_inputs_to_scikit_learn() -> None:
     assert np.array_equal(walker(listed), forest.predict(listed))
 
 
-def test_forest_walk_is_refused_when_it_would_answer_differently() -> None:
+def test_forest_walk_is_refused_when_it_would_answer_differently(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
 
+    from modelfleet.handlers import sklearn as handler
     from modelfleet.handlers.sklearn import tree_walker
 
     rows = features(3, 100, 4)
     forest = train_sklearn(seed=3, n_features=4, n_trees=3)
+    assert tree_walker(forest) is not None
+    # a scikit-learn whose forest predict rounds differently: found by the once-per-class check
+    monkeypatch.setattr(handler, "_checked", {})
+    original = RandomForestRegressor.predict
+    monkeypatch.setattr(RandomForestRegressor, "predict", lambda s, x: original(s, x) + 1e-12)
+    assert tree_walker(forest) is None
+    assert "no longer matches" in caplog.text
+    monkeypatch.undo()
+
     shifted = forest.predict
-    forest.predict = lambda x: shifted(x) + 1e-12  # an instance whose predict is not the walk
+    forest.predict = lambda x: shifted(x) + 1e-12  # an instance with its own predict
     assert tree_walker(forest) is None
 
     class Tweaked(RandomForestRegressor):

@@ -58,8 +58,13 @@ def normalize_handler(name: str) -> str:
     return key
 
 
-def load_model(model_dir: Path, *, model_id: str, handler: str | None = None) -> LoadedModel:
+def load_model(
+    model_dir: Path, *, model_id: str, handler: str | None = None, walk_trees: bool = True
+) -> LoadedModel:
     """Load the model in ``model_dir`` (an unpacked artifact) with ``handler`` or the detected one.
+
+    ``walk_trees=False`` keeps scikit-learn's own ``predict`` for forests (see the sklearn
+    handler).
 
     Raises :class:`~modelfleet.errors.ModelLoadError` (or its subclass
     :class:`~modelfleet.errors.MissingExtraError`) when the folder holds no loadable model.
@@ -69,7 +74,10 @@ def load_model(model_dir: Path, *, model_id: str, handler: str | None = None) ->
     started = time.perf_counter()
     module = importlib.import_module(_MODULES[name])
     try:
-        model: LoadedModel = module.load(model_dir, model_id=model_id)
+        if name == "sklearn":
+            model: LoadedModel = module.load(model_dir, model_id=model_id, walk_trees=walk_trees)
+        else:
+            model = module.load(model_dir, model_id=model_id)
     except ModelError:
         raise
     except Exception as exc:

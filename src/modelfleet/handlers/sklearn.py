@@ -10,15 +10,17 @@ Random forests and extra-trees (regressors and classifiers, one output) are pred
 their trees directly: scikit-learn's ``predict`` wraps every tree in a joblib task that enters a
 config context and a warnings filter, which costs ~80 us per tree and makes a 10-tree forest take
 ~430 us for one row instead of ~25 us. The direct walk does the same float arithmetic in the same
-order (sum of the trees' leaf values, then one division), and :func:`tree_walker` proves it on
-sample rows at load: any difference and the model keeps scikit-learn's own ``predict``. Inputs the
-walk does not handle (not a finite numeric 2-D array of the right width) go to ``predict`` too, so
-errors and missing-value handling stay scikit-learn's.
+order (sum of the trees' leaf values, then one division), and :func:`tree_walker` proves it bit
+for bit on a forest fitted for the check, once per class and process: any difference and forests
+of that class keep scikit-learn's ``predict``. Inputs the walk does not handle (not a finite
+numeric 2-D array of the right width) go to ``predict`` too, so errors and missing-value handling
+stay scikit-learn's. ``--no-walk-trees`` turns the walk off.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,10 +40,14 @@ class SklearnModel(ArrayModel):
 
     handler_name = SKLEARN
 
-    def __init__(self, model_id: str, path: Path, estimator: Any) -> None:
+    def __init__(
+        self, model_id: str, path: Path, estimator: Any, *, walk_trees: bool = True
+    ) -> None:
         super().__init__(model_id, path)
         self.estimator: Any = estimator
-        self._predict: Callable[[Any], Any] = tree_walker(estimator) or estimator.predict
+        walker = tree_walker(estimator) if walk_trees else None
+        self._predict: Callable[[Any], Any] = walker or estimator.predict
+        self.walks_trees = walker is not None
 
     def predict(self, features: codecs.Array) -> Any:
         return self._predict(features)
@@ -62,32 +68,62 @@ _FORESTS = {
     "RandomForestClassifier": True,
     "ExtraTreesClassifier": True,
 }
-#: rows checked against scikit-learn's predict before the walk is trusted
-_CHECK_ROWS = 64
+#: rows checked against scikit-learn's predict before the walk is trusted for a class
+_CHECK_ROWS = 256
+_checked: dict[type, bool] = {}
+_checked_lock = threading.Lock()
 
 
 def tree_walker(estimator: Any) -> Callable[[Any], Any] | None:
     """A ``predict`` for a one-output forest that skips joblib's per-tree wrapper, or None.
 
-    None when ``estimator`` is not exactly one of the forest classes, has several outputs, or
-    the walk differs from ``estimator.predict`` on :data:`_CHECK_ROWS` sample rows built from the
-    trees' own split thresholds (bit for bit).
+    None when ``estimator`` is not exactly one of the forest classes, has several outputs or its
+    own ``predict``, or when, for its class, the walk differed from scikit-learn's ``predict``
+    on a forest fitted for the check (:func:`_walk_matches`, once per class and process: the
+    arithmetic is the class's code, not the model's; checking each model would cost a
+    ``predict`` through the very wrapper the walk avoids, ~80 us per tree).
     """
     cls = type(estimator)
     if not cls.__module__.startswith("sklearn.ensemble") or cls.__name__ not in _FORESTS:
         return None
+    classifier = _FORESTS[cls.__name__]
     try:
-        if int(estimator.n_outputs_) != 1 or not estimator.estimators_:
+        if (
+            "predict" in vars(estimator)
+            or int(estimator.n_outputs_) != 1
+            or not estimator.estimators_
+            or any(not hasattr(tree, "tree_") for tree in estimator.estimators_)
+        ):
             return None
-        walker = _walker(estimator, classifier=_FORESTS[cls.__name__])
-        sample = _sample_rows(estimator)
-        if not np.array_equal(walker(sample), estimator.predict(sample)):
-            logger.info("%s: the direct tree walk differs from predict(); not used", cls.__name__)
+        if not _walk_matches(cls, classifier):
             return None
+        return _walker(estimator, classifier=classifier)
     except Exception:  # any surprise in the fitted attributes: keep scikit-learn's predict
         logger.debug("No direct tree walk for %s", cls.__name__, exc_info=True)
         return None
-    return walker
+
+
+def _walk_matches(cls: type, classifier: bool) -> bool:
+    """Whether the walk equals ``cls.predict`` bit for bit on a forest fitted for the purpose."""
+    with _checked_lock:
+        known = _checked.get(cls)
+        if known is None:
+            rng = np.random.default_rng(0)
+            rows = rng.standard_normal((200, 5))
+            target = rows @ np.linspace(-1.0, 2.0, 5) + rng.standard_normal(200)
+            labels = np.digitize(target, [-1.0, 1.0]) if classifier else target
+            forest = cls(n_estimators=5, random_state=0, n_jobs=1).fit(rows, labels)
+            probe = rng.standard_normal((_CHECK_ROWS, 5)) * 1.5
+            walker = _walker(forest, classifier=classifier)
+            known = bool(np.array_equal(walker(probe), forest.predict(probe)))
+            if not known:
+                logger.warning(
+                    "scikit-learn's %s.predict no longer matches the direct tree walk; "
+                    "forests of that class use predict()",
+                    cls.__name__,
+                )
+            _checked[cls] = known
+        return known
 
 
 def _walker(estimator: Any, *, classifier: bool) -> Callable[[Any], Any]:
@@ -124,25 +160,8 @@ def _walker(estimator: Any, *, classifier: bool) -> Callable[[Any], Any]:
     return predict
 
 
-def _sample_rows(estimator: Any) -> np.ndarray:
-    """Rows spread around every feature's split thresholds (fixed seed)."""
-    width = int(estimator.n_features_in_)
-    low = np.zeros(width)
-    high = np.ones(width)
-    for tree in estimator.estimators_[:8]:
-        inner = tree.tree_.feature >= 0
-        for feature, threshold in zip(
-            tree.tree_.feature[inner], tree.tree_.threshold[inner], strict=True
-        ):
-            low[feature] = min(low[feature], threshold)
-            high[feature] = max(high[feature], threshold)
-    spread = high - low
-    rng = np.random.default_rng(0)
-    return rng.uniform(low - 0.1 * spread, high + 0.1 * spread, size=(_CHECK_ROWS, width))
-
-
-def load(model_dir: Path, *, model_id: str) -> SklearnModel:
-    """Load the joblib or pickle file in ``model_dir``."""
+def load(model_dir: Path, *, model_id: str, walk_trees: bool = True) -> SklearnModel:
+    """Load the joblib or pickle file in ``model_dir`` (``walk_trees``: see the module doc)."""
     path = model_file(model_dir, SKLEARN)
     import_framework("sklearn", framework="scikit-learn", extra="sklearn")
     joblib = import_framework("joblib", framework="scikit-learn", extra="sklearn")
@@ -155,5 +174,7 @@ def load(model_dir: Path, *, model_id: str) -> SklearnModel:
             f"{path.name} holds a {type(estimator).__name__}, which has no predict(); the "
             "sklearn handler serves fitted estimators and pipelines."
         )
-    logger.debug("Loaded %s from %s", type(estimator).__name__, path)
-    return SklearnModel(model_id, path, estimator)
+    model = SklearnModel(model_id, path, estimator, walk_trees=walk_trees)
+    how = " (trees walked directly)" if model.walks_trees else ""
+    logger.debug("Loaded %s from %s%s", type(estimator).__name__, path, how)
+    return model

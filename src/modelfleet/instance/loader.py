@@ -24,8 +24,9 @@ from modelfleet.instance.pools import OverlapTracker, current_rss
 class Loader:
     """Loads models with a handler (detected, or the one configured) and sizes them."""
 
-    def __init__(self, *, handler: str | None) -> None:
+    def __init__(self, *, handler: str | None, walk_trees: bool = True) -> None:
         self._handler = handler
+        self._walk_trees = walk_trees
         self._overlaps = OverlapTracker()
 
     def load(self, name: str, url: Path, disk_bytes: int) -> tuple[LoadedModel, int, float, int]:
@@ -39,7 +40,9 @@ class Loader:
             rss_before = current_rss()
             started = time.perf_counter()
             try:
-                model = load_model(url, model_id=name, handler=self._handler)
+                model = load_model(
+                    url, model_id=name, handler=self._handler, walk_trees=self._walk_trees
+                )
             except ModelError:
                 raise
             except Exception as exc:

@@ -99,7 +99,7 @@ class ModelManager:
             changed=self._update_gauges,
         )
         self._watcher: asyncio.Task[None] | None = None
-        self.loader = Loader(handler=settings.handler)
+        self.loader = Loader(handler=settings.handler, walk_trees=settings.walk_trees)
         self._room = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
