@@ -109,7 +109,9 @@ class Harness:
         monkeypatch.setattr(loader_mod, "current_rss", lambda: 0)
         monkeypatch.setattr(loader_mod, "load_model", self._load_model)
 
-    def _load_model(self, url: Path, *, model_id: str, handler: str | None = None) -> FakeModel:
+    def _load_model(
+        self, url: Path, *, model_id: str, handler: str | None = None, walk_trees: bool = True
+    ) -> FakeModel:
         block = self.load_blocks.get(model_id)
         if block is not None:
             block.started.set()

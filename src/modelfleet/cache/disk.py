@@ -24,7 +24,6 @@ import os
 import shutil
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +38,22 @@ _ARTIFACT = "artifact"
 
 @dataclass(slots=True)
 class DiskEntry:
-    """One artifact on disk (a few hundred bytes of index: the index may hold many)."""
+    """One artifact on disk (about 100 bytes of index: the index may hold many)."""
 
     target_model: str
     root: Path  # the cache's ``models/`` folder, one object shared by every entry
     size_bytes: int
-    etag: str | None
     pins: int = 0
+
+    @property
+    def etag(self) -> str | None:
+        """The source object's ETag when it was fetched (read from ``meta.json``, not kept in
+        memory: nothing on the request path needs it)."""
+        try:
+            value = json.loads((self.path / _META).read_text()).get("etag")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) else None
 
     @property
     def path(self) -> Path:
@@ -87,7 +95,9 @@ class DiskCache:
         self._models = root / "models"
         self._tmp = root / "tmp"
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, DiskEntry] = OrderedDict()
+        # Least recently used first: a plain dict keeps insertion order, and a use re-inserts
+        # the key at the end (about 50 bytes an entry less than an OrderedDict).
+        self._entries: dict[str, DiskEntry] = {}
         self._reserved: dict[str, int] = {}
         self._used = 0
         self._on_evict = on_evict
@@ -123,7 +133,6 @@ class DiskCache:
                 target_model=str(meta["target_model"]),
                 root=self._models,
                 size_bytes=int(meta["size_bytes"]),
-                etag=meta.get("etag"),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -145,7 +154,7 @@ class DiskCache:
         with self._lock:
             entry = self._entries.get(target_model)
             if entry is not None:
-                self._entries.move_to_end(target_model)
+                self._entries[target_model] = self._entries.pop(target_model)
             return entry
 
     def keys(self) -> list[str]:
@@ -158,7 +167,7 @@ class DiskCache:
             entry = self._entries.get(target_model)
             if entry is not None:
                 entry.pins += 1
-                self._entries.move_to_end(target_model)
+                self._entries[target_model] = self._entries.pop(target_model)
             return entry
 
     def unpin(self, target_model: str) -> None:
@@ -220,7 +229,7 @@ class DiskCache:
         except BaseException:
             self.release(token)
             raise
-        entry = DiskEntry(target_model, self._models, size, etag, pins=1)
+        entry = DiskEntry(target_model, self._models, size, pins=1)
         with self._lock:
             self._reserved.pop(token, None)
             self._entries[target_model] = entry
@@ -253,16 +262,15 @@ class DiskCache:
         error: DiskFullError | None = None
         with self._lock:
             need = self._used + sum(self._reserved.values()) + size_bytes - self.budget_bytes
-            for key in list(self._entries):
+            for entry in self._entries.values():
                 if need <= 0:
                     break
-                entry = self._entries[key]
-                if entry.pins > 0:
-                    continue
-                del self._entries[key]
+                if entry.pins == 0:
+                    need -= entry.size_bytes
+                    doomed.append(entry)
+            for entry in doomed:
+                del self._entries[entry.target_model]
                 self._used -= entry.size_bytes
-                need -= entry.size_bytes
-                doomed.append(entry)
             if need > 0:
                 # The entries chosen so far stay deleted: they are unpinned and their room
                 # helps the next attempt. Report what blocks this one.
