@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -265,7 +266,17 @@ class ModelSource:
                     yield ArtifactInfo(meta["path"], meta["size"], meta["e_tag"], "file")
 
     def _chunks(self, key: str, result: GetResult) -> Iterator[bytes]:
-        """The object's bytes in chunks of at least 1 MiB, errors translated."""
+        """The object's bytes in chunks of at least ``CHUNK_BYTES``, errors translated."""
+        if self._stores.kind == "local":
+            local = self._open_local(result)
+            if local is not None:
+                with local:
+                    while True:
+                        with self._errors(key):
+                            chunk = local.read(CHUNK_BYTES)
+                        if not chunk:
+                            return
+                        yield chunk
         stream = result.stream(min_chunk_size=CHUNK_BYTES)
         while True:
             with self._errors(key):
@@ -273,6 +284,25 @@ class ModelSource:
             if chunk is None:
                 return
             yield chunk
+
+    def _open_local(self, result: GetResult) -> io.BufferedReader | None:
+        """The folder source's file behind ``result``, opened for plain reads, or None.
+
+        obstore streams a local file in small blocks, about 3 ms a MB (``bytes()`` and a plain
+        read take 0.1): for 1 MB models that was a fifth of a cold request. None (stream it
+        through obstore) when the file is gone or no longer the size obstore saw.
+        """
+        root = getattr(self._stores.data, "prefix", None)
+        if root is None:
+            return None
+        try:
+            file = open(Path(root, result.meta["path"]), "rb")  # noqa: SIM115
+        except OSError:
+            return None
+        if os.fstat(file.fileno()).st_size != result.meta["size"]:
+            file.close()
+            return None
+        return file
 
     @contextmanager
     def _errors(self, key: str) -> Iterator[None]:
