@@ -105,7 +105,7 @@ def load_booster(path: Path, xgb: Any) -> Any:
         raise ModelLoadError(f"The xgboost handler could not load {path.name}: the file is empty")
     if raw[0] == _PICKLE_PROTOCOL_2_PLUS:
         return _unpickle(path, bytes(raw), xgb)
-    booster = xgb.Booster()
+    booster = xgb.Booster(params={"nthread": 1})  # parse without an OpenMP team: ~2x faster
     try:
         booster.load_model(raw)
     except Exception as exc:
