@@ -8,14 +8,19 @@
    sizes from 1 to 10 MB.
 
 Artifacts live in an S3-compatible server (moto, its own process) over HTTP; the server under
-test is a ``modelfleet serve`` process.
+test is a ``modelfleet serve`` process. Full mode measures the parallel loads twice: straight
+to moto on loopback (about 1 ms to first byte, memory-speed streams: every load is CPU-bound
+on this machine) and through ``bench.shaper``, which gives each request S3-like latency and
+each connection an S3-like bandwidth (``--s3-latency-ms``, ``--s3-mbps``; 30 ms and 80 MB/s by
+default). Quick mode: loopback only, one repetition of the 1-10 MB mix.
 
-    python -m bench.herds [--quick]
+    python -m bench.herds [--quick] [--s3-latency-ms MS] [--s3-mbps MBPS]
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +31,7 @@ import httpx
 from bench.artifacts import artifact, sample_row
 from bench.common import parser, print_table, write_results
 from bench.moto import fleet_args, moto_server, s3_client, s3_env
+from bench.shaper import shaped
 from tests.servers import metric, process_server
 
 BUCKET = "bench-herds"
@@ -91,59 +97,83 @@ async def one_at_a_time(url: str, keys: list[str]) -> list[float]:
 
 
 def main() -> None:
-    args = parser(__doc__ or "").parse_args()
+    p = parser(__doc__ or "")
+    p.add_argument("--s3-latency-ms", type=float, default=30.0, help="shaped: first-byte wait")
+    p.add_argument("--s3-mbps", type=float, default=80.0, help="shaped: MB/s per connection")
+    args = p.parse_args()
     herd_size = 100
     reps = 1 if args.quick else 3
     mixes = {"1-10 MB": MIXES["1-10 MB"]} if args.quick else MIXES
+    networks = ["loopback"] if args.quick else ["loopback", "s3-like"]
     rows: list[dict[str, Any]] = []
     with moto_server() as url, tempfile.TemporaryDirectory() as tmp:
         s3 = s3_client(url)
         s3.create_bucket(Bucket=BUCKET)
         s3.put_object(Bucket=BUCKET, Key="herd/model.tar.gz", Body=artifact("sklearn", 10.0))
-        keys: dict[tuple[str, int, str], list[str]] = {}
-        for name, mix in mixes.items():
-            for rep in range(reps):
-                for phase in ("single", "batch"):
-                    batch = []
-                    for index, (kind, size) in enumerate(mix):
-                        key = f"{phase}-{rep}-{name.replace(' ', '')}-{index}/model.tar.gz"
-                        s3.put_object(Bucket=BUCKET, Key=key, Body=artifact(kind, size))
-                        batch.append(key)
-                    keys[name, rep, phase] = batch
+
+        def upload(network: str, name: str, rep: int, phase: str) -> list[str]:
+            """This run's cold models (put just before use, deleted after: moto keeps
+            objects in memory, and a gigabyte of them slowed every GET in full mode)."""
+            batch = []
+            for index, (kind, size) in enumerate(mixes[name]):
+                key = f"{network}-{phase}-{rep}-{name.replace(' ', '')}-{index}/model.tar.gz"
+                s3.put_object(Bucket=BUCKET, Key=key, Body=artifact(kind, size))
+                batch.append(key)
+            return batch
+
+        def delete(keys: list[str]) -> None:
+            s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys]})
+
         for kind in ("sklearn", "xgboost"):  # imports are a one-time cost: pay them first
             s3.put_object(
                 Bucket=BUCKET, Key=f"warm-{kind}/model.tar.gz", Body=artifact(kind, 1.0, seed=1)
             )
-        server_args = fleet_args(f"s3://{BUCKET}/", f"{tmp}/cache")
-        with process_server(server_args, env=s3_env(url), log=Path(tmp) / "server.log") as srv:
-            asyncio.run(
-                one_at_a_time(srv.url, [f"warm-{k}/model.tar.gz" for k in ("sklearn", "xgboost")])
-            )
-            herd_row = asyncio.run(herd(srv.url, "herd/model.tar.gz", herd_size))
-            for name in mixes:
-                for rep in range(reps):
-                    singles = asyncio.run(one_at_a_time(srv.url, keys[name, rep, "single"]))
-                    wall, each = asyncio.run(cold_batch(srv.url, keys[name, rep, "batch"]))
-                    rows.append(
-                        {
-                            "mix": name,
-                            "rep": rep,
-                            "slowest_single_s": max(singles),
-                            "sum_of_singles_s": sum(singles),
-                            "batch_wall_s": wall,
-                            "ratio_to_slowest": wall / max(singles),
-                            "singles_s": singles,
-                            "batch_each_s": each,
-                        }
+        herd_row: dict[str, Any] = {}
+        for network in networks:
+            with contextlib.ExitStack() as stack:
+                endpoint = url
+                if network == "s3-like":
+                    endpoint = stack.enter_context(
+                        shaped(url, latency_ms=args.s3_latency_ms, mbps=args.s3_mbps)
                     )
+                server_args = fleet_args(f"s3://{BUCKET}/", f"{tmp}/cache-{network}")
+                log = Path(tmp) / f"server-{network}.log"
+                srv = stack.enter_context(
+                    process_server(server_args, env=s3_env(endpoint), log=log)
+                )
+                warm = [f"warm-{k}/model.tar.gz" for k in ("sklearn", "xgboost")]
+                asyncio.run(one_at_a_time(srv.url, warm))
+                if network == "loopback":
+                    herd_row = asyncio.run(herd(srv.url, "herd/model.tar.gz", herd_size))
+                for name in mixes:
+                    for rep in range(reps):
+                        single_keys = upload(network, name, rep, "single")
+                        batch_keys = upload(network, name, rep, "batch")
+                        singles = asyncio.run(one_at_a_time(srv.url, single_keys))
+                        wall, each = asyncio.run(cold_batch(srv.url, batch_keys))
+                        delete(single_keys + batch_keys)
+                        rows.append(
+                            {
+                                "network": network,
+                                "mix": name,
+                                "rep": rep,
+                                "slowest_single_s": max(singles),
+                                "sum_of_singles_s": sum(singles),
+                                "batch_wall_s": wall,
+                                "ratio_to_slowest": wall / max(singles),
+                                "singles_s": singles,
+                                "batch_each_s": each,
+                            }
+                        )
     print_table(
         [herd_row],
         ["requests", "ok", "distinct_answers", "downloads", "loads", "wall_s"],
         title="Herd: concurrent requests for one cold model",
     )
+    columns = ["network", "mix", "rep", "slowest_single_s", "sum_of_singles_s", "batch_wall_s"]
     print_table(
         rows,
-        ["mix", "rep", "slowest_single_s", "sum_of_singles_s", "batch_wall_s", "ratio_to_slowest"],
+        [*columns, "ratio_to_slowest"],
         title="8 different cold models at once vs the slowest single cold request",
     )
     path = write_results(
@@ -155,6 +185,8 @@ def main() -> None:
             "herd_size": herd_size,
             "mixes": {k: v for k, v in mixes.items()},
             "repetitions": reps,
+            "networks": networks,
+            "s3_like": {"latency_ms": args.s3_latency_ms, "mbps": args.s3_mbps},
         },
         extra={"herd": herd_row},
     )

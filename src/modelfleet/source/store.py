@@ -273,10 +273,10 @@ class ModelSource:
                 with local:
                     while True:
                         with self._errors(key):
-                            chunk = local.read(CHUNK_BYTES)
-                        if not chunk:
+                            data = local.read(CHUNK_BYTES)
+                        if not data:
                             return
-                        yield chunk
+                        yield data
         stream = result.stream(min_chunk_size=CHUNK_BYTES)
         while True:
             with self._errors(key):
