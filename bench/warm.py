@@ -163,6 +163,7 @@ PROFILE_CATEGORIES = (
     ("modelfleet/metrics", "metrics"),
     ("prometheus_client/", "metrics"),
     ("modelfleet/edge", "modelfleet edge: request id, body, errors"),
+    ("modelfleet/handlers/sklearn", "predict (scikit-learn, numpy)"),  # the forest walk
     ("modelfleet/", "modelfleet endpoint, router, manager"),
     ("sklearn/", "predict (scikit-learn, numpy)"),
     ("joblib/", "predict (scikit-learn, numpy)"),
