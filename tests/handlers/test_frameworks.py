@@ -147,10 +147,52 @@ def test_forest_walk_hands_odd_inputs_to_scikit_learn() -> None:
     assert np.array_equal(walker(listed), forest.predict(listed))
 
 
+def test_forest_walk_keeps_scikit_learns_errors_and_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sklearn.ensemble import RandomForestRegressor
+
+    from modelfleet.handlers import sklearn as handler
+    from modelfleet.handlers.sklearn import SklearnModel, tree_walker
+
+    forest = train_sklearn(seed=2, n_features=4, n_trees=4)
+    model = SklearnModel("f", Path("model.pkl"), forest)
+    assert model.walks_trees
+    with pytest.raises(ModelInvocationError, match="0 sample"):  # as predict() refuses it
+        model.invoke(npy_body(np.zeros((0, 4))), "application/x-npy", "application/json")
+
+    calls: list[int] = []
+    original = RandomForestRegressor.predict
+
+    def spy(self: Any, x: Any) -> Any:
+        calls.append(len(x))
+        return original(self, x)
+
+    monkeypatch.setattr(handler, "_checked", {RandomForestRegressor: True})
+    monkeypatch.setattr(RandomForestRegressor, "predict", spy)
+    monkeypatch.setattr(handler, "_PARALLEL_WORK", 40)  # 10 rows x 4 trees
+    threaded = train_sklearn(seed=2, n_features=4, n_trees=4).set_params(n_jobs=2)
+    walker = tree_walker(threaded)
+    assert walker is not None
+    walker(features(1, 10, 4))
+    assert calls == []  # small batches are walked
+    walker(features(1, 11, 4))
+    assert calls == [11]  # big ones keep scikit-learn's threads
+    sequential = tree_walker(forest)
+    assert sequential is not None
+    sequential(features(1, 500, 4))
+    assert calls == [11]
+
+
 def test_forest_walk_is_refused_when_it_would_answer_differently(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+    from sklearn.ensemble import (
+        GradientBoostingRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.tree import DecisionTreeRegressor
 
     from modelfleet.handlers import sklearn as handler
     from modelfleet.handlers.sklearn import tree_walker
@@ -169,6 +211,17 @@ def test_forest_walk_is_refused_when_it_would_answer_differently(
     shifted = forest.predict
     forest.predict = lambda x: shifted(x) + 1e-12  # an instance with its own predict
     assert tree_walker(forest) is None
+    classifier = RandomForestClassifier(n_estimators=2).fit(rows, rows[:, 0] > 0)
+    assert tree_walker(classifier) is not None
+    classifier.predict_proba = lambda x: x  # scikit-learn's predict would call this one
+    assert tree_walker(classifier) is None
+
+    class Tree(DecisionTreeRegressor):
+        pass
+
+    odd = RandomForestRegressor(n_estimators=2).fit(rows, rows[:, 0])
+    odd.estimators_[1].__class__ = Tree
+    assert tree_walker(odd) is None  # trees of a subclass
 
     class Tweaked(RandomForestRegressor):
         pass
@@ -262,6 +315,25 @@ def test_xgboost_uses_best_iteration_and_gblinear(make_folder: FolderFactory) ->
     expected = linear.predict(xgboost.DMatrix(rows[:3]))
     np.testing.assert_allclose(json_answer(model, csv_body(rows[:3]), "text/csv"), expected)
     hammer(model, csv_body(rows[:1]), model.invoke(csv_body(rows[:1]), None, "text/csv").body)
+
+
+def test_xgboost_parses_on_one_thread_where_its_config_allows() -> None:
+    import contextlib
+
+    import xgboost
+
+    from modelfleet.handlers.xgboost import _one_thread
+
+    class OldXGBoost:  # XGBoost 2.1 has no global nthread
+        @staticmethod
+        def get_config() -> dict[str, Any]:
+            return {"verbosity": 1}
+
+    assert isinstance(_one_thread(OldXGBoost), contextlib.nullcontext)
+    with xgboost.config_context(nthread=2):
+        with _one_thread(xgboost):
+            assert xgboost.get_config()["nthread"] == 1
+        assert xgboost.get_config()["nthread"] == 2  # restored
 
 
 def test_xgboost_wrong_feature_count_is_a_400(make_folder: FolderFactory) -> None:

@@ -216,3 +216,51 @@ def test_fetch_corrupt_archive(bench: Bench, dest: Path) -> None:
 def test_is_archive(bench: Bench) -> None:
     assert bench.source.is_archive("x/model.tar.gz")
     assert not bench.source.is_archive("x/model.joblib")
+
+
+# ------------------------------------------------------------------ folder sources: plain reads
+
+
+def test_folder_files_are_read_directly(tmp_path: Path, dest: Path) -> None:
+    (tmp_path / "source").mkdir()
+    bench = LocalBench(tmp_path / "source")
+    data = os.urandom(3 * (1 << 20) + 5)
+    bench.put("m/model.bin", data)
+    opened: list[object] = []
+    original = ModelSource._open_local
+
+    def spy(self: ModelSource, result: Any) -> Any:
+        opened.append(original(self, result))
+        return opened[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ModelSource, "_open_local", spy)
+        bench.source.fetch("m/model.bin", dest, max_bytes=len(data), max_files=1)
+    assert len(opened) == 1
+    assert opened[0] is not None  # not obstore's slow local stream
+    assert tree(dest) == {"model.bin": data}
+
+
+@pytest.mark.parametrize("change", ["replaced", "appended"])
+def test_folder_file_changed_mid_fetch_keeps_the_version_obstore_saw(
+    tmp_path: Path, dest: Path, change: str
+) -> None:
+    root = tmp_path / "source"
+    root.mkdir()
+    bench = LocalBench(root)
+    old = b"A" * 4096
+    bench.put("model.bin", old)
+    seen: list[ArtifactInfo] = []
+
+    def swap(info: ArtifactInfo) -> None:
+        seen.append(info)
+        if change == "replaced":  # same size, new inode: what an atomic upload does
+            (root / "new.bin").write_bytes(b"B" * len(old))
+            os.replace(root / "new.bin", root / "model.bin")
+        else:
+            with open(root / "model.bin", "ab") as file:
+                file.write(b"C" * 100)
+
+    info = bench.source.fetch("model.bin", dest, max_bytes=1 << 20, max_files=1, before_write=swap)
+    assert info.etag == seen[0].etag
+    assert tree(dest) == {"model.bin": old}  # the bytes of the ETag it reports

@@ -144,10 +144,12 @@ class DiskCache:
             return self._used + sum(self._reserved.values())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            return len(self._entries)
 
     def __contains__(self, target_model: object) -> bool:
-        return target_model in self._entries
+        with self._lock:  # a use re-inserts its key: not atomic
+            return target_model in self._entries
 
     def get(self, target_model: str) -> DiskEntry | None:
         """The entry for ``target_model``, marked as recently used."""

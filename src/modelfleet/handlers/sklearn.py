@@ -68,6 +68,15 @@ _FORESTS = {
     "RandomForestClassifier": True,
     "ExtraTreesClassifier": True,
 }
+#: the trees those forests hold (exact types)
+_TREES = {
+    "DecisionTreeRegressor",
+    "DecisionTreeClassifier",
+    "ExtraTreeRegressor",
+    "ExtraTreeClassifier",
+}
+#: rows x trees above which a forest with ``n_jobs`` > 1 keeps scikit-learn's threaded predict
+_PARALLEL_WORK = 50_000
 #: rows checked against scikit-learn's predict before the walk is trusted for a class
 _CHECK_ROWS = 256
 _checked: dict[type, bool] = {}
@@ -77,22 +86,26 @@ _checked_lock = threading.Lock()
 def tree_walker(estimator: Any) -> Callable[[Any], Any] | None:
     """A ``predict`` for a one-output forest that skips joblib's per-tree wrapper, or None.
 
-    None when ``estimator`` is not exactly one of the forest classes, has several outputs or its
-    own ``predict``, or when, for its class, the walk differed from scikit-learn's ``predict``
-    on a forest fitted for the check (:func:`_walk_matches`, once per class and process: the
-    arithmetic is the class's code, not the model's; checking each model would cost a
-    ``predict`` through the very wrapper the walk avoids, ~80 us per tree).
+    None when ``estimator`` is not exactly one of the forest classes, has several outputs, its
+    own ``predict`` or ``predict_proba``, or trees that are not exactly scikit-learn's; or when,
+    for its class, the walk differed from scikit-learn's ``predict`` on a forest fitted for the
+    check (:func:`_walk_matches`, once per class and process: the arithmetic is the class's
+    code, not the model's; checking each model would cost a ``predict`` through the very
+    wrapper the walk avoids, ~80 us per tree).
     """
     cls = type(estimator)
     if not cls.__module__.startswith("sklearn.ensemble") or cls.__name__ not in _FORESTS:
         return None
     classifier = _FORESTS[cls.__name__]
     try:
+        tree_types = {type(tree) for tree in estimator.estimators_}
         if (
             "predict" in vars(estimator)
+            or "predict_proba" in vars(estimator)
             or int(estimator.n_outputs_) != 1
             or not estimator.estimators_
-            or any(not hasattr(tree, "tree_") for tree in estimator.estimators_)
+            or any(kind.__module__ != "sklearn.tree._classes" for kind in tree_types)
+            or any(kind.__name__ not in _TREES for kind in tree_types)
         ):
             return None
         if not _walk_matches(cls, classifier):
@@ -133,6 +146,8 @@ def _walker(estimator: Any, *, classifier: bool) -> Callable[[Any], Any]:
     fallback = estimator.predict
     n_classes = int(estimator.n_classes_) if classifier else 0
     classes: Any = estimator.classes_ if classifier else None
+    # A forest saved with n_jobs > 1 (or -1) predicts big batches on several threads: keep that.
+    most_rows = _PARALLEL_WORK // len(trees) if estimator.n_jobs not in (None, 1) else None
 
     def predict(features: Any) -> Any:
         if (
@@ -140,6 +155,8 @@ def _walker(estimator: Any, *, classifier: bool) -> Callable[[Any], Any]:
             or features.ndim != 2
             or features.shape[1] != width
             or features.dtype.kind not in "fiu"
+            or features.shape[0] == 0  # scikit-learn refuses an empty batch: keep its error
+            or (most_rows is not None and features.shape[0] > most_rows)
         ):
             return fallback(features)
         rows = np.ascontiguousarray(features, dtype=np.float32)

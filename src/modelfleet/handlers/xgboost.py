@@ -24,12 +24,13 @@ best iteration. ``inplace_predict`` serves tree boosters, which XGBoost document
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pickle
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -95,6 +96,13 @@ def _unpickle(path: Path, raw: bytes, xgb: Any) -> Any:
     return loaded
 
 
+def _one_thread(xgb: Any) -> contextlib.AbstractContextManager[Any]:
+    """XGBoost's thread-local config at one thread (its ``nthread`` exists from XGBoost 3)."""
+    if "nthread" in xgb.get_config():
+        return cast("contextlib.AbstractContextManager[Any]", xgb.config_context(nthread=1))
+    return contextlib.nullcontext()
+
+
 def load_booster(path: Path, xgb: Any) -> Any:
     """Read a native (JSON, UBJSON) or pickled booster from ``path``."""
     # Read straight into the bytearray XGBoost parses: one copy of a large model, not two.
@@ -109,7 +117,7 @@ def load_booster(path: Path, xgb: Any) -> Any:
     # 1 MB model loaded 2x slower on a server thread.
     booster = xgb.Booster(params={"nthread": 1})
     try:
-        with xgb.config_context(nthread=1):  # thread-local in XGBoost
+        with _one_thread(xgb):
             booster.load_model(raw)
     except Exception as exc:
         raise load_error(XGBOOST, path, exc) from exc
