@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from modelfleet.backends.inprocess import InProcessBackend
 from modelfleet.config import Settings
 from modelfleet.endpoint.app import EndpointServer
 
@@ -67,7 +68,9 @@ class ThreadServer:
 
     @property
     def manager(self) -> Any:
-        return self.endpoint.backend.manager
+        backend = self.endpoint.backend
+        assert isinstance(backend, InProcessBackend), "one instance, in this process"
+        return backend.manager
 
 
 @contextlib.contextmanager

@@ -59,6 +59,11 @@ def main() -> None:
 @click.option("--max-body-size", help="Largest request body, e.g. 6MiB.")
 @click.option("--handler", help="Force one handler for every model (default: detect).")
 @click.option(
+    "--instances",
+    type=int,
+    help="Instance processes behind the router (default 1: served in the router's process).",
+)
+@click.option(
     "--walk-trees/--no-walk-trees",
     default=None,
     help="Predict scikit-learn forests by walking their trees (default: on; same answers).",
@@ -167,3 +172,36 @@ def examples(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in create_examples(folder):
         click.echo(name)
+
+
+@main.command(hidden=True)
+@click.option("--fd", type=int, required=True, help="Listening socket inherited from the router.")
+@click.option("--instance-id", default="0")
+@click.option("--parent-pid", type=int, help="Exit when this process is gone.")
+@click.option("--log-level", default="info", show_default=True)
+def instance(fd: int, instance_id: str, parent_pid: int | None, log_level: str) -> None:
+    """One instance of a ``local`` backend (started by ``serve --instances N``)."""
+    import os
+    import threading
+    import time
+
+    import uvicorn
+
+    from modelfleet.instance.server import SETTINGS_ENV, create_instance_app
+
+    _configure_logging(log_level)
+    raw = os.environ.get(SETTINGS_ENV)
+    if raw is None:
+        raise click.UsageError(f"{SETTINGS_ENV} is not set: instances are started by the router")
+    settings = Settings(**json.loads(raw))
+    if parent_pid is not None:
+
+        def watch_parent() -> None:  # the router is gone (even by SIGKILL): do not linger
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os.kill(os.getpid(), 15)
+
+        threading.Thread(target=watch_parent, name="modelfleet-parent-watch", daemon=True).start()
+    app = create_instance_app(settings, instance_id=instance_id)
+    config = uvicorn.Config(app, fd=fd, log_config=None, access_log=False)
+    uvicorn.Server(config).run()

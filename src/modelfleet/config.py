@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     handler: str | None = None
     """Force one handler for every model (``sklearn``, ``xgboost``, ...); default: detect."""
 
+    instances: PositiveInt = 1
+    """Instances behind the router: 1 serves in the router's process (``inprocess``); N > 1
+    starts N instance subprocesses (``local``), each with these budgets and its own cache
+    folder ``<cache_dir>/instance-<i>``."""
+
     walk_trees: bool = True
     """Predict scikit-learn forests by walking their trees (same answers, ~15x less per row)."""
 

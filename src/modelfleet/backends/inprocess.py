@@ -19,6 +19,10 @@ class InProcessInstance:
     def __init__(self, instance_id: str, manager: ModelManager) -> None:
         self.instance_id = instance_id
         self.manager = manager
+        self.in_flight = 0
+
+    def available(self) -> bool:
+        return True
 
     async def invoke(
         self,

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelfleet.backends.inprocess import InProcessBackend
+from modelfleet.backends.local import InstanceFullError, InstanceUnreachableError, LocalBackend
 from modelfleet.config import Settings
 from modelfleet.edge import (
     RUNTIME_ERRORS,
@@ -27,7 +29,7 @@ from modelfleet.edge import (
     request_id_var,
     target_model_var,
 )
-from modelfleet.endpoint.router import Router
+from modelfleet.endpoint.router import DEFAULT_VARIANT, Router
 from modelfleet.errors import UnknownEndpointError, ValidationError
 from modelfleet.instance.app import instance_routes, ping_route
 from modelfleet.metrics import CONTENT_TYPE, Metrics
@@ -43,21 +45,25 @@ class EndpointServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics(endpoint=settings.endpoint_name)
-        self.backend = InProcessBackend(settings, self.metrics)
-        self.router = Router({"AllTraffic": list(self.backend.instances)})
-        self.app = Starlette(
-            routes=[
-                Route(
-                    "/endpoints/{endpoint_name}/invocations",
-                    self.invocations,
-                    methods=["POST"],
-                ),
-                ping_route(self.backend.manager),
-                Route("/metrics", self.metrics_endpoint, methods=["GET"]),
-                *instance_routes(self.backend.manager),
-            ],
-            lifespan=self._lifespan,
-        )
+        routes = [
+            Route("/endpoints/{endpoint_name}/invocations", self.invocations, methods=["POST"]),
+            Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+            Route("/admin/instances", self.admin_instances, methods=["GET"]),
+        ]
+        self.backend: InProcessBackend | LocalBackend
+        if settings.instances == 1:
+            self.backend = InProcessBackend(settings, self.metrics)
+            self.router = Router({DEFAULT_VARIANT: list(self.backend.instances)})
+            # One instance in this process: its container contract is served here too.
+            routes += [ping_route(self.backend.manager), *instance_routes(self.backend.manager)]
+        else:
+            self.backend = LocalBackend(settings)
+            self.router = Router(
+                {DEFAULT_VARIANT: list(self.backend.instances)},
+                retry_on=(InstanceUnreachableError, InstanceFullError),
+            )
+            routes.append(Route("/ping", self.ping, methods=["GET"]))
+        self.app = Starlette(routes=routes, lifespan=self._lifespan)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -122,6 +128,21 @@ class EndpointServer:
         return Response(
             prediction.body, media_type=prediction.content_type, headers=response_headers
         )
+
+    async def ping(self, request: Request) -> Response:
+        """200 while at least one instance is up (the router can serve), else 503."""
+        up = any(i.available() for i in self.backend.instances)
+        return Response(b"", status_code=200 if up else 503)
+
+    async def admin_instances(self, request: Request) -> Response:
+        """The instances behind this endpoint, as JSON (``modelfleet status`` prints it)."""
+        if isinstance(self.backend, LocalBackend):
+            instances = self.backend.describe()
+        else:
+            instances = [
+                {"id": "0", "url": None, "pid": os.getpid(), "state": "up", "in_flight": None}
+            ]
+        return JSONResponse({"endpoint": self.settings.endpoint_name, "instances": instances})
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)

@@ -1,19 +1,51 @@
 """The router: picks a variant and an instance for each invocation, and forwards it.
 
-With the ``inprocess`` backend there is one variant (``AllTraffic``) holding one instance, so the
-choice is trivial; the shape (variant choice honouring ``X-Amzn-SageMaker-Target-Variant``, then
-instance choice) is the one the multi-instance router keeps.
+Instance choice for a target model (DESIGN section 7), among the variant's instances that are up:
+
+1. an instance known to hold the model (it answered for it before) whose in-flight requests
+   are under the load bound, the least busy first;
+2. otherwise the instances in rendezvous-hash order of (model, instance id), skipping those at
+   the load bound: independent routers agree on where a model goes without sharing state, and a
+   model lands on few instances;
+3. otherwise (every instance at the bound) the rest in the same order.
+
+The load bound is ``ceil(1.25 x (in-flight + 1) / instances)``. A request that finds its
+instance unreachable (the instance is marked down) or full (507) moves to the next candidate;
+inference is idempotent. With the ``inprocess`` backend there is one instance and the choice is
+trivial.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
+from typing import Protocol
 
-from modelfleet.backends.inprocess import InProcessInstance
 from modelfleet.errors import ServiceUnavailableError, ValidationError
 from modelfleet.instance.state import InvokeResult
 
 DEFAULT_VARIANT = "AllTraffic"
+_LOAD_FACTOR = 1.25
+
+
+class Instance(Protocol):
+    """What the router needs of an instance, in-process or remote."""
+
+    instance_id: str
+    in_flight: int
+
+    def available(self) -> bool: ...
+
+    async def invoke(
+        self,
+        target_model: str,
+        body: bytes,
+        *,
+        content_type: str | None,
+        accept: str | None,
+        custom_attributes: str | None,
+    ) -> InvokeResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,14 +55,27 @@ class Routed:
     instance_id: str
 
 
+def rendezvous_score(target_model: str, instance_id: str) -> int:
+    """Highest-random-weight hash of (model, instance): the same on every router."""
+    digest = hashlib.blake2b(f"{instance_id}\0{target_model}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
 class Router:
     """Routes invocations of one endpoint to its instances."""
 
-    def __init__(self, variants: dict[str, list[InProcessInstance]]) -> None:
+    def __init__(
+        self,
+        variants: dict[str, list[Instance]],
+        *,
+        retry_on: tuple[type[BaseException], ...] = (),
+    ) -> None:
         if not variants:
             raise ValueError("an endpoint needs at least one variant")
         self.variants = variants
         self._default = next(iter(variants))
+        self._retry_on = retry_on
+        self._holders: dict[str, set[str]] = {}
 
     def pick_variant(self, target_variant: str | None) -> str:
         if target_variant is None:
@@ -41,6 +86,29 @@ class Router:
                 f"variants: {', '.join(sorted(self.variants))}."
             )
         return target_variant
+
+    def candidates(self, target_model: str, instances: list[Instance]) -> list[Instance]:
+        """The instances to try for ``target_model``, best first (see the module doc)."""
+        up = [i for i in instances if i.available()]
+        if len(up) <= 1:
+            return up
+        bound = math.ceil(_LOAD_FACTOR * (sum(i.in_flight for i in up) + 1) / len(up))
+        holders = self._holders.get(target_model, set())
+        held = sorted(
+            (i for i in up if i.instance_id in holders and i.in_flight < bound),
+            key=lambda i: i.in_flight,
+        )
+        ranked = sorted(up, key=lambda i: rendezvous_score(target_model, i.instance_id))
+        ranked.reverse()
+        chosen = {i.instance_id for i in held}
+        spare = [i for i in ranked if i.instance_id not in chosen and i.in_flight < bound]
+        chosen.update(i.instance_id for i in spare)
+        return held + spare + [i for i in ranked if i.instance_id not in chosen]
+
+    def forget_instance(self, instance_id: str) -> None:
+        """Drop what the router learned about ``instance_id`` (it went down or restarted)."""
+        for holders in self._holders.values():
+            holders.discard(instance_id)
 
     async def invoke(
         self,
@@ -53,15 +121,24 @@ class Router:
         target_variant: str | None,
     ) -> Routed:
         variant = self.pick_variant(target_variant)
-        instances = self.variants[variant]
-        if not instances:
+        candidates = self.candidates(target_model, self.variants[variant])
+        if not candidates:
             raise ServiceUnavailableError(f"Variant '{variant}' has no instance running.")
-        instance = instances[0]
-        result = await instance.invoke(
-            target_model,
-            body,
-            content_type=content_type,
-            accept=accept,
-            custom_attributes=custom_attributes,
-        )
-        return Routed(result=result, variant=variant, instance_id=instance.instance_id)
+        failure: BaseException | None = None
+        for instance in candidates:
+            try:
+                result = await instance.invoke(
+                    target_model,
+                    body,
+                    content_type=content_type,
+                    accept=accept,
+                    custom_attributes=custom_attributes,
+                )
+            except self._retry_on as exc:
+                failure = exc
+                continue
+            self._holders.setdefault(target_model, set()).add(instance.instance_id)
+            return Routed(result=result, variant=variant, instance_id=instance.instance_id)
+        raise ServiceUnavailableError(
+            f"No instance of variant '{variant}' could take the request: {failure}"
+        ) from failure

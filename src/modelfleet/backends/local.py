@@ -1,0 +1,298 @@
+"""The ``local`` backend: N instance subprocesses on this machine, supervised by the router.
+
+Each instance is ``python -m modelfleet instance``: its own process, its own cache folder
+(``<cache_dir>/instance-<i>``) and the per-instance budgets of the settings. The router creates
+each instance's listening socket on 127.0.0.1 and hands it down as an inherited file descriptor,
+so an instance keeps its address when it is restarted and no port is ever raced for. The router
+talks to the instances over pooled keep-alive HTTP connections (modelfleet's whole-path
+``POST /invocations`` of the instance API).
+
+Supervision: a crashed instance is marked down at once (its in-flight requests fail over to
+another instance), restarted after a backoff (0.5 s, doubling to 10 s, reset after 30 s up),
+and takes traffic again once ``/ping`` answers. An instance that stops answering ``/ping`` is
+marked down until it answers again. Each instance also exits by itself when the router's
+process disappears (it watches its parent), so a killed router leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modelfleet.config import Settings
+from modelfleet.errors import (
+    ModelError,
+    ModelNotReadyError,
+    ServiceUnavailableError,
+    ValidationError,
+)
+from modelfleet.handlers.base import Prediction
+from modelfleet.instance.server import SETTINGS_ENV
+from modelfleet.instance.state import InvokeResult
+
+logger = logging.getLogger(__name__)
+
+UP, STARTING, DOWN = "up", "starting", "down"
+_READY_TIMEOUT_S = 120.0
+_HEALTH_INTERVAL_S = 1.0
+_BACKOFF_S = (0.5, 10.0)
+_STOP_GRACE_S = 10.0
+_PASSED_HEADERS = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")
+
+
+class InstanceUnreachableError(ServiceUnavailableError):
+    """The instance did not answer (connection refused or reset): try another one."""
+
+
+class InstanceFullError(ServiceUnavailableError):
+    """The instance answered 507 (no room for the model even after evicting): try another."""
+
+
+class InternalInstanceError(Exception):
+    """The instance answered InternalFailure: a bug there, reported as one here."""
+
+
+class RemoteInstance:
+    """An instance process reached over HTTP."""
+
+    def __init__(self, instance_id: str, url: str, client: httpx.AsyncClient) -> None:
+        self.instance_id = instance_id
+        self.url = url
+        self.state = STARTING
+        self.pid: int | None = None
+        self.in_flight = 0
+        self.restarts = 0
+        self._client = client
+
+    def available(self) -> bool:
+        return self.state == UP
+
+    async def invoke(
+        self,
+        target_model: str,
+        body: bytes,
+        *,
+        content_type: str | None,
+        accept: str | None,
+        custom_attributes: str | None,
+    ) -> InvokeResult:
+        headers = {"x-amzn-sagemaker-target-model": target_model}
+        for name, value in zip(
+            _PASSED_HEADERS, (content_type, accept, custom_attributes), strict=True
+        ):
+            if value is not None:
+                headers[name] = value
+        self.in_flight += 1
+        try:
+            response = await self._client.post(
+                f"{self.url}/invocations", content=body, headers=headers
+            )
+        except httpx.TransportError as exc:  # refused, reset, timed out before an answer
+            self.state = DOWN  # until its /ping answers again (LocalBackend watches)
+            raise InstanceUnreachableError(
+                f"Instance {self.instance_id} did not answer: {type(exc).__name__}"
+            ) from exc
+        finally:
+            self.in_flight -= 1
+        if response.status_code == 200:
+            prediction = Prediction(
+                response.content,
+                response.headers.get("content-type", "application/octet-stream"),
+                response.headers.get("x-amzn-sagemaker-custom-attributes"),
+            )
+            return InvokeResult(
+                prediction,
+                cache_hit=response.headers.get("x-modelfleet-cache-hit") == "1",
+                model_latency_s=float(response.headers.get("x-modelfleet-model-latency", 0.0)),
+            )
+        raise _error_from(self.instance_id, response)
+
+
+def _error_from(instance_id: str, response: httpx.Response) -> Exception:
+    """The modelfleet error an instance's error answer stands for (shapes of edge.py)."""
+    try:
+        body: dict[str, Any] = json.loads(response.content)
+    except ValueError:
+        body = {}
+    kind = body.get("__type") or response.headers.get("x-amzn-errortype", "")
+    message = str(body.get("message", f"instance {instance_id} answered {response.status_code}"))
+    if kind == "ModelError":
+        error = ModelError(
+            str(body.get("OriginalMessage", message)),
+            original_status_code=int(body.get("OriginalStatusCode", response.status_code)),
+        )
+        return error
+    if kind == "ValidationError":
+        return ValidationError(message)
+    if kind == "ModelNotReadyException":
+        return ModelNotReadyError(message)
+    if kind == "InsufficientStorage" or response.status_code == 507:
+        return InstanceFullError(message)
+    if kind == "ServiceUnavailable":
+        retry = response.headers.get("retry-after", "1")
+        return ServiceUnavailableError(message, retry_after_s=int(retry) if retry.isdigit() else 1)
+    return InternalInstanceError(f"instance {instance_id}: {message}")
+
+
+class _Child:
+    """One instance's process, its inherited socket, and its supervision loop."""
+
+    def __init__(self, instance: RemoteInstance, sock: socket.socket, env: dict[str, str]):
+        self.instance = instance
+        self.sock = sock
+        self.env = env
+        self.process: asyncio.subprocess.Process | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def spawn(self) -> None:
+        fd = self.sock.fileno()
+        argv = [sys.executable, "-m", "modelfleet", "instance", "--fd", str(fd)]
+        argv += ["--instance-id", self.instance.instance_id, "--parent-pid", str(os.getpid())]
+        self.process = await asyncio.create_subprocess_exec(
+            *argv, pass_fds=(fd,), env=self.env, start_new_session=True
+        )
+        self.instance.pid = self.process.pid
+        self.instance.state = STARTING
+
+
+class LocalBackend:
+    """Starts, supervises and stops ``settings.instances`` instance processes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=5.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+        self._children: list[_Child] = []
+        self._stopping = False
+        for index in range(settings.instances):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(1024)
+            sock.set_inheritable(True)
+            port = sock.getsockname()[1]
+            instance = RemoteInstance(str(index), f"http://127.0.0.1:{port}", self._client)
+            child_settings = settings.model_dump(mode="json")
+            child_settings.update(
+                cache_dir=str(Path(settings.cache_dir) / f"instance-{index}"), instances=1
+            )
+            env = {**os.environ, SETTINGS_ENV: json.dumps(child_settings)}
+            self._children.append(_Child(instance, sock, env))
+        self.instances = [child.instance for child in self._children]
+
+    async def start(self) -> None:
+        """Start every instance; return once each answers ``/ping`` (or failed to start)."""
+        for child in self._children:
+            child.task = asyncio.create_task(
+                self._supervise(child), name=f"modelfleet-instance-{child.instance.instance_id}"
+            )
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if all(i.state == UP for i in self.instances):
+                return
+            await asyncio.sleep(0.05)
+        logger.warning(
+            "instances not up after %.0f s: %s",
+            _READY_TIMEOUT_S,
+            [i.instance_id for i in self.instances if i.state != UP],
+        )
+
+    async def stop(self) -> None:
+        """Stop every instance (SIGTERM, then SIGKILL after a grace period) and wait for it."""
+        self._stopping = True
+        for child in self._children:
+            if child.task is not None:
+                child.task.cancel()
+        await asyncio.gather(
+            *(c.task for c in self._children if c.task is not None), return_exceptions=True
+        )
+        await asyncio.gather(*(self._terminate(c) for c in self._children))
+        for child in self._children:
+            child.sock.close()
+        await self._client.aclose()
+
+    async def _terminate(self, child: _Child) -> None:
+        process = child.process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), _STOP_GRACE_S)
+        except TimeoutError:
+            logger.warning("instance %s ignored SIGTERM; killing it", child.instance.instance_id)
+            process.kill()
+            await process.wait()
+        child.instance.state = DOWN
+
+    async def _supervise(self, child: _Child) -> None:
+        instance = child.instance
+        backoff = _BACKOFF_S[0]
+        while not self._stopping:
+            await child.spawn()
+            assert child.process is not None
+            started = time.monotonic()
+            health = asyncio.create_task(self._watch_health(instance))
+            try:
+                code = await child.process.wait()
+            finally:
+                health.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await health
+            instance.state = DOWN
+            if self._stopping:
+                return
+            instance.restarts += 1
+            if time.monotonic() - started > 30.0:
+                backoff = _BACKOFF_S[0]
+            logger.warning(
+                "instance %s (pid %s) exited with %s; restarting in %.1f s",
+                instance.instance_id,
+                instance.pid,
+                code,
+                backoff,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_S[1])
+
+    async def _watch_health(self, instance: RemoteInstance) -> None:
+        """Mark ``instance`` up while ``/ping`` answers 200, down while it does not."""
+        while True:
+            try:
+                response = await self._client.get(f"{instance.url}/ping", timeout=5.0)
+                healthy = response.status_code == 200
+            except httpx.TransportError:
+                healthy = False
+            if healthy and instance.state != UP:
+                logger.info("instance %s up at %s", instance.instance_id, instance.url)
+            if healthy:
+                instance.state = UP
+            elif instance.state == UP:
+                instance.state = DOWN
+            await asyncio.sleep(_HEALTH_INTERVAL_S if instance.state == UP else 0.05)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per instance: id, url, pid, state, in-flight requests, restarts."""
+        return [
+            {
+                "id": i.instance_id,
+                "url": i.url,
+                "pid": i.pid,
+                "state": i.state,
+                "in_flight": i.in_flight,
+                "restarts": i.restarts,
+            }
+            for i in self.instances
+        ]
