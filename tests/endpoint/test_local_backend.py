@@ -1,0 +1,162 @@
+"""The ``local`` backend: ``modelfleet serve --instances N`` with real instance subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.artifacts import features, sklearn_artifact
+from tests.servers import ProcessServer, metric, process_server
+
+N_FEATURES = 4
+MODELS = [f"m{i}/model.tar.gz" for i in range(6)]
+ROW = ",".join(f"{v:.4f}" for v in features(1, 1, N_FEATURES)[0]).encode()
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    root = tmp_path / "source"
+    for index, name in enumerate(MODELS):
+        path = root / name
+        path.parent.mkdir(parents=True)
+        path.write_bytes(sklearn_artifact(seed=index, n_features=N_FEATURES, n_trees=2))
+    return root
+
+
+def instances(server: ProcessServer) -> list[dict[str, Any]]:
+    answer: list[dict[str, Any]] = httpx.get(f"{server.url}/admin/instances").json()["instances"]
+    return answer
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@contextlib.contextmanager
+def fleet(source: Path, tmp_path: Path, count: int) -> Iterator[ProcessServer]:
+    """``serve --instances count``; afterwards no instance process may be left."""
+    args = ["--model-source", str(source), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--instances", str(count), "--log-level", "warning"]
+    seen: set[int] = set()
+    try:
+        with process_server(args, log=tmp_path / "server.log") as server:
+            seen.update(i["pid"] for i in instances(server))
+            yield server
+            seen.update(i["pid"] for i in instances(server))
+    finally:
+        deadline = time.monotonic() + 15
+        while not all(gone(pid) for pid in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [pid for pid in seen if not gone(pid)]
+        for pid in left:  # a failure here must not leave processes behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert not left, f"instance processes left after the router stopped: {left}"
+
+
+def invoke(http: httpx.Client, model: str) -> httpx.Response:
+    return http.post(
+        "/endpoints/default/invocations",
+        content=ROW,
+        headers={"X-Amzn-SageMaker-Target-Model": model, "Content-Type": "text/csv"},
+    )
+
+
+def instance_metric(instance: dict[str, Any], name: str) -> float:
+    return metric(httpx.get(f"{instance['url']}/metrics").text, name)
+
+
+def test_each_model_is_loaded_by_one_instance(source: Path, tmp_path: Path) -> None:
+    with fleet(source, tmp_path, 3) as server, httpx.Client(base_url=server.url) as http:
+        listed = instances(server)
+        assert [i["state"] for i in listed] == ["up"] * 3
+        assert len({i["pid"] for i in listed}) == 3
+        answers: dict[str, set[bytes]] = {}
+        for _ in range(4):
+            for model in MODELS:
+                response = invoke(http, model)
+                assert response.status_code == 200, response.text
+                assert response.headers["x-amzn-invoked-production-variant"] == "AllTraffic"
+                answers.setdefault(model, set()).add(response.content)
+        assert all(len(bodies) == 1 for bodies in answers.values())
+        loads = [instance_metric(i, "modelfleet_model_loading_time_seconds_count") for i in listed]
+        assert sum(loads) == len(MODELS)  # affinity: every model on one instance only
+        assert sum(1 for n in loads if n > 0) >= 2  # and the models spread over instances
+
+
+def test_errors_from_an_instance_keep_their_shape(source: Path, tmp_path: Path) -> None:
+    with fleet(source, tmp_path, 2) as server, httpx.Client(base_url=server.url) as http:
+        missing = invoke(http, "nope/model.tar.gz")
+        assert missing.status_code == 400
+        assert missing.headers["x-amzn-errortype"] == "ValidationError"
+        assert "nope/model.tar.gz" in missing.json()["message"]
+        wrong = http.post(
+            "/endpoints/default/invocations",
+            content=b"1,2",  # two features for a four-feature model
+            headers={"X-Amzn-SageMaker-Target-Model": MODELS[0], "Content-Type": "text/csv"},
+        )
+        assert wrong.status_code == 424
+        assert wrong.json()["__type"] == "ModelError"
+        assert wrong.json()["OriginalStatusCode"] == 400
+
+
+def test_a_killed_instance_fails_no_request_and_comes_back(source: Path, tmp_path: Path) -> None:
+    with fleet(source, tmp_path, 3) as server:
+        before = instances(server)
+        victim = before[0]
+        statuses: list[int] = []
+
+        async def drive() -> None:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+                queue = [MODELS[i % len(MODELS)] for i in range(600)]
+
+                async def worker() -> None:
+                    while queue:
+                        model = queue.pop()
+                        response = await http.post(
+                            "/endpoints/default/invocations",
+                            content=ROW,
+                            headers={
+                                "X-Amzn-SageMaker-Target-Model": model,
+                                "Content-Type": "text/csv",
+                            },
+                        )
+                        statuses.append(response.status_code)
+                        if len(statuses) == 100:
+                            os.kill(victim["pid"], signal.SIGKILL)
+
+                await asyncio.gather(*(worker() for _ in range(8)))
+
+        asyncio.run(drive())
+        assert len(statuses) == 600
+        assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = instances(server)[0]
+            if now["state"] == "up" and now["pid"] != victim["pid"]:
+                break
+            time.sleep(0.1)
+        assert now["restarts"] == 1
+        assert now["state"] == "up"
+        assert now["pid"] != victim["pid"]
+        with httpx.Client(base_url=server.url) as http:
+            for model in MODELS * 2:
+                assert invoke(http, model).status_code == 200
+        served = instance_metric(now, "modelfleet_model_cache_hit_total") + instance_metric(
+            now, "modelfleet_model_cache_miss_total"
+        )
+        assert served > 0  # the restarted instance takes traffic again

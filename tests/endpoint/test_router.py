@@ -1,0 +1,98 @@
+"""Instance choice: holders first, then rendezvous order under a load bound; failover."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from modelfleet.endpoint.router import Router, rendezvous_score
+from modelfleet.errors import ServiceUnavailableError
+from modelfleet.handlers.base import Prediction
+from modelfleet.instance.state import InvokeResult
+
+
+class Unreachable(ServiceUnavailableError):
+    pass
+
+
+@dataclass
+class FakeInstance:
+    instance_id: str
+    in_flight: int = 0
+    up: bool = True
+    fail: bool = False
+    served: list[str] = field(default_factory=list)
+
+    def available(self) -> bool:
+        return self.up
+
+    async def invoke(self, target_model: str, body: bytes, **_: object) -> InvokeResult:
+        if self.fail:
+            raise Unreachable(f"{self.instance_id} is gone")
+        self.served.append(target_model)
+        return InvokeResult(Prediction(self.instance_id.encode(), "text/plain"), True, 0.0)
+
+
+def fleet(count: int) -> list[FakeInstance]:
+    return [FakeInstance(str(i)) for i in range(count)]
+
+
+def call(router: Router, model: str) -> str:
+    routed = asyncio.run(
+        router.invoke(
+            model, b"", content_type=None, accept=None, custom_attributes=None, target_variant=None
+        )
+    )
+    return routed.instance_id
+
+
+def test_rendezvous_order_is_shared_and_spreads_models() -> None:
+    instances = fleet(4)
+    a, b = Router({"v": list(instances)}), Router({"v": list(instances)})
+    models = [f"model-{i}" for i in range(400)]
+    firsts = [a.candidates(m, list(instances))[0].instance_id for m in models]
+    assert firsts == [b.candidates(m, list(instances))[0].instance_id for m in models]
+    counts = {i: firsts.count(i) for i in "0123"}
+    assert min(counts.values()) > 60, counts  # about 100 each
+    best = max(instances, key=lambda i: rendezvous_score("model-7", i.instance_id))
+    assert firsts[7] == best.instance_id
+
+
+def test_holders_win_until_the_load_bound() -> None:
+    instances = fleet(3)
+    router = Router({"v": list(instances)})
+    model = "m"
+    home = router.candidates(model, list(instances))[0]
+    assert call(router, model) == home.instance_id
+    home.in_flight = 10  # busy: the bound is ceil(1.25 * 11 / 3) = 5
+    order = router.candidates(model, list(instances))
+    assert order[0] is not home
+    assert order[-1] is home
+    home.in_flight = 0
+    assert router.candidates(model, list(instances))[0] is home
+
+
+def test_down_and_failing_instances_are_skipped() -> None:
+    instances = fleet(3)
+    router = Router({"v": list(instances)}, retry_on=(Unreachable,))
+    model = "m"
+    first, second, third = router.candidates(model, list(instances))
+    first.fail = True
+    assert call(router, model) == second.instance_id  # failed over
+    second.up = False
+    assert call(router, model) == third.instance_id
+    for instance in instances:
+        instance.up = False
+    with pytest.raises(ServiceUnavailableError, match="no instance running"):
+        call(router, model)
+
+
+def test_every_instance_failing_is_service_unavailable() -> None:
+    instances = fleet(2)
+    for instance in instances:
+        instance.fail = True
+    router = Router({"v": list(instances)}, retry_on=(Unreachable,))
+    with pytest.raises(ServiceUnavailableError, match="could take the request"):
+        call(router, "m")
