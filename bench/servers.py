@@ -237,14 +237,20 @@ def modelfleet(
     *,
     memory_limit: str = "2GiB",
     walk_trees: bool = True,
+    instances: int = 1,
 ) -> Server:
-    """``modelfleet serve`` on ``source`` (uvloop + httptools: its own dependencies)."""
+    """``modelfleet serve`` on ``source`` (uvloop + httptools: its own dependencies).
+
+    ``memory_limit`` is per instance (``instances`` > 1: the ``local`` backend)."""
     argv = [MAIN_PYTHON, "-m", "modelfleet", "serve", "--model-source", str(source)]
     argv += ["--port", str(port), "--cache-dir", str(cache_dir)]
     argv += ["--memory-limit", memory_limit, "--log-level", "warning"]
     if not walk_trees:
         argv.append("--no-walk-trees")
+    if instances > 1:
+        argv += ["--instances", str(instances)]
     name = "modelfleet" if walk_trees else "modelfleet-predict"
+    name += f"-x{instances}" if instances > 1 else ""
     return Server(name, argv, port, env=uvicorn_env(False), cwd=ROOT)
 
 

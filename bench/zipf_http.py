@@ -10,7 +10,9 @@ bare Starlette app with a byte-LRU of the same room, ``peers/bare_lru.py``), and
 multiplexing with ``max_num_models_per_replica=20`` in its defaults (``ray-default``) and its
 high-throughput configuration (``ray-best``); ``bare-lru-fast`` runs the bare app on uvloop +
 httptools (modelfleet's own stack); ``modelfleet-predict`` runs modelfleet with ``--no-walk-trees``
-(scikit-learn's own forest ``predict``, as the others call it). Hit ratio: modelfleet's from its
+(scikit-learn's own forest ``predict``, as the others call it); ``modelfleet-x2`` runs two
+instance processes behind modelfleet's router (``--instances 2``), each with half the room. Hit
+ratio: modelfleet's from its
 ``/metrics`` (``modelfleet_model_cache_hit_total`` and ``_miss_total``), the bare app's from its own
 counters; Ray's is ``1 - loads / requests`` (its app counts its multiplexed loads), shown for
 every system as ``hit_ratio_by_loads`` (a request that waits on another's load is a miss in
@@ -47,6 +49,7 @@ QUICK_SYSTEMS = ("modelfleet", "bare-lru")
 FULL_SYSTEMS = (
     "modelfleet",
     "modelfleet-predict",
+    "modelfleet-x2",
     "bare-lru",
     "bare-lru-fast",
     "ray-default",
@@ -107,12 +110,19 @@ _METRIC = re.compile(r"^(modelfleet_[a-z_]+?)(?:\{[^}]*\})? ([0-9.eE+-]+)$", re.
 
 
 def modelfleet_counts(server: Server) -> dict[str, float]:
-    status, body = servers.http_get(server.url + "/metrics")
+    """Cache counters summed over the server's instances (each has its own ``/metrics`` when
+    there are several)."""
+    status, body = servers.http_get(server.url + "/admin/instances")
     if status != 200:
-        raise ServerError(f"{server.name}: /metrics answered {status}")
+        raise ServerError(f"{server.name}: /admin/instances answered {status}")
+    urls = [i["url"] for i in json.loads(body)["instances"] if i["url"]] or [server.url]
     totals: dict[str, float] = {}
-    for name, value in _METRIC.findall(body.decode()):
-        totals[name] = totals.get(name, 0.0) + float(value)
+    for url in urls:
+        status, body = servers.http_get(url + "/metrics")
+        if status != 200:
+            raise ServerError(f"{server.name}: {url}/metrics answered {status}")
+        for name, value in _METRIC.findall(body.decode()):
+            totals[name] = totals.get(name, 0.0) + float(value)
     hits = totals.get("modelfleet_model_cache_hit_total", 0.0)
     misses = totals.get("modelfleet_model_cache_miss_total", 0.0)
     loads = totals.get("modelfleet_model_loading_time_seconds_count", 0.0)
@@ -133,8 +143,14 @@ def start(system: str, work: Path, models: Path, w: Workload, room_bytes: int) -
     if system.startswith("modelfleet"):
         cache = work / f"cache-{system}"
         walk = system != "modelfleet-predict"
+        count = 2 if system == "modelfleet-x2" else 1
         server = servers.modelfleet(
-            port, models, cache, memory_limit=str(room_bytes), walk_trees=walk
+            port,
+            models,
+            cache,
+            memory_limit=str(room_bytes // count),
+            walk_trees=walk,
+            instances=count,
         )
     elif system.startswith("bare-lru"):
         server = servers.bare_lru(port, models, room_bytes, fast=fast)

@@ -60,13 +60,24 @@ def test_rendezvous_order_is_shared_and_spreads_models() -> None:
     assert firsts[7] == best.instance_id
 
 
+def test_a_model_goes_back_to_its_home_after_a_failover() -> None:
+    instances = fleet(3)
+    router = Router({"v": list(instances)})
+    home = router.candidates("m", list(instances))[0]
+    home.up = False
+    stand_in = call(router, "m")
+    assert stand_in != home.instance_id
+    home.up = True  # restarted: both now hold "m", equally idle
+    assert call(router, "m") == home.instance_id
+
+
 def test_holders_win_until_the_load_bound() -> None:
     instances = fleet(3)
     router = Router({"v": list(instances)})
     model = "m"
     home = router.candidates(model, list(instances))[0]
     assert call(router, model) == home.instance_id
-    home.in_flight = 10  # busy: the bound is ceil(1.25 * 11 / 3) = 5
+    home.in_flight = 10  # busy: the bound is ceil(2 * 11 / 3) = 8
     order = router.candidates(model, list(instances))
     assert order[0] is not home
     assert order[-1] is home

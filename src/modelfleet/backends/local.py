@@ -5,7 +5,8 @@ Each instance is ``python -m modelfleet instance``: its own process, its own cac
 each instance's listening socket on 127.0.0.1 and hands it down as an inherited file descriptor,
 so an instance keeps its address when it is restarted and no port is ever raced for. The router
 talks to the instances over pooled keep-alive HTTP connections (modelfleet's whole-path
-``POST /invocations`` of the instance API).
+``POST /invocations`` of the instance API) with aiohttp's client: its C parser costs ~0.1 ms a
+request where httpx (pure-Python h11) cost ~1.4 ms and capped a router at ~650 requests/s.
 
 Supervision: a crashed instance is marked down at once (its in-flight requests fail over to
 another instance), restarted after a backoff (0.5 s, doubling to 10 s, reset after 30 s up),
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from modelfleet.config import Settings
 from modelfleet.errors import (
@@ -48,6 +49,9 @@ _READY_TIMEOUT_S = 120.0
 _HEALTH_INTERVAL_S = 1.0
 _BACKOFF_S = (0.5, 10.0)
 _STOP_GRACE_S = 10.0
+# Idle pooled connections are dropped before the instance's own keep-alive timeout (75 s,
+# set by ``modelfleet instance``), so a request never meets a connection the instance closes.
+_KEEPALIVE_S = 60.0
 _PASSED_HEADERS = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")
 
 
@@ -66,14 +70,14 @@ class InternalInstanceError(Exception):
 class RemoteInstance:
     """An instance process reached over HTTP."""
 
-    def __init__(self, instance_id: str, url: str, client: httpx.AsyncClient) -> None:
+    def __init__(self, instance_id: str, url: str) -> None:
         self.instance_id = instance_id
         self.url = url
         self.state = STARTING
         self.pid: int | None = None
         self.in_flight = 0
         self.restarts = 0
-        self._client = client
+        self.session: aiohttp.ClientSession | None = None  # set by LocalBackend.start
 
     def available(self) -> bool:
         return self.state == UP
@@ -93,55 +97,60 @@ class RemoteInstance:
         ):
             if value is not None:
                 headers[name] = value
+        assert self.session is not None, "LocalBackend.start() was not called"
         self.in_flight += 1
         try:
-            response = await self._client.post(
-                f"{self.url}/invocations", content=body, headers=headers
-            )
-        except httpx.TransportError as exc:  # refused, reset, timed out before an answer
+            async with self.session.post(
+                f"{self.url}/invocations", data=body, headers=headers
+            ) as response:
+                status, answer = response.status, await response.read()
+                reply = response.headers
+        except aiohttp.ClientConnectorError as exc:  # refused: the process is gone
             self.state = DOWN  # until its /ping answers again (LocalBackend watches)
             raise InstanceUnreachableError(
                 f"Instance {self.instance_id} did not answer: {type(exc).__name__}"
             ) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:  # reset or closed mid-request
+            raise InstanceUnreachableError(
+                f"Instance {self.instance_id} dropped the request: {type(exc).__name__}"
+            ) from exc
         finally:
             self.in_flight -= 1
-        if response.status_code == 200:
+        if status == 200:
             prediction = Prediction(
-                response.content,
-                response.headers.get("content-type", "application/octet-stream"),
-                response.headers.get("x-amzn-sagemaker-custom-attributes"),
+                answer,
+                reply.get("content-type", "application/octet-stream"),
+                reply.get("x-amzn-sagemaker-custom-attributes"),
             )
             return InvokeResult(
                 prediction,
-                cache_hit=response.headers.get("x-modelfleet-cache-hit") == "1",
-                model_latency_s=float(response.headers.get("x-modelfleet-model-latency", 0.0)),
+                cache_hit=reply.get("x-modelfleet-cache-hit") == "1",
+                model_latency_s=float(reply.get("x-modelfleet-model-latency", 0.0)),
             )
-        raise _error_from(self.instance_id, response)
+        raise _error_from(self.instance_id, status, answer, reply.get("x-amzn-errortype", ""))
 
 
-def _error_from(instance_id: str, response: httpx.Response) -> Exception:
+def _error_from(instance_id: str, status: int, answer: bytes, error_type: str) -> Exception:
     """The modelfleet error an instance's error answer stands for (shapes of edge.py)."""
     try:
-        body: dict[str, Any] = json.loads(response.content)
+        body: dict[str, Any] = json.loads(answer)
     except ValueError:
         body = {}
-    kind = body.get("__type") or response.headers.get("x-amzn-errortype", "")
-    message = str(body.get("message", f"instance {instance_id} answered {response.status_code}"))
+    kind = body.get("__type") or error_type
+    message = str(body.get("message", f"instance {instance_id} answered {status}"))
     if kind == "ModelError":
-        error = ModelError(
+        return ModelError(
             str(body.get("OriginalMessage", message)),
-            original_status_code=int(body.get("OriginalStatusCode", response.status_code)),
+            original_status_code=int(body.get("OriginalStatusCode", status)),
         )
-        return error
     if kind == "ValidationError":
         return ValidationError(message)
     if kind == "ModelNotReadyException":
         return ModelNotReadyError(message)
-    if kind == "InsufficientStorage" or response.status_code == 507:
+    if kind == "InsufficientStorage" or status == 507:
         return InstanceFullError(message)
     if kind == "ServiceUnavailable":
-        retry = response.headers.get("retry-after", "1")
-        return ServiceUnavailableError(message, retry_after_s=int(retry) if retry.isdigit() else 1)
+        return ServiceUnavailableError(message)
     return InternalInstanceError(f"instance {instance_id}: {message}")
 
 
@@ -171,10 +180,7 @@ class LocalBackend:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=5.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        )
+        self._session: aiohttp.ClientSession | None = None
         self._children: list[_Child] = []
         self._stopping = False
         for index in range(settings.instances):
@@ -184,7 +190,7 @@ class LocalBackend:
             sock.listen(1024)
             sock.set_inheritable(True)
             port = sock.getsockname()[1]
-            instance = RemoteInstance(str(index), f"http://127.0.0.1:{port}", self._client)
+            instance = RemoteInstance(str(index), f"http://127.0.0.1:{port}")
             child_settings = settings.model_dump(mode="json")
             child_settings.update(
                 cache_dir=str(Path(settings.cache_dir) / f"instance-{index}"), instances=1
@@ -195,6 +201,13 @@ class LocalBackend:
 
     async def start(self) -> None:
         """Start every instance; return once each answers ``/ping`` (or failed to start)."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
+            skip_auto_headers=("User-Agent",),
+        )
+        for instance in self.instances:
+            instance.session = self._session
         for child in self._children:
             child.task = asyncio.create_task(
                 self._supervise(child), name=f"modelfleet-instance-{child.instance.instance_id}"
@@ -222,7 +235,8 @@ class LocalBackend:
         await asyncio.gather(*(self._terminate(c) for c in self._children))
         for child in self._children:
             child.sock.close()
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def _terminate(self, child: _Child) -> None:
         process = child.process
@@ -269,11 +283,13 @@ class LocalBackend:
 
     async def _watch_health(self, instance: RemoteInstance) -> None:
         """Mark ``instance`` up while ``/ping`` answers 200, down while it does not."""
+        assert self._session is not None
+        timeout = aiohttp.ClientTimeout(total=5.0)
         while True:
             try:
-                response = await self._client.get(f"{instance.url}/ping", timeout=5.0)
-                healthy = response.status_code == 200
-            except httpx.TransportError:
+                async with self._session.get(f"{instance.url}/ping", timeout=timeout) as response:
+                    healthy = response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
                 healthy = False
             if healthy and instance.state != UP:
                 logger.info("instance %s up at %s", instance.instance_id, instance.url)
