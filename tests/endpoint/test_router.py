@@ -64,7 +64,8 @@ def test_a_model_goes_back_to_its_home_after_a_failover() -> None:
     instances = fleet(3)
     router = Router({"v": list(instances)})
     home = router.candidates("m", list(instances))[0]
-    home.up = False
+    assert call(router, "m") == home.instance_id
+    home.up = False  # it dies: the model is served elsewhere
     stand_in = call(router, "m")
     assert stand_in != home.instance_id
     home.up = True  # restarted: both now hold "m", equally idle
