@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.artifacts import features, sklearn_artifact
+from tests.artifacts import features, sklearn_artifact, train_sklearn
 from tests.servers import ProcessServer, metric, process_server
 
 N_FEATURES = 4
@@ -132,7 +132,7 @@ def test_a_killed_instance_fails_no_request_and_comes_back(source: Path, tmp_pat
 
         async def drive() -> None:
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
-                queue = [MODELS[i % len(MODELS)] for i in range(600)]
+                queue = [MODELS[i % len(MODELS)] for i in range(1000)]
 
                 async def worker() -> None:
                     while queue:
@@ -146,13 +146,13 @@ def test_a_killed_instance_fails_no_request_and_comes_back(source: Path, tmp_pat
                             },
                         )
                         statuses.append(response.status_code)
-                        if len(statuses) == 100:
+                        if len(statuses) == 150:
                             os.kill(victim["pid"], signal.SIGKILL)
 
                 await asyncio.gather(*(worker() for _ in range(8)))
 
         asyncio.run(drive())
-        assert len(statuses) == 600
+        assert len(statuses) == 1000
         assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
 
         deadline = time.monotonic() + 60
@@ -168,3 +168,50 @@ def test_a_killed_instance_fails_no_request_and_comes_back(source: Path, tmp_pat
             for model in MODELS * 2:
                 assert invoke(http, model).status_code == 200
         assert served(now) > 0  # the restarted instance takes its models back
+
+
+def test_boto3_against_a_fleet_with_models_in_s3(
+    s3_bucket: tuple[Any, str], aws_env: str, tmp_path: Path
+) -> None:
+    import json
+
+    import boto3
+    from botocore.config import Config
+
+    s3, bucket = s3_bucket
+    estimators = {}
+    for index in range(4):
+        key = f"models/forest-{index}/model.tar.gz"
+        s3.put_object(Bucket=bucket, Key=key, Body=sklearn_artifact(seed=index, n_features=4))
+        estimators[f"forest-{index}/model.tar.gz"] = train_sklearn(seed=index, n_features=4)
+    args = ["--model-source", f"s3://{bucket}/models/", "--cache-dir", str(tmp_path / "cache")]
+    args += ["--instances", "2", "--log-level", "warning"]
+    with process_server(args, log=tmp_path / "server.log") as server:
+        runtime = boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=server.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+        )
+        row = features(3, 1, 4)
+        for target, estimator in estimators.items():
+            answer = runtime.invoke_endpoint(
+                EndpointName="default",
+                TargetModel=target,
+                ContentType="text/csv",
+                Accept="application/json",
+                Body=",".join(repr(float(v)) for v in row[0]),
+            )
+            assert answer["InvokedProductionVariant"] == "AllTraffic"
+            got = json.loads(answer["Body"].read())
+            assert got == pytest.approx(estimator.predict(row).tolist(), rel=1e-9)
+        with pytest.raises(runtime.exceptions.ModelError) as failure:
+            runtime.invoke_endpoint(
+                EndpointName="default",
+                TargetModel="forest-0/model.tar.gz",
+                ContentType="text/csv",
+                Body="1,2",  # two features for a four-feature model
+            )
+        assert failure.value.response["OriginalStatusCode"] == 400
