@@ -238,6 +238,7 @@ def modelfleet(
     memory_limit: str = "2GiB",
     walk_trees: bool = True,
     instances: int = 1,
+    extra: Sequence[str] = (),
 ) -> Server:
     """``modelfleet serve`` on ``source`` (uvloop + httptools: its own dependencies).
 
@@ -249,6 +250,7 @@ def modelfleet(
         argv.append("--no-walk-trees")
     if instances > 1:
         argv += ["--instances", str(instances)]
+    argv += list(extra)
     name = "modelfleet" if walk_trees else "modelfleet-predict"
     name += f"-x{instances}" if instances > 1 else ""
     return Server(name, argv, port, env=uvicorn_env(False), cwd=ROOT)

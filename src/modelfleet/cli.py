@@ -59,6 +59,11 @@ def main() -> None:
 @click.option("--max-body-size", help="Largest request body, e.g. 6MiB.")
 @click.option("--handler", help="Force one handler for every model (default: detect).")
 @click.option(
+    "--routing",
+    type=click.Choice(["affinity", "random"]),
+    help="Instance choice with several instances (default affinity; random is a baseline).",
+)
+@click.option(
     "--instances",
     type=int,
     help="Instance processes behind the router (default 1: served in the router's process).",

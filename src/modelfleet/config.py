@@ -12,7 +12,7 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -153,6 +153,10 @@ class Settings(BaseSettings):
     """Instances behind the router: 1 serves in the router's process (``inprocess``); N > 1
     starts N instance subprocesses (``local``), each with these budgets and its own cache
     folder ``<cache_dir>/instance-<i>``."""
+
+    routing: Literal["affinity", "random"] = "affinity"
+    """How the router picks an instance: ``affinity`` (holders, then rendezvous hashing under a
+    load bound; see docs/fleet.md) or ``random`` (a baseline for benchmarks)."""
 
     walk_trees: bool = True
     """Predict scikit-learn forests by walking their trees (same answers, ~15x less per row)."""

@@ -61,6 +61,7 @@ class EndpointServer:
             self.router = Router(
                 {DEFAULT_VARIANT: list(self.backend.instances)},
                 retry_on=(InstanceUnreachableError, InstanceFullError),
+                randomly=settings.routing == "random",
             )
             routes.append(Route("/ping", self.ping, methods=["GET"]))
         self.app = Starlette(routes=routes, lifespan=self._lifespan)

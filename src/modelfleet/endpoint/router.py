@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,12 +73,14 @@ class Router:
         variants: dict[str, list[Instance]],
         *,
         retry_on: tuple[type[BaseException], ...] = (),
+        randomly: bool = False,
     ) -> None:
         if not variants:
             raise ValueError("an endpoint needs at least one variant")
         self.variants = variants
         self._default = next(iter(variants))
         self._retry_on = retry_on
+        self._randomly = randomly
         self._holders: dict[str, set[str]] = {}
 
     def pick_variant(self, target_variant: str | None) -> str:
@@ -95,6 +98,8 @@ class Router:
         up = [i for i in instances if i.available()]
         if len(up) <= 1:
             return up
+        if self._randomly:  # the baseline the benchmarks compare affinity with
+            return random.sample(up, len(up))
         bound = math.ceil(_LOAD_FACTOR * (sum(i.in_flight for i in up) + 1) / len(up))
         holders = self._holders.get(target_model, set())
         ranked = sorted(up, key=lambda i: rendezvous_score(target_model, i.instance_id))

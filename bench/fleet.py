@@ -1,0 +1,118 @@
+"""Fleet: several instances behind one router, affinity routing against random routing.
+
+3 instances (``modelfleet serve --instances 3``), 60 scikit-learn forests of 0.5-5 MB in a folder
+source, requests drawn from Zipf(1.0) with a fixed seed and sent at concurrency 8 by
+``bench.loadgen --targets-file`` from empty caches; each instance has memory room for 8 models
+(24 of the 60 fit across the fleet). The same trace runs twice in one invocation: with
+``--routing affinity`` (the default: holders, then rendezvous hashing under a load bound) and
+``--routing random``. Figures: throughput, p50, p99, the per-request hit ratio and the loads and
+downloads summed over the instances' own ``/metrics``, and on how many instances each model
+landed (downloaded into the instance's disk cache, read from the cache folders), with the
+popularity rank of every model found on more than 2.
+
+    python -m bench.fleet [--quick]
+
+Quick mode: 1,000 requests instead of 4,000.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench import servers
+from bench.common import parser, print_table, write_results
+from bench.zipf_http import N_FEATURES, Workload, build_models, modelfleet_counts, zipf_trace
+from tests.artifacts import features
+
+INSTANCES = 3
+ROOM_PER_INSTANCE = 8
+
+
+def landed(cache: Path) -> Counter[str]:
+    """Models found in the instances' disk caches: model -> number of instances."""
+    counts: Counter[str] = Counter()
+    for meta in cache.glob("instance-*/models/*/meta.json"):
+        counts[json.loads(meta.read_text())["target_model"]] += 1
+    return counts
+
+
+def run(
+    routing: str, work: Path, models: Path, w: Workload, room: int, trace: Path
+) -> dict[str, Any]:
+    cache = work / f"cache-{routing}"
+    server = servers.modelfleet(
+        servers.free_port(),
+        models,
+        cache,
+        memory_limit=str(room),
+        instances=INSTANCES,
+        extra=["--routing", routing],
+    )
+    server.start(work / "logs")
+    body = work / "row.csv"
+    body.write_text(",".join(f"{v:.6f}" for v in features(7, 1, N_FEATURES)[0]) + "\n")
+    try:
+        figures = servers.run_loadgen(
+            f"{server.url}/endpoints/default/invocations",
+            concurrency=w.concurrency,
+            duration_s=3600.0,
+            headers={"Content-Type": "text/csv"},
+            body_file=body,
+            targets_file=trace,
+            warmup=0,
+        )
+        counts = modelfleet_counts(server)
+    finally:
+        server.stop()
+    spread = landed(cache)
+    looked_up = counts["hits"] + counts["misses"]
+    return {
+        "routing": routing,
+        **figures,
+        "hit_ratio": counts["hits"] / looked_up if looked_up else None,
+        "loads": counts["loads"],
+        "models_seen": len(spread),
+        "max_instances_per_model": max(spread.values(), default=0),
+        "models_on_3_or_more": sum(1 for n in spread.values() if n > 2),
+        "spread": dict(spread),
+    }
+
+
+def main() -> None:
+    args = parser(__doc__ or "").parse_args()
+    w = Workload(60, 1000 if args.quick else 4000, ROOM_PER_INSTANCE * INSTANCES)
+    key = hashlib.sha256(repr(("fleet", w)).encode()).hexdigest()[:12]
+    models = Path(tempfile.gettempdir()) / f"modelfleet-bench-fleet-{key}"
+    sizes = build_models(models, w)
+    room = int(ROOM_PER_INSTANCE * sum(sizes.values()) / len(sizes))
+    names = zipf_trace(sorted(sizes), w)
+    popularity = {name: rank for rank, (name, _) in enumerate(Counter(names).most_common(), 1)}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as scratch:
+        work = Path(scratch)
+        trace = work / "trace.txt"
+        trace.write_text("\n".join(names) + "\n")
+        for routing in ("affinity", "random"):
+            row = run(routing, work, models, w, room, trace)
+            row["ranks_on_3_or_more"] = sorted(
+                popularity.get(m, 0) for m, n in row.pop("spread").items() if n > 2
+            )
+            rows.append(row)
+            print(f"{routing}: {row}", file=sys.stderr)
+    columns = ["routing", "throughput", "p50_ms", "p99_ms", "hit_ratio", "loads", "errors"]
+    columns += ["max_instances_per_model", "models_on_3_or_more"]
+    print_table(rows, columns, title=f"Fleet of {INSTANCES}: {w}")
+    params = {**vars(w), "instances": INSTANCES, "room_bytes_per_instance": room}
+    params["revision"] = servers.source_revision()
+    path = write_results("fleet", quick=args.quick, params=params, rows=rows, out=args.out)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
