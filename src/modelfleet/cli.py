@@ -59,6 +59,12 @@ def main() -> None:
 @click.option("--max-body-size", help="Largest request body, e.g. 6MiB.")
 @click.option("--handler", help="Force one handler for every model (default: detect).")
 @click.option(
+    "--copy-idle-timeout",
+    type=float,
+    help="With several instances: seconds an extra copy of a model may idle before it is "
+    "unloaded (30).",
+)
+@click.option(
     "--routing",
     type=click.Choice(["affinity", "random"]),
     help="Instance choice with several instances (default affinity; random is a baseline).",

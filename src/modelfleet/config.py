@@ -154,6 +154,10 @@ class Settings(BaseSettings):
     starts N instance subprocesses (``local``), each with these budgets and its own cache
     folder ``<cache_dir>/instance-<i>``."""
 
+    copy_idle_timeout: PositiveFloat = 30.0
+    """With several instances: seconds an extra copy of a model (on more instances than its
+    home) may serve nothing before the router unloads it."""
+
     routing: Literal["affinity", "random"] = "affinity"
     """How the router picks an instance: ``affinity`` (holders, then rendezvous hashing under a
     load bound; see docs/fleet.md) or ``random`` (a baseline for benchmarks)."""

@@ -215,3 +215,76 @@ def test_boto3_against_a_fleet_with_models_in_s3(
                 Body="1,2",  # two features for a four-feature model
             )
         assert failure.value.response["OriginalStatusCode"] == 400
+
+
+SLOW_MODEL = """
+import time
+
+def model_fn(model_dir):
+    return "slow"
+
+def input_fn(data, content_type):
+    return data
+
+def predict_fn(data, model):
+    time.sleep(0.02)  # 20 ms a call with the GIL released: 4 pool threads serve ~200/s
+    return b"ok"
+
+def output_fn(prediction, accept):
+    return prediction, "text/plain"
+"""
+
+
+def holders(server: ProcessServer, model: str) -> list[str]:
+    """Instances that list ``model`` as loaded (ListModels)."""
+    found = []
+    for instance in instances(server):
+        listed = httpx.get(f"{instance['url']}/models").json()["models"]
+        if any(entry["modelName"] == model for entry in listed):
+            found.append(instance["id"])
+    return found
+
+
+def test_a_hot_model_is_copied_and_the_copies_go_away(tmp_path: Path) -> None:
+    from tests.artifacts import inference_py_artifact
+
+    source = tmp_path / "source"
+    (source / "hot").mkdir(parents=True)
+    model = "hot/model.tar.gz"
+    (source / model).write_bytes(inference_py_artifact({"inference.py": SLOW_MODEL}))
+    args = ["--model-source", str(source), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--instances", "3", "--copy-idle-timeout", "1", "--log-level", "warning"]
+    with process_server(args, log=tmp_path / "server.log") as server:
+        statuses: list[int] = []
+
+        async def drive(count: int, concurrency: int) -> None:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+                left = [count]
+
+                async def worker() -> None:
+                    while left[0] > 0:
+                        left[0] -= 1
+                        response = await http.post(
+                            "/endpoints/default/invocations",
+                            content=b"x",
+                            headers={"X-Amzn-SageMaker-Target-Model": model},
+                        )
+                        statuses.append(response.status_code)
+
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+        asyncio.run(drive(600, 24))
+        assert set(statuses) == {200}
+        assert len(holders(server, model)) >= 2  # the demand spread it over more instances
+
+        with httpx.Client(base_url=server.url) as http:  # a trickle: one instance is enough
+            deadline = time.monotonic() + 30
+            while len(holders(server, model)) > 1 and time.monotonic() < deadline:
+                response = http.post(
+                    "/endpoints/default/invocations",
+                    content=b"x",
+                    headers={"X-Amzn-SageMaker-Target-Model": model},
+                )
+                assert response.status_code == 200
+                time.sleep(0.2)
+        assert len(holders(server, model)) == 1

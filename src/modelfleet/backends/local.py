@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -128,6 +129,17 @@ class RemoteInstance:
                 model_latency_s=float(reply.get("x-modelfleet-model-latency", 0.0)),
             )
         raise _error_from(self.instance_id, status, answer, reply.get("x-amzn-errortype", ""))
+
+    async def unload(self, target_model: str) -> bool:
+        """UnloadModel on this instance; True if it was loaded there (404 is not an error)."""
+        assert self.session is not None, "LocalBackend.start() was not called"
+        url = f"{self.url}/models/{quote(target_model)}"
+        try:
+            async with self.session.delete(url) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
 
 def _error_from(instance_id: str, status: int, answer: bytes, error_type: str) -> Exception:

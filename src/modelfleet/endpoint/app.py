@@ -7,6 +7,7 @@ backend the same port also serves the instance contract (``/models``...) of the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -74,10 +75,27 @@ class EndpointServer:
             self.settings.endpoint_name,
             self.settings.model_source,
         )
+        retire = None
+        if isinstance(self.backend, LocalBackend):
+            retire = asyncio.create_task(self._retire_copies(self.backend))
         try:
             yield
         finally:
+            if retire is not None:
+                retire.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retire
             await self.backend.stop()
+
+    async def _retire_copies(self, backend: LocalBackend) -> None:
+        """Unload the extra copies of models whose demand fell (Router.idle_copies)."""
+        idle_s = self.settings.copy_idle_timeout
+        by_id = {i.instance_id: i for i in backend.instances}
+        while True:
+            await asyncio.sleep(min(5.0, idle_s / 2))
+            for model, instance_id in self.router.idle_copies(idle_s):
+                if await by_id[instance_id].unload(model):
+                    logger.info("unloaded idle copy of %s from instance %s", model, instance_id)
 
     async def invocations(self, request: Request) -> Response:
         started = time.perf_counter()

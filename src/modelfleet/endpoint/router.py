@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -81,7 +82,8 @@ class Router:
         self._default = next(iter(variants))
         self._retry_on = retry_on
         self._randomly = randomly
-        self._holders: dict[str, set[str]] = {}
+        # model -> {instance id: when it last served the model (monotonic)}
+        self._holders: dict[str, dict[str, float]] = {}
 
     def pick_variant(self, target_variant: str | None) -> str:
         if target_variant is None:
@@ -101,7 +103,7 @@ class Router:
         if self._randomly:  # the baseline the benchmarks compare affinity with
             return random.sample(up, len(up))
         bound = math.ceil(_LOAD_FACTOR * (sum(i.in_flight for i in up) + 1) / len(up))
-        holders = self._holders.get(target_model, set())
+        holders = self._holders.get(target_model, {})
         ranked = sorted(up, key=lambda i: rendezvous_score(target_model, i.instance_id))
         ranked.reverse()
         # least busy holder first; among equals the rendezvous order, so a model goes back to
@@ -115,10 +117,30 @@ class Router:
         chosen.update(i.instance_id for i in spare)
         return held + spare + [i for i in ranked if i.instance_id not in chosen]
 
+    def idle_copies(self, idle_s: float) -> list[tuple[str, str]]:
+        """Extra copies of models that served nothing for ``idle_s``: (model, instance id).
+
+        A model keeps the copy that served it last; the others it no longer needs (its demand
+        fell back to what fewer instances serve: with the load under the bound, requests go to
+        the rendezvous-first holder and the rest go idle) are forgotten here, for the caller to
+        unload.
+        """
+        now = time.monotonic()
+        idle = []
+        for model, holders in self._holders.items():
+            if len(holders) < 2:
+                continue
+            latest = max(holders, key=holders.__getitem__)
+            for instance_id, used in list(holders.items()):
+                if instance_id != latest and now - used > idle_s:
+                    del holders[instance_id]
+                    idle.append((model, instance_id))
+        return idle
+
     def forget_instance(self, instance_id: str) -> None:
         """Drop what the router learned about ``instance_id`` (it went down or restarted)."""
         for holders in self._holders.values():
-            holders.discard(instance_id)
+            holders.pop(instance_id, None)
 
     async def invoke(
         self,
@@ -147,7 +169,7 @@ class Router:
             except self._retry_on as exc:
                 failure = exc
                 continue
-            self._holders.setdefault(target_model, set()).add(instance.instance_id)
+            self._holders.setdefault(target_model, {})[instance.instance_id] = time.monotonic()
             return Routed(result=result, variant=variant, instance_id=instance.instance_id)
         raise ServiceUnavailableError(
             f"No instance of variant '{variant}' could take the request: {failure}"
