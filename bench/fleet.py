@@ -10,9 +10,16 @@ downloads summed over the instances' own ``/metrics``, and on how many instances
 landed (downloaded into the instance's disk cache, read from the cache folders), with the
 popularity rank of every model found on more than 2.
 
+Second part, one hot model: an ``inference.py`` model whose ``predict_fn`` takes 20 ms with the
+GIL released (``time.sleep``: the shape of a native kernel), driven at concurrency 24 for a fixed
+number of requests, served by one instance (in process) and by 3 instances; the figures are the
+throughput, how many instances held the model at the end of the load (ListModels on each), and
+how many one idle-copy period after the load (``--copy-idle-timeout 2``, a slow trickle of
+requests meanwhile).
+
     python -m bench.fleet [--quick]
 
-Quick mode: 1,000 requests instead of 4,000.
+Quick mode: 1,000 Zipf requests instead of 4,000 and 600 hot-model requests instead of 2,000.
 """
 
 from __future__ import annotations
@@ -25,10 +32,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import asyncio
+import time
+
+import httpx
+
 from bench import servers
 from bench.common import parser, print_table, write_results
 from bench.zipf_http import N_FEATURES, Workload, build_models, modelfleet_counts, zipf_trace
-from tests.artifacts import features
+from tests.artifacts import features, inference_py_artifact
 
 INSTANCES = 3
 ROOM_PER_INSTANCE = 8
@@ -84,6 +96,82 @@ def run(
     }
 
 
+SLOW_MODEL = """
+import time
+
+def model_fn(model_dir):
+    return None
+
+def input_fn(data, content_type):
+    return data
+
+def predict_fn(data, model):
+    time.sleep(0.02)
+    return b"ok"
+
+def output_fn(prediction, accept):
+    return prediction, "text/plain"
+"""
+HOT = "hot/model.tar.gz"
+
+
+def holders(url: str) -> int:
+    listed = httpx.get(f"{url}/admin/instances").json()["instances"]
+    urls = [i["url"] for i in listed if i["url"]]
+    if not urls:
+        return 1  # one instance, in the router's process
+    count = 0
+    for instance in urls:
+        models = httpx.get(f"{instance}/models").json()["models"]
+        count += any(m["modelName"] == HOT for m in models)
+    return count
+
+
+def hot_model(work: Path, count: int, requests: int) -> dict[str, Any]:
+    source = work / f"hot-source-{count}"
+    (source / "hot").mkdir(parents=True)
+    (source / HOT).write_bytes(inference_py_artifact({"inference.py": SLOW_MODEL}))
+    server = servers.modelfleet(
+        servers.free_port(),
+        source,
+        work / f"hot-cache-{count}",
+        instances=count,
+        extra=["--copy-idle-timeout", "2"],
+    )
+    server.start(work / "logs")
+    body = work / "hot.txt"
+    body.write_text("x")
+    try:
+        headers = {"Content-Type": "text/plain", "X-Amzn-SageMaker-Target-Model": HOT}
+        url = f"{server.url}/endpoints/default/invocations"
+        figures = servers.run_loadgen(
+            url,
+            concurrency=24,
+            duration_s=3600.0,
+            headers=headers,
+            body_file=body,
+            warmup=0,
+            requests=requests,
+        )
+        during = holders(server.url)
+        deadline = time.monotonic() + 6.0  # 3 idle periods of trickle
+        while time.monotonic() < deadline:
+            httpx.post(url, content=b"x", headers=headers)
+            time.sleep(0.2)
+        after = holders(server.url)
+    finally:
+        server.stop()
+    return {
+        "instances": count,
+        "throughput": figures["throughput"],
+        "p50_ms": figures["p50_ms"],
+        "p99_ms": figures["p99_ms"],
+        "errors": figures["errors"],
+        "holders_under_load": during,
+        "holders_after_idle": after,
+    }
+
+
 def main() -> None:
     args = parser(__doc__ or "").parse_args()
     w = Workload(60, 1000 if args.quick else 4000, ROOM_PER_INSTANCE * INSTANCES)
@@ -105,12 +193,19 @@ def main() -> None:
             )
             rows.append(row)
             print(f"{routing}: {row}", file=sys.stderr)
+        hot_requests = 600 if args.quick else 2000
+        hot = [hot_model(work, count, hot_requests) for count in (1, INSTANCES)]
     columns = ["routing", "throughput", "p50_ms", "p99_ms", "hit_ratio", "loads", "errors"]
     columns += ["max_instances_per_model", "models_on_3_or_more"]
     print_table(rows, columns, title=f"Fleet of {INSTANCES}: {w}")
+    hot_columns = ["instances", "throughput", "p50_ms", "p99_ms", "errors"]
+    hot_columns += ["holders_under_load", "holders_after_idle"]
+    print_table(hot, hot_columns, title="One hot model (20 ms, GIL released), concurrency 24")
     params = {**vars(w), "instances": INSTANCES, "room_bytes_per_instance": room}
     params["revision"] = servers.source_revision()
-    path = write_results("fleet", quick=args.quick, params=params, rows=rows, out=args.out)
+    path = write_results(
+        "fleet", quick=args.quick, params=params, rows=rows, out=args.out, extra={"hot": hot}
+    )
     print(f"\nwrote {path}")
 
 

@@ -209,6 +209,7 @@ def run_loadgen(
     targets_file: Path | None = None,
     warmup: int = 50,
     timeout_s: float = 600.0,
+    requests: int | None = None,
 ) -> dict[str, Any]:
     """Run ``bench.loadgen`` as its own process and return its JSON figures."""
     argv = [MAIN_PYTHON, "-m", "bench.loadgen", "--url", url]
@@ -218,6 +219,8 @@ def run_loadgen(
         argv += ["--header", f"{name}: {value}"]
     if targets_file is not None:
         argv += ["--targets-file", str(targets_file)]
+    if requests is not None:
+        argv += ["--requests", str(requests)]
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout_s, check=False, cwd=ROOT
     )

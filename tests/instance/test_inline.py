@@ -42,3 +42,41 @@ async def test_slow_model_stays_on_the_pool(harness: Harness, make_manager: Any)
     for _ in range(12):
         await invoke(manager, "slow")
     assert all(name.startswith("mf-infer") for name in harness.models["slow"][0].threads)
+
+
+def test_a_model_that_waits_without_cpu_goes_back_to_the_pool() -> None:
+    from pathlib import Path
+
+    from modelfleet.instance.state import INLINE_AFTER_CALLS, Resident
+
+    limit = 0.001
+    resident = Resident(model=None, url=Path("."), from_source=True)  # type: ignore[arg-type]
+    resident.observe(0.5, 0.5, limit, inline=False)  # the first call is left out
+    for _ in range(INLINE_AFTER_CALLS):
+        assert not resident.inline
+        resident.observe(0.00001, 0.020, limit, inline=False)  # sleeps 20 ms: no CPU
+    assert resident.inline  # its CPU time looks like a fast model's
+    resident.observe(0.00001, 0.020, limit, inline=True)  # but it held the loop 20 ms
+    assert not resident.inline
+    for _ in range(4 * INLINE_AFTER_CALLS - 1):
+        resident.observe(0.00001, 0.020, limit, inline=False)
+        assert not resident.inline  # back on probation, four times longer
+    resident.observe(0.00001, 0.020, limit, inline=False)
+    assert resident.inline
+
+
+def test_inline_calls_slower_on_average_than_twice_the_limit_go_back() -> None:
+    from pathlib import Path
+
+    from modelfleet.instance.state import INLINE_AFTER_CALLS, Resident
+
+    limit = 0.001
+    resident = Resident(model=None, url=Path("."), from_source=True)  # type: ignore[arg-type]
+    for _ in range(INLINE_AFTER_CALLS + 1):
+        resident.observe(0.0001, 0.0001, limit, inline=False)
+    assert resident.inline
+    for _ in range(3):
+        resident.observe(0.0001, 0.003, limit, inline=True)  # 3 ms each: not a stall alone
+        assert resident.inline
+    resident.observe(0.0001, 0.003, limit, inline=True)  # four in: the average is 3 ms
+    assert not resident.inline

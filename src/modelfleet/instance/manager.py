@@ -242,15 +242,17 @@ class ModelManager:
         ``inline_inference_ms`` runs on the event loop instead, for bodies up to 64 KiB: for
         sub-millisecond models the thread hop costs more than the model (about a quarter of
         the throughput of a small forest), while the loop is held no longer than it would be
-        by parsing the request. A model that slows down goes back to the pool.
+        by parsing the request. A model that slows down, or that holds the loop longer than its
+        CPU time showed (it sleeps or waits), goes back to the pool (``Resident.observe``).
         """
         resident = entry.value
         started = time.perf_counter()
         # Never inline beside a pool call of the same model: a model that serialises its
         # calls (inference.py) would make the event loop wait for that call.
-        if resident.inline and resident.on_pool == 0 and len(body) <= _INLINE_MAX_BODY_BYTES:
+        inline = resident.inline and resident.on_pool == 0 and len(body) <= _INLINE_MAX_BODY_BYTES
+        if inline:
             try:
-                prediction, cpu_s = resident.timed_invoke(
+                prediction, cpu_s, wall_s = resident.timed_invoke(
                     body, content_type, accept, custom_attributes
                 )
             finally:
@@ -268,7 +270,7 @@ class ModelManager:
             )
             resident.on_pool += 1
             try:
-                prediction, cpu_s = await asyncio.shield(call)
+                prediction, cpu_s, wall_s = await asyncio.shield(call)
             except asyncio.CancelledError:
                 # The worker thread runs on: keep the pin until it returns.
                 call.add_done_callback(lambda done: self._release_after(entry, done))
@@ -280,11 +282,13 @@ class ModelManager:
             resident.on_pool -= 1
             self._release(entry)
         latency = time.perf_counter() - started
-        resident.observe(cpu_s, self._inline_max_s)
+        resident.observe(cpu_s, wall_s, self._inline_max_s, inline=inline)
         self.metrics.model_latency.observe(latency)
         return InvokeResult(prediction=prediction, cache_hit=hit, model_latency_s=latency)
 
-    def _release_after(self, entry: Entry, done: asyncio.Future[tuple[Prediction, float]]) -> None:
+    def _release_after(
+        self, entry: Entry, done: asyncio.Future[tuple[Prediction, float, float]]
+    ) -> None:
         if not done.cancelled():
             done.exception()  # retrieved: the caller is gone
         entry.value.on_pool -= 1

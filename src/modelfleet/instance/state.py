@@ -12,6 +12,11 @@ from modelfleet.cache.memory import MemoryEntry
 from modelfleet.handlers.base import LoadedModel, Prediction
 
 INLINE_AFTER_CALLS = 8  # calls measured on the pool before a model may run inline
+# An inline call that holds the event loop this many times the inline limit (once), or inline
+# calls averaging twice the limit, send the model back to the pool: it waits for something
+# (a sleep, I/O, other threads) that its own CPU time does not show.
+_INLINE_STALL = 10.0
+_INLINE_SLOW = 2.0
 
 Entry = MemoryEntry["Resident"]
 
@@ -33,26 +38,50 @@ class Resident:
     calls: int = 0
     inline: bool = False  # fast enough to run on the event loop (see ModelManager._run)
     on_pool: int = 0  # calls of this model on the inference pool now
+    pool_calls: int = 0  # calls on the pool since the model was loaded or last sent back there
+    pool_calls_needed: int = INLINE_AFTER_CALLS
+    inline_calls: int = 0
+    inline_wall_ewma_s: float = 0.0
 
-    def observe(self, cpu_s: float, inline_max_s: float) -> None:
-        """Fold one call's CPU seconds into the average; decide where the next call runs.
+    def observe(self, cpu_s: float, wall_s: float, inline_max_s: float, *, inline: bool) -> None:
+        """Fold one call into the averages; decide where the next call runs.
 
-        CPU time (not wall time) measures the model itself, without the thread hop, queueing
-        or GIL waits a pool call suffers; the first call (lazy imports, warm-up) is left out.
+        CPU time (not wall time) measures the model itself on the pool, without the thread hop,
+        queueing or GIL waits a pool call suffers; the first call (lazy imports, warm-up) is
+        left out. But CPU time misses a model that waits (sleeps, I/O, native threads): on the
+        event loop such a call stalls every request. So an inline call's wall time is watched
+        too, and a model that holds the loop too long goes back to the pool, for four times
+        as many pool calls as the last time before it may come back.
         """
         self.calls += 1
         if self.calls == 1:
             return
         self.latency_ewma_s = cpu_s if self.calls == 2 else 0.8 * self.latency_ewma_s + 0.2 * cpu_s
-        self.inline = self.calls > INLINE_AFTER_CALLS and self.latency_ewma_s <= inline_max_s
+        if inline:
+            self.inline_calls += 1
+            self.inline_wall_ewma_s = (
+                wall_s if self.inline_calls == 1 else 0.8 * self.inline_wall_ewma_s + 0.2 * wall_s
+            )
+            slow = self.inline_calls >= 4 and self.inline_wall_ewma_s > _INLINE_SLOW * inline_max_s
+            if wall_s > _INLINE_STALL * inline_max_s or slow:
+                self.inline = False
+                self.pool_calls, self.inline_calls = 0, 0
+                self.pool_calls_needed = min(self.pool_calls_needed * 4, 1 << 20)
+                return
+        else:
+            self.pool_calls += 1
+        self.inline = (
+            self.pool_calls >= self.pool_calls_needed and self.latency_ewma_s <= inline_max_s
+        )
 
     def timed_invoke(
         self, body: bytes, content_type: str | None, accept: str | None, attributes: str | None
-    ) -> tuple[Prediction, float]:
-        """Invoke the model; return its answer and the CPU seconds this thread spent on it."""
-        started = time.thread_time()
+    ) -> tuple[Prediction, float, float]:
+        """Invoke the model; return its answer, the CPU seconds this thread spent on it and
+        the wall seconds the call took in this thread."""
+        started, wall = time.thread_time(), time.perf_counter()
         prediction = self.model.invoke(body, content_type, accept, attributes)
-        return prediction, time.thread_time() - started
+        return prediction, time.thread_time() - started, time.perf_counter() - wall
 
 
 @dataclass(eq=False, slots=True)
