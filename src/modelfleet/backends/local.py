@@ -127,6 +127,7 @@ class RemoteInstance:
                 prediction,
                 cache_hit=reply.get("x-modelfleet-cache-hit") == "1",
                 model_latency_s=float(reply.get("x-modelfleet-model-latency", 0.0)),
+                queue_s=float(reply.get("x-modelfleet-queue-time", 0.0)),
             )
         raise _error_from(self.instance_id, status, answer, reply.get("x-amzn-errortype", ""))
 

@@ -9,6 +9,12 @@ Instance choice for a target model (DESIGN section 7), among the variant's insta
    model lands on few instances;
 3. otherwise (every instance at the bound) the rest in the same order.
 
+A model whose requests wait at their instance for the model itself (the instances report the
+wait: a pool queue, an ``inference.py`` model's lock) longer than a call takes gets a copy: one
+request goes to the next instance in rendezvous order, which loads the model and becomes a
+holder (one new copy per second at most). Copies that then serve nothing for
+``copy_idle_timeout`` are unloaded (:meth:`Router.idle_copies`).
+
 The load bound is ``ceil(2 x (in-flight + 1) / instances)``: a request spills past its model's
 home only when that instance is far busier than the average, because a spill to an instance
 that does not hold the model costs a load there (with 1.25, as in bounded-load consistent
@@ -32,6 +38,8 @@ from modelfleet.instance.state import InvokeResult
 
 DEFAULT_VARIANT = "AllTraffic"
 _LOAD_FACTOR = 2.0
+_QUEUE_FLOOR_S = 0.002  # queueing below this is noise, not demand
+_GROW_INTERVAL_S = 1.0  # one new copy of a model per second at most
 
 
 class Instance(Protocol):
@@ -60,6 +68,38 @@ class Routed:
     instance_id: str
 
 
+class _Pressure:
+    """Per model: how long its requests wait for it at their instance, against its service time.
+
+    A model whose requests wait longer than a call takes (and more than ``_QUEUE_FLOOR_S``)
+    gets one more copy, at most every ``_GROW_INTERVAL_S``: the demand exceeds what its holders
+    serve. Decided from queueing, measured by the instances, not from a timeout.
+    """
+
+    __slots__ = ("grown_at", "queue_s", "service_s")
+
+    def __init__(self) -> None:
+        self.queue_s = 0.0
+        self.service_s = 0.0
+        self.grown_at = 0.0
+
+    def observe(self, queue_s: float, service_s: float) -> None:
+        self.queue_s = 0.8 * self.queue_s + 0.2 * queue_s
+        self.service_s = 0.8 * self.service_s + 0.2 * max(service_s, 0.0)
+
+    def wants_copy(self) -> bool:
+        if self.queue_s <= max(_QUEUE_FLOOR_S, self.service_s):
+            return False
+        now = time.monotonic()
+        if now - self.grown_at < _GROW_INTERVAL_S:
+            return False
+        self.grown_at = now
+        return True
+
+    def cooled(self) -> bool:
+        return self.queue_s < _QUEUE_FLOOR_S / 4 and time.monotonic() - self.grown_at > 60.0
+
+
 def rendezvous_score(target_model: str, instance_id: str) -> int:
     """Highest-random-weight hash of (model, instance): the same on every router."""
     digest = hashlib.blake2b(f"{instance_id}\0{target_model}".encode(), digest_size=8).digest()
@@ -84,6 +124,7 @@ class Router:
         self._randomly = randomly
         # model -> {instance id: when it last served the model (monotonic)}
         self._holders: dict[str, dict[str, float]] = {}
+        self._pressure: dict[str, _Pressure] = {}  # models whose requests queue at holders
 
     def pick_variant(self, target_variant: str | None) -> str:
         if target_variant is None:
@@ -115,7 +156,13 @@ class Router:
         chosen = {i.instance_id for i in held}
         spare = [i for i in ranked if i.instance_id not in chosen and i.in_flight < bound]
         chosen.update(i.instance_id for i in spare)
-        return held + spare + [i for i in ranked if i.instance_id not in chosen]
+        rest = [i for i in ranked if i.instance_id not in chosen]
+        pressure = self._pressure.get(target_model)
+        if held and spare and pressure is not None and pressure.wants_copy():
+            # Requests queue at the holders: this one goes to the next instance, which loads
+            # a copy and becomes a holder (at most one new copy per _GROW_INTERVAL_S).
+            return [spare[0], *held, *spare[1:], *rest]
+        return held + spare + rest
 
     def idle_copies(self, idle_s: float) -> list[tuple[str, str]]:
         """Extra copies of models that served nothing for ``idle_s``: (model, instance id).
@@ -136,6 +183,17 @@ class Router:
                     del holders[instance_id]
                     idle.append((model, instance_id))
         return idle
+
+    def _note_queueing(self, target_model: str, result: InvokeResult) -> None:
+        """Track how long requests for ``target_model`` wait at their instance for the model."""
+        pressure = self._pressure.get(target_model)
+        if pressure is None:
+            if result.queue_s <= _QUEUE_FLOOR_S:
+                return  # most models never queue: keep no state for them
+            pressure = self._pressure[target_model] = _Pressure()
+        pressure.observe(result.queue_s, result.model_latency_s - result.queue_s)
+        if pressure.cooled():
+            del self._pressure[target_model]
 
     def forget_instance(self, instance_id: str) -> None:
         """Drop what the router learned about ``instance_id`` (it went down or restarted)."""
@@ -170,6 +228,7 @@ class Router:
                 failure = exc
                 continue
             self._holders.setdefault(target_model, {})[instance.instance_id] = time.monotonic()
+            self._note_queueing(target_model, result)
             return Routed(result=result, variant=variant, instance_id=instance.instance_id)
         raise ServiceUnavailableError(
             f"No instance of variant '{variant}' could take the request: {failure}"

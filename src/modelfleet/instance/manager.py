@@ -284,7 +284,12 @@ class ModelManager:
         latency = time.perf_counter() - started
         resident.observe(cpu_s, wall_s, self._inline_max_s, inline=inline)
         self.metrics.model_latency.observe(latency)
-        return InvokeResult(prediction=prediction, cache_hit=hit, model_latency_s=latency)
+        return InvokeResult(
+            prediction=prediction,
+            cache_hit=hit,
+            model_latency_s=latency,
+            queue_s=max(latency - wall_s, 0.0),
+        )
 
     def _release_after(
         self, entry: Entry, done: asyncio.Future[tuple[Prediction, float, float]]
