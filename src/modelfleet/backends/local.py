@@ -127,7 +127,7 @@ class RemoteInstance:
                 prediction,
                 cache_hit=reply.get("x-modelfleet-cache-hit") == "1",
                 model_latency_s=float(reply.get("x-modelfleet-model-latency", 0.0)),
-                queue_s=float(reply.get("x-modelfleet-queue-time", 0.0)),
+                queued=reply.get("x-modelfleet-queued") == "1",
             )
         raise _error_from(self.instance_id, status, answer, reply.get("x-amzn-errortype", ""))
 

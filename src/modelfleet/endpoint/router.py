@@ -9,10 +9,11 @@ Instance choice for a target model (DESIGN section 7), among the variant's insta
    model lands on few instances;
 3. otherwise (every instance at the bound) the rest in the same order.
 
-A model whose requests wait at their instance for the model itself (the instances report the
-wait: a pool queue, an ``inference.py`` model's lock) longer than a call takes gets a copy: one
-request goes to the next instance in rendezvous order, which loads the model and becomes a
-holder (one new copy per second at most). Copies that then serve nothing for
+A model most of whose requests wait at their instance for an inference slot (the instances
+say so: their pool was full, or the model serves one call at a time and was busy), while its
+holders are busier than the next instance (more than twice its requests in flight, plus one),
+gets a copy: one request goes to the next instance in rendezvous order, which loads the model
+and becomes a holder (one new copy per second at most). Copies that then serve nothing for
 ``copy_idle_timeout`` are unloaded (:meth:`Router.idle_copies`).
 
 The load bound is ``ceil(2 x (in-flight + 1) / instances)``: a request spills past its model's
@@ -38,7 +39,6 @@ from modelfleet.instance.state import InvokeResult
 
 DEFAULT_VARIANT = "AllTraffic"
 _LOAD_FACTOR = 2.0
-_QUEUE_FLOOR_S = 0.002  # queueing below this is noise, not demand
 _GROW_INTERVAL_S = 1.0  # one new copy of a model per second at most
 
 
@@ -69,35 +69,32 @@ class Routed:
 
 
 class _Pressure:
-    """Per model: how long its requests wait for it at their instance, against its service time.
+    """Per model: how often its requests had to wait for an inference slot at their instance.
 
-    A model whose requests wait longer than a call takes (and more than ``_QUEUE_FLOOR_S``)
-    gets one more copy, at most every ``_GROW_INTERVAL_S``: the demand exceeds what its holders
-    serve. Decided from queueing, measured by the instances, not from a timeout.
+    The instances say so with each answer (their pool was full, or the model serves one call
+    at a time and was busy). A model most of whose requests wait gets one more copy, at most
+    every ``_GROW_INTERVAL_S``: its demand exceeds what its holders serve. Decided from
+    queueing, measured by the instances, not from a timeout.
     """
 
-    __slots__ = ("grown_at", "queue_s", "service_s")
+    __slots__ = ("grown_at", "queued")
 
     def __init__(self) -> None:
-        self.queue_s = 0.0
-        self.service_s = 0.0
+        self.queued = 1.0
         self.grown_at = 0.0
 
-    def observe(self, queue_s: float, service_s: float) -> None:
-        self.queue_s = 0.8 * self.queue_s + 0.2 * queue_s
-        self.service_s = 0.8 * self.service_s + 0.2 * max(service_s, 0.0)
+    def observe(self, queued: bool) -> None:
+        self.queued = 0.9 * self.queued + 0.1 * queued
 
     def wants_copy(self) -> bool:
-        if self.queue_s <= max(_QUEUE_FLOOR_S, self.service_s):
-            return False
         now = time.monotonic()
-        if now - self.grown_at < _GROW_INTERVAL_S:
+        if self.queued < 0.5 or now - self.grown_at < _GROW_INTERVAL_S:
             return False
         self.grown_at = now
         return True
 
     def cooled(self) -> bool:
-        return self.queue_s < _QUEUE_FLOOR_S / 4 and time.monotonic() - self.grown_at > 60.0
+        return self.queued < 0.05 and time.monotonic() - self.grown_at > 60.0
 
 
 def rendezvous_score(target_model: str, instance_id: str) -> int:
@@ -158,7 +155,15 @@ class Router:
         chosen.update(i.instance_id for i in spare)
         rest = [i for i in ranked if i.instance_id not in chosen]
         pressure = self._pressure.get(target_model)
-        if held and spare and pressure is not None and pressure.wants_copy():
+        if (
+            held
+            and spare
+            and pressure is not None
+            # the holders are busy and the next instance is not: a copy adds capacity (when
+            # every instance is busy the wait is the machine's, and a copy would only add loads)
+            and min(i.in_flight for i in held) > 2 * spare[0].in_flight + 1
+            and pressure.wants_copy()
+        ):
             # Requests queue at the holders: this one goes to the next instance, which loads
             # a copy and becomes a holder (at most one new copy per _GROW_INTERVAL_S).
             return [spare[0], *held, *spare[1:], *rest]
@@ -188,10 +193,10 @@ class Router:
         """Track how long requests for ``target_model`` wait at their instance for the model."""
         pressure = self._pressure.get(target_model)
         if pressure is None:
-            if result.queue_s <= _QUEUE_FLOOR_S:
+            if not result.queued:
                 return  # most models never queue: keep no state for them
             pressure = self._pressure[target_model] = _Pressure()
-        pressure.observe(result.queue_s, result.model_latency_s - result.queue_s)
+        pressure.observe(result.queued)
         if pressure.cooled():
             del self._pressure[target_model]
 

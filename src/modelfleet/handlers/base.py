@@ -25,6 +25,8 @@ class LoadedModel(ABC):
 
     #: short name of the handler that loaded it (``sklearn``, ``xgboost``, ``inference.py``...)
     handler_name: str = ""
+    #: calls it serves at once (None: as many as threads call it; 1: it serialises its calls)
+    concurrency: int | None = None
 
     @abstractmethod
     def invoke(

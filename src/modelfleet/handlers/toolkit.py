@@ -218,6 +218,7 @@ class ToolkitModel(LoadedModel):
         self._lock: contextlib.AbstractContextManager[Any] = (
             contextlib.nullcontext() if thread_safe else threading.Lock()
         )
+        self.concurrency = None if thread_safe else 1
 
     def invoke(
         self,

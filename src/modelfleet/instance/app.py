@@ -150,7 +150,7 @@ async def _invoke(request: Request, manager: ModelManager) -> Response:
     response = _prediction_response(result)
     response.headers["x-modelfleet-cache-hit"] = "1" if result.cache_hit else "0"
     response.headers["x-modelfleet-model-latency"] = f"{result.model_latency_s:.6f}"
-    response.headers["x-modelfleet-queue-time"] = f"{result.queue_s:.6f}"
+    response.headers["x-modelfleet-queued"] = "1" if result.queued else "0"
     return response
 
 

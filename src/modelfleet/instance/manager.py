@@ -84,6 +84,7 @@ class ModelManager:
         self._cache_enabled = settings.model_cache is ModelCacheSetting.ENABLED
         self._inline_max_s = settings.inline_inference_ms / 1000.0
         self._pending: dict[str, Flight] = {}
+        self._on_pool = 0  # inference calls submitted to the pool and not finished
         self._states: dict[str, ModelState] = {}
         self._drained: dict[str, asyncio.Event] = {}
         self._pools: Pools | None = None
@@ -250,6 +251,11 @@ class ModelManager:
         # Never inline beside a pool call of the same model: a model that serialises its
         # calls (inference.py) would make the event loop wait for that call.
         inline = resident.inline and resident.on_pool == 0 and len(body) <= _INLINE_MAX_BODY_BYTES
+        limit = resident.model.concurrency
+        queued = not inline and (
+            self._on_pool >= self.pools.inference_workers
+            or (limit is not None and resident.on_pool >= limit)
+        )
         if inline:
             try:
                 prediction, cpu_s, wall_s = resident.timed_invoke(
@@ -269,6 +275,7 @@ class ModelManager:
                 )
             )
             resident.on_pool += 1
+            self._on_pool += 1
             try:
                 prediction, cpu_s, wall_s = await asyncio.shield(call)
             except asyncio.CancelledError:
@@ -277,9 +284,11 @@ class ModelManager:
                 raise
             except BaseException:
                 resident.on_pool -= 1
+                self._on_pool -= 1
                 self._release(entry)
                 raise
             resident.on_pool -= 1
+            self._on_pool -= 1
             self._release(entry)
         latency = time.perf_counter() - started
         resident.observe(cpu_s, wall_s, self._inline_max_s, inline=inline)
@@ -288,7 +297,7 @@ class ModelManager:
             prediction=prediction,
             cache_hit=hit,
             model_latency_s=latency,
-            queue_s=max(latency - wall_s, 0.0),
+            queued=queued,
         )
 
     def _release_after(
@@ -297,6 +306,7 @@ class ModelManager:
         if not done.cancelled():
             done.exception()  # retrieved: the caller is gone
         entry.value.on_pool -= 1
+        self._on_pool -= 1
         self._release(entry)
 
     def _release(self, entry: Entry) -> None:

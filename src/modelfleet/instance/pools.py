@@ -34,6 +34,7 @@ class Pools:
         self.download = ThreadPoolExecutor(downloads, thread_name_prefix="mf-download")
         self.load = ThreadPoolExecutor(loads, thread_name_prefix="mf-load")
         self.inference = ThreadPoolExecutor(inference, thread_name_prefix="mf-infer")
+        self.inference_workers = inference
 
     def shutdown(self) -> None:
         for pool in (self.download, self.load, self.inference):

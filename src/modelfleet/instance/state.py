@@ -130,4 +130,4 @@ class InvokeResult:
     prediction: Prediction
     cache_hit: bool
     model_latency_s: float
-    queue_s: float = 0.0  # of the latency, time spent waiting for the model (pool, lock)
+    queued: bool = False  # it had to wait for an inference slot (pool full, or the model busy)
