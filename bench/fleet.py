@@ -19,7 +19,7 @@ requests meanwhile).
 
     python -m bench.fleet [--quick]
 
-Quick mode: 1,000 Zipf requests instead of 4,000 and 600 hot-model requests instead of 2,000.
+Quick mode: 600 Zipf requests instead of 4,000 and 300 hot-model requests instead of 2,000.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def hot_model(work: Path, count: int, requests: int) -> dict[str, Any]:
 
 def main() -> None:
     args = parser(__doc__ or "").parse_args()
-    w = Workload(60, 1000 if args.quick else 4000, ROOM_PER_INSTANCE * INSTANCES)
+    w = Workload(60, 600 if args.quick else 4000, ROOM_PER_INSTANCE * INSTANCES)
     key = hashlib.sha256(repr(("fleet", w)).encode()).hexdigest()[:12]
     models = Path(tempfile.gettempdir()) / f"modelfleet-bench-fleet-{key}"
     sizes = build_models(models, w)
@@ -193,7 +193,7 @@ def main() -> None:
             )
             rows.append(row)
             print(f"{routing}: {row}", file=sys.stderr)
-        hot_requests = 600 if args.quick else 2000
+        hot_requests = 300 if args.quick else 2000
         hot = [hot_model(work, count, hot_requests) for count in (1, INSTANCES)]
     columns = ["routing", "throughput", "p50_ms", "p99_ms", "hit_ratio", "loads", "errors"]
     columns += ["max_instances_per_model", "models_on_3_or_more"]
