@@ -1,4 +1,4 @@
-"""The ``modelfleet`` command: ``serve``, ``invoke``, ``examples``.
+"""The ``modelfleet`` command: ``serve``, ``invoke``, ``status``, ``examples``.
 
 Flags map one-to-one onto :class:`~modelfleet.config.Settings` fields; a flag left out falls back
 to its ``MODELFLEET_*`` environment variable, then to the default. Only this module configures
@@ -172,6 +172,48 @@ def invoke(
     except ValueError:
         click.echo(f"HTTP {response.status_code}: {response.text}", err=True)
     sys.exit(1)
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON of /admin/instances.")
+def status(url: str, as_json: bool) -> None:
+    """Show the instances of a running endpoint (GET /admin/instances) as a table."""
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/admin/instances", timeout=30)
+    except httpx.HTTPError as exc:
+        click.echo(f"error: cannot reach {url}: {exc}", err=True)
+        sys.exit(2)
+    if not response.is_success:
+        click.echo(f"error: {url}/admin/instances answered {response.status_code}", err=True)
+        sys.exit(1)
+    view = response.json()
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+        return
+    from modelfleet.config import format_size
+
+    rows = [("instance", "state", "pid", "in flight", "models", "memory", "hit ratio", "restarts")]
+    for i in view["instances"]:
+        used, limit = i.get("memory_used_bytes"), i.get("memory_limit_bytes")
+        memory = f"{format_size(used)} / {format_size(limit)}" if used is not None else "-"
+        ratio = i.get("hit_ratio")
+        rows.append(
+            (
+                str(i["id"]),
+                str(i["state"]),
+                str(i["pid"] or "-"),
+                str(i["in_flight"]),
+                str(len(i["loaded"])) if "loaded" in i else "-",
+                memory,
+                f"{ratio:.3f}" if ratio is not None else "-",
+                str(i.get("restarts", 0)),
+            )
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    click.echo(f"endpoint {view['endpoint']}")
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
 @main.command()

@@ -104,6 +104,26 @@ def test_each_model_is_loaded_by_one_instance(source: Path, tmp_path: Path) -> N
         assert sum(loads) == len(MODELS)  # affinity: every model on one instance only
         assert sum(1 for n in loads if n > 0) >= 2  # and the models spread over instances
 
+        view = instances(server)  # the admin view: what each instance holds
+        loaded = [model for i in view for model in i["loaded"]]
+        assert sorted(m["name"] for m in loaded) == sorted(MODELS)
+        assert all(m["bytes"] > 0 for m in loaded)
+        for instance in view:
+            if instance["loaded"]:  # each model: one miss, then three hits
+                assert instance["hit_ratio"] == pytest.approx(0.75)
+                assert 0 < instance["memory_used_bytes"] <= instance["memory_limit_bytes"]
+
+        from click.testing import CliRunner
+
+        from modelfleet.cli import main
+
+        printed = CliRunner().invoke(main, ["status", "--url", server.url])
+        assert printed.exit_code == 0, printed.output
+        lines = printed.output.splitlines()
+        assert lines[0] == "endpoint default"
+        assert lines[1].split()[:2] == ["instance", "state"]
+        assert [line.split()[1] for line in lines[2:]] == ["up", "up", "up"]
+
 
 def test_errors_from_an_instance_keep_their_shape(source: Path, tmp_path: Path) -> None:
     with fleet(source, tmp_path, 2) as server, httpx.Client(base_url=server.url) as http:
@@ -288,3 +308,19 @@ def test_a_hot_model_is_copied_and_the_copies_go_away(tmp_path: Path) -> None:
                 assert response.status_code == 200
                 time.sleep(0.2)
         assert len(holders(server, model)) == 1
+
+
+def test_admin_view_of_the_in_process_instance(source: Path, tmp_path: Path) -> None:
+    from modelfleet.config import Settings
+    from tests.servers import thread_server
+
+    settings = Settings(model_source=str(source), cache_dir=tmp_path / "cache")
+    with thread_server(settings) as server, httpx.Client(base_url=server.url) as http:
+        for model in (MODELS[0], MODELS[0], MODELS[1]):
+            assert invoke(http, model).status_code == 200
+        view = http.get("/admin/instances").json()
+    (only,) = view["instances"]
+    assert only["state"] == "up"
+    assert only["pid"] == os.getpid()
+    assert sorted(m["name"] for m in only["loaded"]) == sorted(MODELS[:2])
+    assert only["hit_ratio"] == pytest.approx(1 / 3)

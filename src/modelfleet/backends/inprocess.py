@@ -33,13 +33,17 @@ class InProcessInstance:
         accept: str | None,
         custom_attributes: str | None,
     ) -> InvokeResult:
-        return await self.manager.invoke(
-            target_model,
-            body,
-            content_type=content_type,
-            accept=accept,
-            custom_attributes=custom_attributes,
-        )
+        self.in_flight += 1
+        try:
+            return await self.manager.invoke(
+                target_model,
+                body,
+                content_type=content_type,
+                accept=accept,
+                custom_attributes=custom_attributes,
+            )
+        finally:
+            self.in_flight -= 1
 
 
 class InProcessBackend:

@@ -312,16 +312,27 @@ class LocalBackend:
                 instance.state = DOWN
             await asyncio.sleep(_HEALTH_INTERVAL_S if instance.state == UP else 0.05)
 
-    def describe(self) -> list[dict[str, Any]]:
-        """Per instance: id, url, pid, state, in-flight requests, restarts."""
-        return [
-            {
-                "id": i.instance_id,
-                "url": i.url,
-                "pid": i.pid,
-                "state": i.state,
-                "in_flight": i.in_flight,
-                "restarts": i.restarts,
-            }
-            for i in self.instances
-        ]
+    async def describe(self) -> list[dict[str, Any]]:
+        """Per instance: id, url, pid, state, in-flight requests, restarts, and what the
+        instance reports of itself (loaded models with bytes, memory, hits, hit ratio)."""
+        return list(await asyncio.gather(*(self._describe(i) for i in self.instances)))
+
+    async def _describe(self, instance: RemoteInstance) -> dict[str, Any]:
+        described: dict[str, Any] = {
+            "id": instance.instance_id,
+            "url": instance.url,
+            "pid": instance.pid,
+            "state": instance.state,
+            "in_flight": instance.in_flight,
+            "restarts": instance.restarts,
+        }
+        if instance.state == UP and self._session is not None:
+            timeout = aiohttp.ClientTimeout(total=5.0)
+            try:
+                url = f"{instance.url}/admin/instance"
+                async with self._session.get(url, timeout=timeout) as response:
+                    if response.status == 200:
+                        described.update(await response.json())
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass  # it went down meanwhile: the state says what is known
+        return described

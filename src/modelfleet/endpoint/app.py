@@ -156,10 +156,19 @@ class EndpointServer:
     async def admin_instances(self, request: Request) -> Response:
         """The instances behind this endpoint, as JSON (``modelfleet status`` prints it)."""
         if isinstance(self.backend, LocalBackend):
-            instances = self.backend.describe()
+            instances = await self.backend.describe()
         else:
+            instance = self.backend.instances[0]
             instances = [
-                {"id": "0", "url": None, "pid": os.getpid(), "state": "up", "in_flight": None}
+                {
+                    "id": instance.instance_id,
+                    "url": None,
+                    "pid": os.getpid(),
+                    "state": "up",
+                    "in_flight": instance.in_flight,
+                    "restarts": 0,
+                    **self.backend.manager.summary(),
+                }
             ]
         return JSONResponse({"endpoint": self.settings.endpoint_name, "instances": instances})
 

@@ -9,6 +9,8 @@ InvokeModel ``POST /models/{name}/invoke`` the model's answer; 404 not loaded; 5
 Invoke      ``POST /invocations``          modelfleet's own: fetch, load and invoke the target
                                            model named by ``X-Amzn-SageMaker-Target-Model``
 Ping        ``GET /ping``                  200 when ready
+Summary     ``GET /admin/instance``        modelfleet's own: loaded models and bytes, memory,
+                                           hits, misses (for the router's admin view)
 =========== ============================== =================================================
 
 The handlers are thin: they parse, call :class:`~modelfleet.instance.manager.ModelManager`, and
@@ -154,6 +156,10 @@ async def _invoke(request: Request, manager: ModelManager) -> Response:
     return response
 
 
+async def _summary(request: Request, manager: ModelManager) -> Response:
+    return JSONResponse(manager.summary())
+
+
 async def _ping(request: Request, manager: ModelManager) -> Response:
     return Response(b"", status_code=200)
 
@@ -167,6 +173,7 @@ def instance_routes(manager: ModelManager) -> list[Route]:
         Route("/models/{name:path}", _contract(_get_model, manager), methods=["GET"]),
         Route("/models/{name:path}", _contract(_unload_model, manager), methods=["DELETE"]),
         Route("/invocations", _contract(_invoke, manager), methods=["POST"]),
+        Route("/admin/instance", _contract(_summary, manager), methods=["GET"]),
     ]
 
 

@@ -85,6 +85,8 @@ class ModelManager:
         self._inline_max_s = settings.inline_inference_ms / 1000.0
         self._pending: dict[str, Flight] = {}
         self._on_pool = 0  # inference calls submitted to the pool and not finished
+        self.hits = 0  # invocations that found their model loaded (ModelCacheHit = 1)
+        self.misses = 0
         self._states: dict[str, ModelState] = {}
         self._drained: dict[str, asyncio.Event] = {}
         self._pools: Pools | None = None
@@ -161,9 +163,11 @@ class ModelManager:
         hit = entry is not None
         if entry is not None:
             entry.pins += 1
+            self.hits += 1
             self.metrics.model_cache_hit.inc()
         else:
             validate_target_model(target_model)
+            self.misses += 1
             self.metrics.model_cache_miss.inc()
             started = time.perf_counter()
             entry = await self._wait_loaded(target_model)
@@ -494,6 +498,21 @@ class ModelManager:
         """ListModels: loaded models in name order."""
         entries = (self.memory.entry(name) for name in sorted(self.memory))
         return [ModelInfo.of(entry) for entry in entries if entry is not None]
+
+    def summary(self) -> dict[str, Any]:
+        """For the admin view: loaded models with their bytes, memory, hits and misses."""
+        looked_up = self.hits + self.misses
+        return {
+            "loaded": [
+                {"name": info.name, "bytes": info.size_bytes, "hits": info.hits}
+                for info in self.list_models()
+            ],
+            "memory_used_bytes": self.memory.used_bytes,
+            "memory_limit_bytes": self.memory.budget_bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_ratio": self.hits / looked_up if looked_up else None,
+        }
 
     def states(self) -> dict[str, ModelState]:
         """Models downloading or loading now."""
