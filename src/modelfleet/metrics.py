@@ -8,8 +8,13 @@ ModelLoadingTime -> ``modelfleet_model_loading_time_seconds``. Every series carr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -113,6 +118,41 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
+
+    def render_with(self, texts: list[str]) -> bytes:
+        """This registry merged with other servers' Prometheus texts (the instances of a
+        ``local`` backend, whose series carry their own ``instance`` label): one family per
+        metric name, as the text format requires. ``_created`` series are left out."""
+        families: dict[str, Metric] = {}
+
+        def add(family: Metric) -> None:
+            if family.name.endswith("_created"):
+                return
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(
+                    family.name, family.documentation, family.type
+                )
+            merged.samples.extend(s for s in family.samples if not s.name.endswith("_created"))
+
+        for family in self.registry.collect():
+            add(family)
+        for text in texts:
+            for family in text_string_to_metric_families(text):
+                add(family)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(list(families.values())))
+        return generate_latest(registry)
+
+
+class _Families(Collector):
+    """A collector that yields metric families built elsewhere."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self._families)
 
 
 __all__ = ["CONTENT_TYPE", "MetricWrapperBase", "Metrics"]

@@ -104,6 +104,21 @@ def test_each_model_is_loaded_by_one_instance(source: Path, tmp_path: Path) -> N
         assert sum(loads) == len(MODELS)  # affinity: every model on one instance only
         assert sum(1 for n in loads if n > 0) >= 2  # and the models spread over instances
 
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = http.get("/metrics").text  # the router's series and every instance's, merged
+        per_instance: dict[str, float] = {}
+        invocations: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "modelfleet_invocations_per_instance_total":
+                    per_instance[sample.labels["instance"]] = sample.value
+                if sample.name == "modelfleet_invocations_total":
+                    invocations[sample.labels["instance"]] = sample.value
+        assert invocations["router"] == 4 * len(MODELS)  # the endpoint's, at the router
+        assert sum(per_instance.values()) == 4 * len(MODELS)  # InvocationsPerInstance
+        assert {"0", "1", "2"} <= set(per_instance)
+
         view = instances(server)  # the admin view: what each instance holds
         loaded = [model for i in view for model in i["loaded"]]
         assert sorted(m["name"] for m in loaded) == sorted(MODELS)

@@ -312,6 +312,22 @@ class LocalBackend:
                 instance.state = DOWN
             await asyncio.sleep(_HEALTH_INTERVAL_S if instance.state == UP else 0.05)
 
+    async def metrics_texts(self) -> list[str]:
+        """The ``/metrics`` text of every instance that is up (one that fails is left out)."""
+
+        async def one(instance: RemoteInstance) -> str | None:
+            if instance.state != UP or self._session is None:
+                return None
+            timeout = aiohttp.ClientTimeout(total=5.0)
+            try:
+                async with self._session.get(f"{instance.url}/metrics", timeout=timeout) as r:
+                    return await r.text() if r.status == 200 else None
+            except (aiohttp.ClientError, TimeoutError):
+                return None
+
+        texts = await asyncio.gather(*(one(i) for i in self.instances))
+        return [text for text in texts if text is not None]
+
     async def describe(self) -> list[dict[str, Any]]:
         """Per instance: id, url, pid, state, in-flight requests, restarts, and what the
         instance reports of itself (loaded models with bytes, memory, hits, hit ratio)."""

@@ -45,7 +45,11 @@ class EndpointServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = Metrics(endpoint=settings.endpoint_name)
+        # With several instances the router's own series (invocations, errors, overhead) carry
+        # instance="router"; each instance's carry its id.
+        self.metrics = Metrics(
+            endpoint=settings.endpoint_name, instance="router" if settings.instances > 1 else "0"
+        )
         routes = [
             Route("/endpoints/{endpoint_name}/invocations", self.invocations, methods=["POST"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
@@ -133,7 +137,8 @@ class EndpointServer:
             else:
                 metrics.invocation_4xx_errors.inc()
             return response
-        metrics.invocations_per_instance.inc()
+        if not isinstance(self.backend, LocalBackend):  # else counted by the instance itself
+            metrics.invocations_per_instance.inc()
         prediction = routed.result.prediction
         response_headers = {
             "x-Amzn-Invoked-Production-Variant": routed.variant,
@@ -173,6 +178,9 @@ class EndpointServer:
         return JSONResponse({"endpoint": self.settings.endpoint_name, "instances": instances})
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        if isinstance(self.backend, LocalBackend):  # the router's series and every instance's
+            texts = await self.backend.metrics_texts()
+            return Response(self.metrics.render_with(texts), media_type=CONTENT_TYPE)
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
 

@@ -149,6 +149,7 @@ async def _invoke(request: Request, manager: ModelManager) -> Response:
         accept=request.headers.get("accept"),
         custom_attributes=request.headers.get("x-amzn-sagemaker-custom-attributes"),
     )
+    manager.metrics.invocations_per_instance.inc()  # the router's requests, counted here
     response = _prediction_response(result)
     response.headers["x-modelfleet-cache-hit"] = "1" if result.cache_hit else "0"
     response.headers["x-modelfleet-model-latency"] = f"{result.model_latency_s:.6f}"
