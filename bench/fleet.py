@@ -28,12 +28,10 @@ import hashlib
 import json
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-
-import asyncio
-import time
 
 import httpx
 
