@@ -68,7 +68,8 @@ class ThreadServer:
 
     @property
     def manager(self) -> Any:
-        backend = self.endpoint.backend
+        (endpoint,) = self.endpoint.endpoints.values()
+        (backend,) = endpoint.backends.values()
         assert isinstance(backend, InProcessBackend), "one instance, in this process"
         return backend.manager
 

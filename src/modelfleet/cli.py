@@ -193,13 +193,16 @@ def status(url: str, as_json: bool) -> None:
         return
     from modelfleet.config import format_size
 
-    rows = [("instance", "state", "pid", "in flight", "models", "memory", "hit ratio", "restarts")]
+    header = ["endpoint", "variant", "instance", "state", "pid", "in flight", "models", "memory"]
+    rows: list[tuple[str, ...]] = [(*header, "hit ratio", "restarts")]
     for i in view["instances"]:
         used, limit = i.get("memory_used_bytes"), i.get("memory_limit_bytes")
         memory = f"{format_size(used)} / {format_size(limit)}" if used is not None else "-"
         ratio = i.get("hit_ratio")
         rows.append(
             (
+                str(i["endpoint"]),
+                str(i["variant"]),
                 str(i["id"]),
                 str(i["state"]),
                 str(i["pid"] or "-"),
@@ -211,7 +214,6 @@ def status(url: str, as_json: bool) -> None:
             )
         )
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    click.echo(f"endpoint {view['endpoint']}")
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
@@ -231,8 +233,11 @@ def examples(folder: Path) -> None:
 @click.option("--fd", type=int, required=True, help="Listening socket inherited from the router.")
 @click.option("--instance-id", default="0")
 @click.option("--parent-pid", type=int, help="Exit when this process is gone.")
+@click.option("--variant", default="AllTraffic", help="The production variant it serves.")
 @click.option("--log-level", default="info", show_default=True)
-def instance(fd: int, instance_id: str, parent_pid: int | None, log_level: str) -> None:
+def instance(
+    fd: int, instance_id: str, parent_pid: int | None, variant: str, log_level: str
+) -> None:
     """One instance of a ``local`` backend (started by ``serve --instances N``)."""
     import os
     import socket
@@ -256,7 +261,7 @@ def instance(fd: int, instance_id: str, parent_pid: int | None, log_level: str) 
             os.kill(os.getpid(), 15)
 
         threading.Thread(target=watch_parent, name="modelfleet-parent-watch", daemon=True).start()
-    app = create_instance_app(settings, instance_id=instance_id)
+    app = create_instance_app(settings, instance_id=instance_id, variant=variant)
     # Keep idle router connections longer than the router does (backends/local.py: 60 s).
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_keep_alive=75)
     # Not uvicorn's ``fd=``: it takes the descriptor for a Unix socket, and the event loop then

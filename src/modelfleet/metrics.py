@@ -8,7 +8,7 @@ ModelLoadingTime -> ``modelfleet_model_loading_time_seconds``. Every series carr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
@@ -119,10 +119,11 @@ class Metrics:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
 
-    def render_with(self, texts: list[str]) -> bytes:
-        """This registry merged with other servers' Prometheus texts (the instances of a
-        ``local`` backend, whose series carry their own ``instance`` label): one family per
-        metric name, as the text format requires. ``_created`` series are left out."""
+    def render_with(self, texts: list[str], others: Sequence[Metrics] = ()) -> bytes:
+        """This registry merged with ``others`` and with other servers' Prometheus texts (the
+        instances of a ``local`` backend, whose series carry their own ``instance`` label):
+        one family per metric name, as the text format requires. ``_created`` series are left
+        out."""
         families: dict[str, Metric] = {}
 
         def add(family: Metric) -> None:
@@ -135,8 +136,9 @@ class Metrics:
                 )
             merged.samples.extend(s for s in family.samples if not s.name.endswith("_created"))
 
-        for family in self.registry.collect():
-            add(family)
+        for metrics in (self, *others):
+            for family in metrics.registry.collect():
+                add(family)
         for text in texts:
             for family in text_string_to_metric_families(text):
                 add(family)

@@ -135,9 +135,10 @@ def test_each_model_is_loaded_by_one_instance(source: Path, tmp_path: Path) -> N
         printed = CliRunner().invoke(main, ["status", "--url", server.url])
         assert printed.exit_code == 0, printed.output
         lines = printed.output.splitlines()
-        assert lines[0] == "endpoint default"
-        assert lines[1].split()[:2] == ["instance", "state"]
-        assert [line.split()[1] for line in lines[2:]] == ["up", "up", "up"]
+        assert lines[0].split()[:4] == ["endpoint", "variant", "instance", "state"]
+        assert [line.split()[:4] for line in lines[1:]] == [
+            ["default", "AllTraffic", str(i), "up"] for i in range(3)
+        ]
 
 
 def test_errors_from_an_instance_keep_their_shape(source: Path, tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ class InProcessBackend:
     """Starts and stops the single in-process instance."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
         source = ModelSource(
             settings.model_source,
             timeout_s=settings.source_timeout,

@@ -170,8 +170,11 @@ def _error_from(instance_id: str, status: int, answer: bytes, error_type: str) -
 class _Child:
     """One instance's process, its inherited socket, and its supervision loop."""
 
-    def __init__(self, instance: RemoteInstance, sock: socket.socket, env: dict[str, str]):
+    def __init__(
+        self, instance: RemoteInstance, sock: socket.socket, env: dict[str, str], variant: str
+    ) -> None:
         self.instance = instance
+        self.variant = variant
         self.sock = sock
         self.env = env
         self.process: asyncio.subprocess.Process | None = None
@@ -181,6 +184,7 @@ class _Child:
         fd = self.sock.fileno()
         argv = [sys.executable, "-m", "modelfleet", "instance", "--fd", str(fd)]
         argv += ["--instance-id", self.instance.instance_id, "--parent-pid", str(os.getpid())]
+        argv += ["--variant", self.variant]
         self.process = await asyncio.create_subprocess_exec(
             *argv, pass_fds=(fd,), env=self.env, start_new_session=True
         )
@@ -191,8 +195,9 @@ class _Child:
 class LocalBackend:
     """Starts, supervises and stops ``settings.instances`` instance processes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, variant: str = "AllTraffic", id_prefix: str = ""):
         self.settings = settings
+        self.variant = variant
         self._session: aiohttp.ClientSession | None = None
         self._children: list[_Child] = []
         self._stopping = False
@@ -203,13 +208,13 @@ class LocalBackend:
             sock.listen(1024)
             sock.set_inheritable(True)
             port = sock.getsockname()[1]
-            instance = RemoteInstance(str(index), f"http://127.0.0.1:{port}")
+            instance = RemoteInstance(f"{id_prefix}{index}", f"http://127.0.0.1:{port}")
             child_settings = settings.model_dump(mode="json")
             child_settings.update(
                 cache_dir=str(Path(settings.cache_dir) / f"instance-{index}"), instances=1
             )
             env = {**os.environ, SETTINGS_ENV: json.dumps(child_settings)}
-            self._children.append(_Child(instance, sock, env))
+            self._children.append(_Child(instance, sock, env, variant))
         self.instances = [child.instance for child in self._children]
 
     async def start(self) -> None:

@@ -3,6 +3,8 @@
 ``POST /endpoints/{name}/invocations`` is wire-compatible with SageMaker InvokeEndpoint, so
 ``boto3.client("sagemaker-runtime", endpoint_url=...)`` works against it. With the ``inprocess``
 backend the same port also serves the instance contract (``/models``...) of the one instance.
+With a config file (:mod:`modelfleet.endpoint.variants`) one server routes several endpoints,
+each with its production variants, each variant with its own instance processes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,6 +35,7 @@ from modelfleet.edge import (
     target_model_var,
 )
 from modelfleet.endpoint.router import DEFAULT_VARIANT, Router
+from modelfleet.endpoint.variants import EndpointConfig, VariantConfig
 from modelfleet.errors import UnknownEndpointError, ValidationError
 from modelfleet.instance.app import instance_routes, ping_route
 from modelfleet.metrics import CONTENT_TYPE, Metrics
@@ -40,64 +45,103 @@ logger = logging.getLogger(__name__)
 _TARGET_MODEL_MAX = 1024
 
 
-class EndpointServer:
-    """One endpoint: its router, its backend, its metrics, and the Starlette app over them."""
+@dataclass
+class _Endpoint:
+    """One endpoint: its router, one backend per variant, the router's metrics per variant."""
 
-    def __init__(self, settings: Settings) -> None:
+    name: str
+    router: Router
+    backends: dict[str, InProcessBackend | LocalBackend]
+    metrics: dict[str, Metrics]
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def instances(self) -> list[Any]:
+        return [i for backend in self.backends.values() for i in backend.instances]
+
+
+class EndpointServer:
+    """The endpoints of one server, their routers and backends, and the Starlette app."""
+
+    def __init__(self, settings: Settings, endpoints: list[EndpointConfig] | None = None) -> None:
         self.settings = settings
-        # With several instances the router's own series (invocations, errors, overhead) carry
-        # instance="router"; each instance's carry its id.
-        self.metrics = Metrics(
-            endpoint=settings.endpoint_name, instance="router" if settings.instances > 1 else "0"
-        )
         routes = [
             Route("/endpoints/{endpoint_name}/invocations", self.invocations, methods=["POST"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
             Route("/admin/instances", self.admin_instances, methods=["GET"]),
         ]
-        self.backend: InProcessBackend | LocalBackend
-        if settings.instances == 1:
-            self.backend = InProcessBackend(settings, self.metrics)
-            self.router = Router({DEFAULT_VARIANT: list(self.backend.instances)})
-            # One instance in this process: its container contract is served here too.
-            routes += [ping_route(self.backend.manager), *instance_routes(self.backend.manager)]
-        else:
-            self.backend = LocalBackend(settings)
-            self.router = Router(
-                {DEFAULT_VARIANT: list(self.backend.instances)},
-                retry_on=(InstanceUnreachableError, InstanceFullError),
-                randomly=settings.routing == "random",
+        self.endpoints: dict[str, _Endpoint] = {}
+        if endpoints is None and settings.instances == 1:
+            backend = InProcessBackend(settings, Metrics(endpoint=settings.endpoint_name))
+            self.endpoints[settings.endpoint_name] = _Endpoint(
+                settings.endpoint_name,
+                Router({DEFAULT_VARIANT: list(backend.instances)}),
+                {DEFAULT_VARIANT: backend},
+                {DEFAULT_VARIANT: backend.manager.metrics},
             )
+            # One instance in this process: its container contract is served here too.
+            routes += [ping_route(backend.manager), *instance_routes(backend.manager)]
+        else:
+            if endpoints is None:
+                only = VariantConfig(DEFAULT_VARIANT, 1.0, settings)
+                endpoints = [EndpointConfig(settings.endpoint_name, (only,))]
+            for config in endpoints:
+                self.endpoints[config.name] = self._fleet(config)
             routes.append(Route("/ping", self.ping, methods=["GET"]))
         self.app = Starlette(routes=routes, lifespan=self._lifespan)
 
+    def _fleet(self, config: EndpointConfig) -> _Endpoint:
+        """An endpoint whose variants run instance processes (the ``local`` backend)."""
+        backends: dict[str, InProcessBackend | LocalBackend] = {}
+        for variant in config.variants:
+            prefix = "" if len(config.variants) == 1 else f"{variant.name}-"
+            backends[variant.name] = LocalBackend(
+                variant.settings, variant=variant.name, id_prefix=prefix
+            )
+        router = Router(
+            {name: list(backend.instances) for name, backend in backends.items()},
+            retry_on=(InstanceUnreachableError, InstanceFullError),
+            randomly=self.settings.routing == "random",
+            weights={v.name: v.weight for v in config.variants},
+        )
+        # The router's own series (invocations, errors, overhead) carry instance="router".
+        metrics = {
+            v.name: Metrics(endpoint=config.name, variant=v.name, instance="router")
+            for v in config.variants
+        }
+        return _Endpoint(config.name, router, backends, metrics)
+
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        await self.backend.start()
-        logger.info(
-            "endpoint '%s' serving model source %s",
-            self.settings.endpoint_name,
-            self.settings.model_source,
-        )
-        retire = None
-        if isinstance(self.backend, LocalBackend):
-            retire = asyncio.create_task(self._retire_copies(self.backend))
+        backends = [b for e in self.endpoints.values() for b in e.backends.values()]
+        await asyncio.gather(*(b.start() for b in backends))
+        for endpoint in self.endpoints.values():
+            for name, backend in endpoint.backends.items():
+                logger.info(
+                    "endpoint '%s' variant '%s' serving model source %s",
+                    endpoint.name,
+                    name,
+                    backend.settings.model_source,
+                )
+        retire = [
+            asyncio.create_task(self._retire_copies(endpoint))
+            for endpoint in self.endpoints.values()
+            if any(isinstance(b, LocalBackend) for b in endpoint.backends.values())
+        ]
         try:
             yield
         finally:
-            if retire is not None:
-                retire.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await retire
-            await self.backend.stop()
+            for task in retire:
+                task.cancel()
+            await asyncio.gather(*retire, return_exceptions=True)
+            await asyncio.gather(*(b.stop() for b in backends))
 
-    async def _retire_copies(self, backend: LocalBackend) -> None:
+    async def _retire_copies(self, endpoint: _Endpoint) -> None:
         """Unload the extra copies of models whose demand fell (Router.idle_copies)."""
         idle_s = self.settings.copy_idle_timeout
-        by_id = {i.instance_id: i for i in backend.instances}
+        by_id = {i.instance_id: i for i in endpoint.instances()}
         while True:
             await asyncio.sleep(min(5.0, idle_s / 2))
-            for model, instance_id in self.router.idle_copies(idle_s):
+            for model, instance_id in endpoint.router.idle_copies(idle_s):
                 if await by_id[instance_id].unload(model):
                     logger.info("unloaded idle copy of %s from instance %s", model, instance_id)
 
@@ -105,11 +149,12 @@ class EndpointServer:
         started = time.perf_counter()
         request_id = new_request_id()
         request_id_var.set(request_id)
-        metrics = self.metrics
-        metrics.invocations.inc()
+        endpoint = self.endpoints.get(request.path_params["endpoint_name"])
+        # Counted on the variant that serves; before one is chosen, on the first variant.
+        metrics = next(iter(endpoint.metrics.values())) if endpoint is not None else None
         try:
-            name = request.path_params["endpoint_name"]
-            if name != self.settings.endpoint_name:
+            if endpoint is None:
+                name = request.path_params["endpoint_name"]
                 raise UnknownEndpointError(f"Endpoint '{name}' not found.")
             headers = request.headers
             target = headers.get("x-amzn-sagemaker-target-model")
@@ -122,7 +167,7 @@ class EndpointServer:
                 raise ValidationError("TargetModel must be 1 to 1024 characters.")
             target_model_var.set(target)
             body = await read_body(request, self.settings.max_body_size)
-            routed = await self.router.invoke(
+            routed = await endpoint.router.invoke(
                 target,
                 body,
                 content_type=headers.get("content-type"),
@@ -132,13 +177,17 @@ class EndpointServer:
             )
         except Exception as exc:
             response = error_response(exc, RUNTIME_ERRORS, request_id=request_id)
-            if response.status_code >= 500:
-                metrics.invocation_5xx_errors.inc()
-            else:
-                metrics.invocation_4xx_errors.inc()
+            if metrics is not None:
+                metrics.invocations.inc()
+                if response.status_code >= 500:
+                    metrics.invocation_5xx_errors.inc()
+                else:
+                    metrics.invocation_4xx_errors.inc()
             return response
-        if not isinstance(self.backend, LocalBackend):  # else counted by the instance itself
-            metrics.invocations_per_instance.inc()
+        metrics = endpoint.metrics[routed.variant]
+        metrics.invocations.inc()
+        if isinstance(endpoint.backends[routed.variant], InProcessBackend):
+            metrics.invocations_per_instance.inc()  # else counted by the instance itself
         prediction = routed.result.prediction
         response_headers = {
             "x-Amzn-Invoked-Production-Variant": routed.variant,
@@ -154,36 +203,49 @@ class EndpointServer:
         )
 
     async def ping(self, request: Request) -> Response:
-        """200 while at least one instance is up (the router can serve), else 503."""
-        up = any(i.available() for i in self.backend.instances)
+        """200 while every endpoint has an instance up (the router can serve), else 503."""
+        up = all(
+            any(i.available() for i in endpoint.instances()) for endpoint in self.endpoints.values()
+        )
         return Response(b"", status_code=200 if up else 503)
 
     async def admin_instances(self, request: Request) -> Response:
-        """The instances behind this endpoint, as JSON (``modelfleet status`` prints it)."""
-        if isinstance(self.backend, LocalBackend):
-            instances = await self.backend.describe()
-        else:
-            instance = self.backend.instances[0]
-            instances = [
-                {
-                    "id": instance.instance_id,
-                    "url": None,
-                    "pid": os.getpid(),
-                    "state": "up",
-                    "in_flight": instance.in_flight,
-                    "restarts": 0,
-                    **self.backend.manager.summary(),
-                }
-            ]
-        return JSONResponse({"endpoint": self.settings.endpoint_name, "instances": instances})
+        """Every instance of every endpoint, as JSON (``modelfleet status`` prints it)."""
+        instances: list[dict[str, Any]] = []
+        for endpoint in self.endpoints.values():
+            for variant, backend in endpoint.backends.items():
+                tag = {"endpoint": endpoint.name, "variant": variant}
+                if isinstance(backend, LocalBackend):
+                    instances += [{**tag, **i} for i in await backend.describe()]
+                    continue
+                instance = backend.instances[0]
+                instances.append(
+                    {
+                        **tag,
+                        "id": instance.instance_id,
+                        "url": None,
+                        "pid": os.getpid(),
+                        "state": "up",
+                        "in_flight": instance.in_flight,
+                        "restarts": 0,
+                        **backend.manager.summary(),
+                    }
+                )
+        return JSONResponse({"endpoints": list(self.endpoints), "instances": instances})
 
     async def metrics_endpoint(self, request: Request) -> Response:
-        if isinstance(self.backend, LocalBackend):  # the router's series and every instance's
-            texts = await self.backend.metrics_texts()
-            return Response(self.metrics.render_with(texts), media_type=CONTENT_TYPE)
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+        registries = [m for e in self.endpoints.values() for m in e.metrics.values()]
+        locals_ = [b for e in self.endpoints.values() for b in e.backends.values()]
+        texts: list[str] = []
+        for backend in locals_:
+            if isinstance(backend, LocalBackend):  # every instance's series, merged in
+                texts += await backend.metrics_texts()
+        if len(registries) == 1 and not texts:
+            return Response(registries[0].render(), media_type=CONTENT_TYPE)
+        first, *others = registries
+        return Response(first.render_with(texts, others), media_type=CONTENT_TYPE)
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The ASGI app of one endpoint served by one in-process instance."""
-    return EndpointServer(settings).app
+def create_app(settings: Settings, endpoints: list[EndpointConfig] | None = None) -> Starlette:
+    """The ASGI app: one endpoint from ``settings``, or the ``endpoints`` of a config file."""
+    return EndpointServer(settings, endpoints).app

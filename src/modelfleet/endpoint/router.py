@@ -112,11 +112,15 @@ class Router:
         *,
         retry_on: tuple[type[BaseException], ...] = (),
         randomly: bool = False,
+        weights: dict[str, float] | None = None,
     ) -> None:
         if not variants:
             raise ValueError("an endpoint needs at least one variant")
         self.variants = variants
         self._default = next(iter(variants))
+        weighted = {name: w for name, w in (weights or {}).items() if w > 0 and name in variants}
+        self._names = list(weighted) or [self._default]
+        self._weights = list(weighted.values()) or [1.0]
         self._retry_on = retry_on
         self._randomly = randomly
         # model -> {instance id: when it last served the model (monotonic)}
@@ -124,8 +128,11 @@ class Router:
         self._pressure: dict[str, _Pressure] = {}  # models whose requests queue at holders
 
     def pick_variant(self, target_variant: str | None) -> str:
+        """``target_variant`` (X-Amzn-SageMaker-Target-Variant) if given, else a weighted draw."""
         if target_variant is None:
-            return self._default
+            if len(self._names) == 1:
+                return self._names[0]
+            return random.choices(self._names, self._weights)[0]
         if target_variant not in self.variants:
             raise ValidationError(
                 f"Target variant '{target_variant}' does not exist; "

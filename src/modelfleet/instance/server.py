@@ -28,9 +28,11 @@ logger = logging.getLogger(__name__)
 SETTINGS_ENV = "MODELFLEET_INSTANCE_SETTINGS"
 
 
-def create_instance_app(settings: Settings, *, instance_id: str = "0") -> Starlette:
+def create_instance_app(
+    settings: Settings, *, instance_id: str = "0", variant: str = "AllTraffic"
+) -> Starlette:
     """The ASGI app of one instance (its manager starts and stops with the app)."""
-    metrics = Metrics(endpoint=settings.endpoint_name, instance=instance_id)
+    metrics = Metrics(endpoint=settings.endpoint_name, variant=variant, instance=instance_id)
     source = ModelSource(
         settings.model_source,
         timeout_s=settings.source_timeout,

@@ -1,0 +1,148 @@
+"""Endpoints and production variants from a config file (``modelfleet serve --config FILE``).
+
+The file is TOML. Its top-level keys are settings (any ``serve`` flag, snake_case) for the
+router and defaults for every variant; each ``[[endpoints]]`` table names an endpoint, and each
+of its ``[[endpoints.variants]]`` tables a variant: ``name``, ``weight`` (default 1: a variant's
+traffic share is its weight over the sum of its endpoint's weights) and any setting that
+applies to its instances (``instances``, ``model_source``, ``memory_limit``, ``disk_limit``,
+``model_cache``, ``eviction_policy``...). A variant's cache folder defaults to
+``<cache_dir>/<endpoint>/<variant>``. See docs/fleet.md for an example.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from modelfleet.config import Settings
+from modelfleet.errors import ValidationError
+
+_ROUTER_ONLY = {"host", "port", "endpoint_name", "routing", "copy_idle_timeout"}
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    name: str
+    weight: float
+    settings: Settings  # what its instances run with
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    name: str
+    variants: tuple[VariantConfig, ...]
+
+
+class ConfigError(ValidationError):
+    """The config file is invalid (the message says where)."""
+
+
+def load_config(path: Path, overrides: dict[str, Any]) -> tuple[Settings, list[EndpointConfig]]:
+    """The router's settings and the endpoints declared in ``path``.
+
+    ``overrides`` (flags given on the command line) win over the file's top-level settings.
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc}") from exc
+    endpoints = data.pop("endpoints", None)
+    if not isinstance(endpoints, list) or not endpoints:
+        raise ConfigError(f"{path}: declare at least one [[endpoints]] table.")
+    base = {**data, **overrides}
+    router = _settings(base, f"{path}: top level")
+    declared: list[EndpointConfig] = []
+    for index, table in enumerate(endpoints):
+        where = f"{path}: endpoints[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table.")
+        table = dict(table)
+        name = table.pop("name", None)
+        variants = table.pop("variants", None)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where} needs a name.")
+        if table:
+            raise ConfigError(f"{where} ({name}): unknown keys {sorted(table)}.")
+        if not isinstance(variants, list) or not variants:
+            raise ConfigError(f"{where} ({name}) needs at least one [[endpoints.variants]].")
+        parsed = tuple(
+            _variant(v, base, router, name, f"{where}.variants[{i}]")
+            for i, v in enumerate(variants)
+        )
+        names = [v.name for v in parsed]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where} ({name}): variant names repeat: {names}.")
+        if sum(v.weight for v in parsed) <= 0:
+            raise ConfigError(f"{where} ({name}): the variants' weights sum to 0.")
+        declared.append(EndpointConfig(name, parsed))
+    names = [e.name for e in declared]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: endpoint names repeat: {names}.")
+    return router, declared
+
+
+def _variant(
+    table: Any, base: dict[str, Any], router: Settings, endpoint: str, where: str
+) -> VariantConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table.")
+    table = dict(table)
+    name = table.pop("name", None)
+    weight = table.pop("weight", 1.0)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where} needs a name.")
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+        raise ConfigError(f"{where} ({name}): weight must be a number >= 0.")
+    misplaced = sorted(_ROUTER_ONLY & set(table))
+    if misplaced:
+        raise ConfigError(f"{where} ({name}): {misplaced} are router settings (top level).")
+    fields = {**base, **table, "endpoint_name": endpoint}
+    fields.setdefault("cache_dir", str(Path(router.cache_dir) / endpoint / name))
+    if "cache_dir" in base and "cache_dir" not in table:
+        fields["cache_dir"] = str(Path(base["cache_dir"]) / endpoint / name)
+    return VariantConfig(name, float(weight), _settings(fields, f"{where} ({name})"))
+
+
+def _settings(fields: dict[str, Any], where: str) -> Settings:
+    try:
+        return Settings(**fields)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{where}: {problems}") from None
+
+
+EXAMPLE = """\
+# modelfleet serve --config fleet.toml
+port = 8080
+memory_limit = "2GiB"          # per instance, for every variant unless it says otherwise
+
+[[endpoints]]
+name = "recommendations"
+
+[[endpoints.variants]]
+name = "current"
+weight = 3                     # 75% of the traffic
+instances = 2
+model_source = "s3://my-bucket/models/v1/"
+
+[[endpoints.variants]]
+name = "candidate"
+weight = 1                     # 25%
+instances = 1
+model_source = "s3://my-bucket/models/v2/"
+memory_limit = "1GiB"
+
+[[endpoints]]
+name = "fraud"
+
+[[endpoints.variants]]
+name = "AllTraffic"
+instances = 2
+model_source = "./fraud-models"
+"""
