@@ -80,22 +80,39 @@ def main() -> None:
     help="Predict scikit-learn forests by walking their trees (default: on; same answers).",
 )
 @click.option("--eviction-policy", help="Eviction policy (lrfu; lru = SageMaker).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="TOML file declaring endpoints and production variants (docs/fleet.md); flags given "
+    "here override its top-level settings.",
+)
 @click.option("--log-level", default="info", show_default=True)
-def serve(log_level: str, **flags: Any) -> None:
-    """Serve one endpoint from a model source (default: a local folder of examples)."""
+def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
+    """Serve one endpoint from a model source (default: a local folder of examples), or the
+    endpoints of a config file."""
     _configure_logging(log_level)
     given = {k: v for k, v in flags.items() if v is not None}
-    try:
-        settings = Settings(**given)
-    except pydantic.ValidationError as exc:
-        raise click.UsageError(_settings_error(exc)) from None
-    _ensure_examples(settings)
+    endpoints = None
+    if config_file is not None:
+        from modelfleet.endpoint.variants import ConfigError, load_config
+
+        try:
+            settings, endpoints = load_config(config_file, given)
+        except ConfigError as exc:
+            raise click.UsageError(exc.message) from None
+    else:
+        try:
+            settings = Settings(**given)
+        except pydantic.ValidationError as exc:
+            raise click.UsageError(_settings_error(exc)) from None
+        _ensure_examples(settings)
 
     import uvicorn
 
     from modelfleet.endpoint.app import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, endpoints)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False
     )
