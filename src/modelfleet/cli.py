@@ -75,6 +75,17 @@ def main() -> None:
     help="Instance processes behind the router (default 1: served in the router's process).",
 )
 @click.option(
+    "--autoscale-target",
+    type=float,
+    help="Target invocations per instance per minute; instances follow it (default 0: off).",
+)
+@click.option("--min-instances", type=int, help="Fewest instances autoscaling keeps.")
+@click.option("--max-instances", type=int, help="Most instances autoscaling starts.")
+@click.option("--scale-out-cooldown", type=float, help="Seconds between scale-outs (60).")
+@click.option(
+    "--scale-in-cooldown", type=float, help="Seconds after scaling before a scale-in (300)."
+)
+@click.option(
     "--walk-trees/--no-walk-trees",
     default=None,
     help="Predict scikit-learn forests by walking their trees (default: on; same answers).",

@@ -154,6 +154,28 @@ class Settings(BaseSettings):
     starts N instance subprocesses (``local``), each with these budgets and its own cache
     folder ``<cache_dir>/instance-<i>``."""
 
+    autoscale_target: float = Field(default=0.0, ge=0.0)
+    """With several instances: target invocations per instance per minute (SageMaker's
+    ``SageMakerVariantInvocationsPerInstance`` target tracking); 0 turns autoscaling off."""
+
+    min_instances: PositiveInt | None = None
+    """Fewest instances autoscaling keeps (default: ``instances``)."""
+
+    max_instances: PositiveInt | None = None
+    """Most instances autoscaling starts (default: ``instances``)."""
+
+    scale_out_cooldown: float = Field(default=60.0, ge=0.0)
+    """Seconds after a scale-out before the next one."""
+
+    scale_in_cooldown: float = Field(default=300.0, ge=0.0)
+    """Seconds after any scaling before a scale-in."""
+
+    autoscale_interval: float = Field(default=10.0, gt=0.0, le=10.0)
+    """Seconds between autoscaling evaluations (at most 10)."""
+
+    autoscale_window: float = Field(default=60.0, gt=0.0)
+    """Seconds of traffic the invocations-per-minute figure averages over."""
+
     copy_idle_timeout: PositiveFloat = 30.0
     """With several instances: seconds an extra copy of a model (on more instances than its
     home) may serve nothing before the router unloads it."""
@@ -178,7 +200,17 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.rss_high_water is not None and self.rss_high_water < self.memory_limit:
             raise ValueError("rss_high_water must be at least memory_limit")
+        if not self.effective_min_instances <= self.instances <= self.effective_max_instances:
+            raise ValueError("instances must lie between min_instances and max_instances")
         return self
+
+    @property
+    def effective_min_instances(self) -> int:
+        return self.instances if self.min_instances is None else self.min_instances
+
+    @property
+    def effective_max_instances(self) -> int:
+        return self.instances if self.max_instances is None else self.max_instances
 
     @property
     def cpu_count(self) -> int:

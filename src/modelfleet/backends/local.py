@@ -45,7 +45,7 @@ from modelfleet.instance.state import InvokeResult
 
 logger = logging.getLogger(__name__)
 
-UP, STARTING, DOWN = "up", "starting", "down"
+UP, STARTING, DOWN, DRAINING = "up", "starting", "down", "draining"
 _READY_TIMEOUT_S = 120.0
 _HEALTH_INTERVAL_S = 1.0
 _BACKOFF_S = (0.5, 10.0)
@@ -131,6 +131,20 @@ class RemoteInstance:
             )
         raise _error_from(self.instance_id, status, answer, reply.get("x-amzn-errortype", ""))
 
+    async def prewarm(self, target_models: list[str]) -> int:
+        """Have the instance fetch and load ``target_models``; how many it loaded."""
+        assert self.session is not None, "LocalBackend.start() was not called"
+        try:
+            async with self.session.post(
+                f"{self.url}/admin/prewarm", json={"models": target_models}
+            ) as response:
+                if response.status != 200:
+                    return 0
+                answer = await response.json()
+                return int(answer.get("loaded", 0))
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return 0
+
     async def unload(self, target_model: str) -> bool:
         """UnloadModel on this instance; True if it was loaded there (404 is not an error)."""
         assert self.session is not None, "LocalBackend.start() was not called"
@@ -179,6 +193,7 @@ class _Child:
         self.env = env
         self.process: asyncio.subprocess.Process | None = None
         self.task: asyncio.Task[None] | None = None
+        self.removing = False
 
     async def spawn(self) -> None:
         fd = self.sock.fileno()
@@ -198,24 +213,68 @@ class LocalBackend:
     def __init__(self, settings: Settings, *, variant: str = "AllTraffic", id_prefix: str = ""):
         self.settings = settings
         self.variant = variant
+        self._id_prefix = id_prefix
         self._session: aiohttp.ClientSession | None = None
         self._children: list[_Child] = []
         self._stopping = False
-        for index in range(settings.instances):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(1024)
-            sock.set_inheritable(True)
-            port = sock.getsockname()[1]
-            instance = RemoteInstance(f"{id_prefix}{index}", f"http://127.0.0.1:{port}")
-            child_settings = settings.model_dump(mode="json")
-            child_settings.update(
-                cache_dir=str(Path(settings.cache_dir) / f"instance-{index}"), instances=1
-            )
-            env = {**os.environ, SETTINGS_ENV: json.dumps(child_settings)}
-            self._children.append(_Child(instance, sock, env, variant))
-        self.instances = [child.instance for child in self._children]
+        self._next_index = 0
+        # The router routes over this very list: instances added or removed show at once.
+        self.instances: list[RemoteInstance] = []
+        for _ in range(settings.instances):
+            self._make_child()
+
+    def _make_child(self) -> _Child:
+        index = self._next_index
+        self._next_index += 1
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+        sock.set_inheritable(True)
+        port = sock.getsockname()[1]
+        instance = RemoteInstance(f"{self._id_prefix}{index}", f"http://127.0.0.1:{port}")
+        instance.session = self._session
+        child_settings = self.settings.model_dump(mode="json")
+        child_settings.update(
+            cache_dir=str(Path(self.settings.cache_dir) / f"instance-{index}"), instances=1
+        )
+        env = {**os.environ, SETTINGS_ENV: json.dumps(child_settings)}
+        child = _Child(instance, sock, env, self.variant)
+        self._children.append(child)
+        self.instances.append(instance)
+        return child
+
+    async def add_instance(self, *, timeout_s: float = _READY_TIMEOUT_S) -> RemoteInstance:
+        """Start one more instance; return it once it answers ``/ping`` (or at the timeout)."""
+        child = self._make_child()
+        child.task = asyncio.create_task(
+            self._supervise(child), name=f"modelfleet-instance-{child.instance.instance_id}"
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if child.instance.state == UP:
+                break
+            await asyncio.sleep(0.05)
+        return child.instance
+
+    async def remove_instance(self, instance: RemoteInstance, *, drain_s: float = 60.0) -> None:
+        """Drain ``instance`` (no new requests; those in flight finish, up to ``drain_s``),
+        then stop its process and forget it."""
+        child = next(c for c in self._children if c.instance is instance)
+        child.removing = True
+        instance.state = DRAINING
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline:
+            if instance.in_flight == 0:
+                break
+            await asyncio.sleep(0.05)
+        if child.task is not None:
+            child.task.cancel()
+            await asyncio.gather(child.task, return_exceptions=True)
+        await self._terminate(child)
+        child.sock.close()
+        self._children.remove(child)
+        self.instances.remove(instance)
 
     async def start(self) -> None:
         """Start every instance; return once each answers ``/ping`` (or failed to start)."""
@@ -272,7 +331,7 @@ class LocalBackend:
     async def _supervise(self, child: _Child) -> None:
         instance = child.instance
         backoff = _BACKOFF_S[0]
-        while not self._stopping:
+        while not self._stopping and not child.removing:
             await child.spawn()
             assert child.process is not None
             started = time.monotonic()
@@ -284,7 +343,7 @@ class LocalBackend:
                 with contextlib.suppress(asyncio.CancelledError):
                     await health
             instance.state = DOWN
-            if self._stopping:
+            if self._stopping or child.removing:
                 return
             instance.restarts += 1
             if time.monotonic() - started > 30.0:
@@ -311,7 +370,9 @@ class LocalBackend:
                 healthy = False
             if healthy and instance.state != UP:
                 logger.info("instance %s up at %s", instance.instance_id, instance.url)
-            if healthy:
+            if instance.state == DRAINING:
+                pass  # being removed: it takes no new requests, healthy or not
+            elif healthy:
                 instance.state = UP
             elif instance.state == UP:
                 instance.state = DOWN

@@ -34,6 +34,7 @@ from modelfleet.edge import (
     request_id_var,
     target_model_var,
 )
+from modelfleet.endpoint.autoscale import Autoscaler
 from modelfleet.endpoint.router import DEFAULT_VARIANT, Router
 from modelfleet.endpoint.variants import EndpointConfig, VariantConfig
 from modelfleet.errors import UnknownEndpointError, ValidationError
@@ -70,7 +71,7 @@ class EndpointServer:
             Route("/admin/instances", self.admin_instances, methods=["GET"]),
         ]
         self.endpoints: dict[str, _Endpoint] = {}
-        if endpoints is None and settings.instances == 1:
+        if endpoints is None and settings.effective_max_instances == 1:
             backend = InProcessBackend(settings, Metrics(endpoint=settings.endpoint_name))
             self.endpoints[settings.endpoint_name] = _Endpoint(
                 settings.endpoint_name,
@@ -98,7 +99,7 @@ class EndpointServer:
                 variant.settings, variant=variant.name, id_prefix=prefix
             )
         router = Router(
-            {name: list(backend.instances) for name, backend in backends.items()},
+            {name: backend.instances for name, backend in backends.items()},  # live lists
             retry_on=(InstanceUnreachableError, InstanceFullError),
             randomly=self.settings.routing == "random",
             weights={v.name: v.weight for v in config.variants},
@@ -127,6 +128,12 @@ class EndpointServer:
             for endpoint in self.endpoints.values()
             if any(isinstance(b, LocalBackend) for b in endpoint.backends.values())
         ]
+        retire += [
+            asyncio.create_task(Autoscaler(endpoint.router, name, backend).run())
+            for endpoint in self.endpoints.values()
+            for name, backend in endpoint.backends.items()
+            if isinstance(backend, LocalBackend) and backend.settings.autoscale_target > 0
+        ]
         try:
             yield
         finally:
@@ -138,11 +145,11 @@ class EndpointServer:
     async def _retire_copies(self, endpoint: _Endpoint) -> None:
         """Unload the extra copies of models whose demand fell (Router.idle_copies)."""
         idle_s = self.settings.copy_idle_timeout
-        by_id = {i.instance_id: i for i in endpoint.instances()}
         while True:
             await asyncio.sleep(min(5.0, idle_s / 2))
+            by_id = {i.instance_id: i for i in endpoint.instances()}  # autoscaling changes it
             for model, instance_id in endpoint.router.idle_copies(idle_s):
-                if await by_id[instance_id].unload(model):
+                if instance_id in by_id and await by_id[instance_id].unload(model):
                     logger.info("unloaded idle copy of %s from instance %s", model, instance_id)
 
     async def invocations(self, request: Request) -> Response:

@@ -31,6 +31,7 @@ import hashlib
 import math
 import random
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -108,7 +109,7 @@ class Router:
 
     def __init__(
         self,
-        variants: dict[str, list[Instance]],
+        variants: Mapping[str, Sequence[Instance]],
         *,
         retry_on: tuple[type[BaseException], ...] = (),
         randomly: bool = False,
@@ -126,6 +127,9 @@ class Router:
         # model -> {instance id: when it last served the model (monotonic)}
         self._holders: dict[str, dict[str, float]] = {}
         self._pressure: dict[str, _Pressure] = {}  # models whose requests queue at holders
+        # per variant: requests served, and per model since the autoscaler last looked
+        self.served: dict[str, int] = dict.fromkeys(variants, 0)
+        self.recent: dict[str, dict[str, int]] = {name: {} for name in variants}
 
     def pick_variant(self, target_variant: str | None) -> str:
         """``target_variant`` (X-Amzn-SageMaker-Target-Variant) if given, else a weighted draw."""
@@ -140,7 +144,7 @@ class Router:
             )
         return target_variant
 
-    def candidates(self, target_model: str, instances: list[Instance]) -> list[Instance]:
+    def candidates(self, target_model: str, instances: Sequence[Instance]) -> list[Instance]:
         """The instances to try for ``target_model``, best first (see the module doc)."""
         up = [i for i in instances if i.available()]
         if len(up) <= 1:
@@ -241,6 +245,9 @@ class Router:
                 continue
             self._holders.setdefault(target_model, {})[instance.instance_id] = time.monotonic()
             self._note_queueing(target_model, result)
+            self.served[variant] += 1
+            recent = self.recent[variant]
+            recent[target_model] = recent.get(target_model, 0) + 1
             return Routed(result=result, variant=variant, instance_id=instance.instance_id)
         raise ServiceUnavailableError(
             f"No instance of variant '{variant}' could take the request: {failure}"

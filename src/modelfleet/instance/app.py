@@ -11,6 +11,8 @@ Invoke      ``POST /invocations``          modelfleet's own: fetch, load and inv
 Ping        ``GET /ping``                  200 when ready
 Summary     ``GET /admin/instance``        modelfleet's own: loaded models and bytes, memory,
                                            hits, misses (for the router's admin view)
+Prewarm     ``POST /admin/prewarm``        modelfleet's own: ``{"models": [...]}`` fetched and
+                                           loaded, not invoked (autoscaling's new instances)
 =========== ============================== =================================================
 
 The handlers are thin: they parse, call :class:`~modelfleet.instance.manager.ModelManager`, and
@@ -157,6 +159,16 @@ async def _invoke(request: Request, manager: ModelManager) -> Response:
     return response
 
 
+async def _prewarm(request: Request, manager: ModelManager) -> Response:
+    try:
+        models = json.loads(await request.body())["models"]
+    except (ValueError, KeyError, TypeError):
+        raise ValidationError('Prewarm needs a JSON body {"models": [...]}.') from None
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise ValidationError("models must be a list of target-model names.")
+    return JSONResponse({"loaded": await manager.prewarm(models)})
+
+
 async def _summary(request: Request, manager: ModelManager) -> Response:
     return JSONResponse(manager.summary())
 
@@ -175,6 +187,7 @@ def instance_routes(manager: ModelManager) -> list[Route]:
         Route("/models/{name:path}", _contract(_unload_model, manager), methods=["DELETE"]),
         Route("/invocations", _contract(_invoke, manager), methods=["POST"]),
         Route("/admin/instance", _contract(_summary, manager), methods=["GET"]),
+        Route("/admin/prewarm", _contract(_prewarm, manager), methods=["POST"]),
     ]
 
 

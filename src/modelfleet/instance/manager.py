@@ -499,6 +499,20 @@ class ModelManager:
         entries = (self.memory.entry(name) for name in sorted(self.memory))
         return [ModelInfo.of(entry) for entry in entries if entry is not None]
 
+    async def prewarm(self, target_models: list[str]) -> int:
+        """Fetch and load ``target_models`` without invoking them; how many are now loaded."""
+        loaded = 0
+        for name in target_models:
+            try:
+                validate_target_model(name)
+                entry = await self._wait_loaded(name)
+            except Exception as exc:  # one model failing must not stop the others
+                logger.warning("prewarm of %s failed: %s", name, exc)
+                continue
+            self._release(entry)
+            loaded += 1
+        return loaded
+
     def summary(self) -> dict[str, Any]:
         """For the admin view: loaded models with their bytes, memory, hits and misses."""
         looked_up = self.hits + self.misses
