@@ -123,7 +123,7 @@ def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
 
     from modelfleet.endpoint.app import create_app
 
-    app = create_app(settings, endpoints)
+    app = create_app(settings, endpoints, config_file=config_file, overrides=given)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False
     )

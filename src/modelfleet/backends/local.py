@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -131,6 +132,18 @@ class RemoteInstance:
             )
         raise _error_from(self.instance_id, status, answer, reply.get("x-amzn-errortype", ""))
 
+    async def loaded_models(self) -> list[str]:
+        """The target models loaded on the instance now (empty if it cannot say)."""
+        assert self.session is not None, "LocalBackend.start() was not called"
+        try:
+            async with self.session.get(f"{self.url}/admin/instance") as response:
+                if response.status != 200:
+                    return []
+                answer = await response.json()
+                return [str(m["name"]) for m in answer.get("loaded", [])]
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+            return []
+
     async def prewarm(self, target_models: list[str]) -> int:
         """Have the instance fetch and load ``target_models``; how many it loaded."""
         assert self.session is not None, "LocalBackend.start() was not called"
@@ -194,6 +207,7 @@ class _Child:
         self.process: asyncio.subprocess.Process | None = None
         self.task: asyncio.Task[None] | None = None
         self.removing = False
+        self.cache_dir: Path | None = None
 
     async def spawn(self) -> None:
         fd = self.sock.fileno()
@@ -240,9 +254,31 @@ class LocalBackend:
         )
         env = {**os.environ, SETTINGS_ENV: json.dumps(child_settings)}
         child = _Child(instance, sock, env, self.variant)
+        child.cache_dir = Path(child_settings["cache_dir"])
         self._children.append(child)
         self.instances.append(instance)
         return child
+
+    async def replace(self, settings: Settings) -> None:
+        """Rolling update to ``settings``: each instance in turn is replaced by a new one (up
+        and prewarmed with the models the old one held) before the old one is drained and
+        stopped; then the count is brought to ``settings.instances``."""
+        self.settings = settings
+        for old in [i for i in self.instances if i.state != DRAINING]:
+            held = await old.loaded_models()
+            new = await self.add_instance()
+            if held:
+                await new.prewarm(held)
+            await self.remove_instance(old)
+        await self.resize(settings.instances)
+
+    async def resize(self, count: int) -> None:
+        """Add or remove (newest first, drained) instances until there are ``count``."""
+        active = [i for i in self.instances if i.state != DRAINING]
+        if len(active) < count:
+            await asyncio.gather(*(self.add_instance() for _ in range(count - len(active))))
+        for instance in reversed(active[count:]):
+            await self.remove_instance(instance)
 
     async def add_instance(self, *, timeout_s: float = _READY_TIMEOUT_S) -> RemoteInstance:
         """Start one more instance; return it once it answers ``/ping`` (or at the timeout)."""
@@ -275,6 +311,8 @@ class LocalBackend:
         child.sock.close()
         self._children.remove(child)
         self.instances.remove(instance)
+        if child.cache_dir is not None:  # a removed instance's cache is not reused: free it
+            await asyncio.to_thread(shutil.rmtree, child.cache_dir, True)
 
     async def start(self) -> None:
         """Start every instance; return once each answers ``/ping`` (or failed to start)."""

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -36,7 +38,7 @@ from modelfleet.edge import (
 )
 from modelfleet.endpoint.autoscale import Autoscaler
 from modelfleet.endpoint.router import DEFAULT_VARIANT, Router
-from modelfleet.endpoint.variants import EndpointConfig, VariantConfig
+from modelfleet.endpoint.variants import EndpointConfig, VariantConfig, load_config
 from modelfleet.errors import UnknownEndpointError, ValidationError
 from modelfleet.instance.app import instance_routes, ping_route
 from modelfleet.metrics import CONTENT_TYPE, Metrics
@@ -63,12 +65,23 @@ class _Endpoint:
 class EndpointServer:
     """The endpoints of one server, their routers and backends, and the Starlette app."""
 
-    def __init__(self, settings: Settings, endpoints: list[EndpointConfig] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        endpoints: list[EndpointConfig] | None = None,
+        *,
+        config_file: Path | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
         self.settings = settings
+        self._config_file = config_file
+        self._overrides = dict(overrides or {})
+        self._reloading: asyncio.Lock | None = None
         routes = [
             Route("/endpoints/{endpoint_name}/invocations", self.invocations, methods=["POST"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
             Route("/admin/instances", self.admin_instances, methods=["GET"]),
+            Route("/admin/reload", self.admin_reload, methods=["POST"]),
         ]
         self.endpoints: dict[str, _Endpoint] = {}
         if endpoints is None and settings.effective_max_instances == 1:
@@ -134,12 +147,24 @@ class EndpointServer:
             for name, backend in endpoint.backends.items()
             if isinstance(backend, LocalBackend) and backend.settings.autoscale_target > 0
         ]
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[Any]] = set()
+        if self._config_file is not None:
+
+            def on_sighup() -> None:
+                task = asyncio.create_task(self.reload())
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
         try:
             yield
         finally:
-            for task in retire:
+            if self._config_file is not None:
+                loop.remove_signal_handler(signal.SIGHUP)
+            for task in (*reloads, *retire):
                 task.cancel()
-            await asyncio.gather(*retire, return_exceptions=True)
+            await asyncio.gather(*reloads, *retire, return_exceptions=True)
             await asyncio.gather(*(b.stop() for b in backends))
 
     async def _retire_copies(self, endpoint: _Endpoint) -> None:
@@ -216,6 +241,55 @@ class EndpointServer:
         )
         return Response(b"", status_code=200 if up else 503)
 
+    async def reload(self) -> list[str]:
+        """Re-read the config file and roll its changes out; what changed, as sentences.
+
+        Changed settings or instance counts of a variant are rolled out one instance at a
+        time (:meth:`LocalBackend.replace`), new weights at once. Endpoints or variants added or
+        removed need a restart: they are reported and left as they are.
+        """
+        if self._config_file is None:
+            raise ValidationError("This server was not started with --config: nothing to reload.")
+        if self._reloading is None:
+            self._reloading = asyncio.Lock()
+        async with self._reloading:
+            _, endpoints = load_config(self._config_file, self._overrides)
+            done: list[str] = []
+            for config in endpoints:
+                endpoint = self.endpoints.get(config.name)
+                if endpoint is None:
+                    done.append(f"endpoint {config.name} is new: restart to serve it")
+                    continue
+                endpoint.router.set_weights({v.name: v.weight for v in config.variants})
+                for variant in config.variants:
+                    backend = endpoint.backends.get(variant.name)
+                    if not isinstance(backend, LocalBackend):
+                        done.append(f"{config.name}/{variant.name} is new: restart to serve it")
+                        continue
+                    new, old = variant.settings, backend.settings
+                    counts = ("instances", "min_instances", "max_instances")
+                    if new == old:
+                        continue
+                    if new.model_copy(update={k: getattr(old, k) for k in counts}) == old:
+                        backend.settings = new  # only the count changed: no replacement
+                        await backend.resize(new.instances)
+                        done.append(f"{config.name}/{variant.name}: {new.instances} instances")
+                    else:
+                        await backend.replace(new)
+                        done.append(f"{config.name}/{variant.name}: instances replaced")
+            for line in done:
+                logger.info("reload of %s: %s", self._config_file, line)
+            return done
+
+    async def admin_reload(self, request: Request) -> Response:
+        """``POST /admin/reload``: the same as SIGHUP, answered when the rollout is done."""
+        request_id = new_request_id()
+        try:
+            changes = await self.reload()
+        except Exception as exc:
+            return error_response(exc, RUNTIME_ERRORS, request_id=request_id)
+        return JSONResponse({"changes": changes})
+
     async def admin_instances(self, request: Request) -> Response:
         """Every instance of every endpoint, as JSON (``modelfleet status`` prints it)."""
         instances: list[dict[str, Any]] = []
@@ -253,6 +327,13 @@ class EndpointServer:
         return Response(first.render_with(texts, others), media_type=CONTENT_TYPE)
 
 
-def create_app(settings: Settings, endpoints: list[EndpointConfig] | None = None) -> Starlette:
-    """The ASGI app: one endpoint from ``settings``, or the ``endpoints`` of a config file."""
-    return EndpointServer(settings, endpoints).app
+def create_app(
+    settings: Settings,
+    endpoints: list[EndpointConfig] | None = None,
+    *,
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Starlette:
+    """The ASGI app: one endpoint from ``settings``, or the ``endpoints`` of a config file
+    (re-read on SIGHUP or ``POST /admin/reload``, with ``overrides`` winning again)."""
+    return EndpointServer(settings, endpoints, config_file=config_file, overrides=overrides).app

@@ -131,6 +131,12 @@ class Router:
         self.served: dict[str, int] = dict.fromkeys(variants, 0)
         self.recent: dict[str, dict[str, int]] = {name: {} for name in variants}
 
+    def set_weights(self, weights: dict[str, float]) -> None:
+        """New traffic shares (a config reload); variants left out or at 0 get no draws."""
+        weighted = {n: w for n, w in weights.items() if w > 0 and n in self.variants}
+        self._names = list(weighted) or [self._default]
+        self._weights = list(weighted.values()) or [1.0]
+
     def pick_variant(self, target_variant: str | None) -> str:
         """``target_variant`` (X-Amzn-SageMaker-Target-Variant) if given, else a weighted draw."""
         if target_variant is None:
