@@ -17,6 +17,11 @@ throughput, how many instances held the model at the end of the load (ListModels
 how many one idle-copy period after the load (``--copy-idle-timeout 2``, a slow trickle of
 requests meanwhile).
 
+Third part, the router's cost: one warm 10-tree forest, 1 row per request, closed loop at
+concurrency 1 and 16 (4 s each; quick: 2 s), served in process (``--instances 1``), through the
+router to one instance process (``--instances 1 --max-instances 2``: the ``local`` backend with
+one instance, so the hop alone) and to two.
+
     python -m bench.fleet [--quick]
 
 Quick mode: 600 Zipf requests instead of 4,000 and 300 hot-model requests instead of 2,000.
@@ -170,6 +175,59 @@ def hot_model(work: Path, count: int, requests: int) -> dict[str, Any]:
     }
 
 
+def router_cost(work: Path, duration_s: float) -> list[dict[str, Any]]:
+    from tests.artifacts import sklearn_artifact
+
+    source = work / "router-source"
+    (source / "forest").mkdir(parents=True)
+    (source / "forest" / "model.tar.gz").write_bytes(sklearn_artifact(seed=1, n_trees=10))
+    body = work / "forest-row.csv"
+    body.write_text(",".join(["0.5"] * N_FEATURES) + "\n")
+    headers = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": "forest/model.tar.gz"}
+    setups = {
+        "in process": (1, []),
+        "router -> 1 instance": (1, ["--max-instances", "2"]),
+        "router -> 2 instances": (2, []),
+    }
+    rows = []
+    for name, (count, extra) in setups.items():
+        server = servers.modelfleet(
+            servers.free_port(),
+            source,
+            work / f"router-cache-{count}-{len(extra)}",
+            instances=count,
+            extra=extra,
+        )
+        server.start(work / "logs")
+        try:
+            for concurrency in (1, 16):
+                figures = servers.run_loadgen(
+                    f"{server.url}/endpoints/default/invocations",
+                    concurrency=concurrency,
+                    duration_s=duration_s,
+                    headers=headers,
+                    body_file=body,
+                    warmup=200,
+                )
+                rows.append(
+                    {
+                        "setup": name,
+                        "concurrency": concurrency,
+                        "throughput": figures["throughput"],
+                        "p50_ms": figures["p50_ms"],
+                        "p99_ms": figures["p99_ms"],
+                        "errors": figures["errors"],
+                    }
+                )
+        finally:
+            server.stop()
+    base = {r["concurrency"]: r for r in rows if r["setup"] == "in process"}
+    for row in rows:
+        row["p50_added_ms"] = row["p50_ms"] - base[row["concurrency"]]["p50_ms"]
+        row["vs_in_process"] = row["throughput"] / base[row["concurrency"]]["throughput"]
+    return rows
+
+
 def main() -> None:
     args = parser(__doc__ or "").parse_args()
     w = Workload(60, 600 if args.quick else 4000, ROOM_PER_INSTANCE * INSTANCES)
@@ -193,16 +251,24 @@ def main() -> None:
             print(f"{routing}: {row}", file=sys.stderr)
         hot_requests = 300 if args.quick else 2000
         hot = [hot_model(work, count, hot_requests) for count in (1, INSTANCES)]
+        router = router_cost(work, 2.0 if args.quick else 4.0)
     columns = ["routing", "throughput", "p50_ms", "p99_ms", "hit_ratio", "loads", "errors"]
     columns += ["max_instances_per_model", "models_on_3_or_more"]
     print_table(rows, columns, title=f"Fleet of {INSTANCES}: {w}")
     hot_columns = ["instances", "throughput", "p50_ms", "p99_ms", "errors"]
     hot_columns += ["holders_under_load", "holders_after_idle"]
     print_table(hot, hot_columns, title="One hot model (20 ms, GIL released), concurrency 24")
+    router_columns = ["setup", "concurrency", "throughput", "p50_ms", "p99_ms", "p50_added_ms"]
+    print_table(router, [*router_columns, "vs_in_process", "errors"], title="The router's cost")
     params = {**vars(w), "instances": INSTANCES, "room_bytes_per_instance": room}
     params["revision"] = servers.source_revision()
     path = write_results(
-        "fleet", quick=args.quick, params=params, rows=rows, out=args.out, extra={"hot": hot}
+        "fleet",
+        quick=args.quick,
+        params=params,
+        rows=rows,
+        out=args.out,
+        extra={"hot": hot, "router": router},
     )
     print(f"\nwrote {path}")
 
