@@ -108,3 +108,26 @@ def test_every_instance_failing_is_service_unavailable() -> None:
     router = Router({"v": list(instances)}, retry_on=(Unreachable,))
     with pytest.raises(ServiceUnavailableError, match="could take the request"):
         call(router, "m")
+
+
+def test_a_model_on_two_instances_gets_a_third_only_when_hot() -> None:
+    from modelfleet.endpoint import router as module
+
+    instances = fleet(3)
+    router = Router({"v": list(instances)})
+    first, second, third = router.candidates("m", list(instances))
+    second.up = third.up = False
+    call(router, "m")  # on `first`
+    second.up = True
+    first.up = False
+    call(router, "m")  # on `second`: two holders now
+    first.up = third.up = True
+    first.in_flight = second.in_flight = 20  # both far over the bound
+    order = router.candidates("m", list(instances))
+    assert order[-1] is third  # not hot: the busy holders keep it
+    assert {order[0].instance_id, order[1].instance_id} == {first.instance_id, second.instance_id}
+
+    hot = module._Pressure()
+    hot.queued = 1.0
+    router._pressure["m"] = hot  # its requests queue for a slot at the holders
+    assert router.candidates("m", list(instances))[0] is third

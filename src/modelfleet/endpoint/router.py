@@ -9,6 +9,10 @@ Instance choice for a target model (DESIGN section 7), among the variant's insta
    model lands on few instances;
 3. otherwise (every instance at the bound) the rest in the same order.
 
+A model that already has two holders and is not hot (see below) stays on them: its requests
+go to the least busy of them even above the bound, rather than load a third copy for a busy
+moment.
+
 A model most of whose requests wait at their instance for an inference slot (the instances
 say so: their pool was full, or the model serves one call at a time and was busy), while its
 holders are busier than the next instance (more than twice its requests in flight, plus one),
@@ -41,6 +45,7 @@ from modelfleet.instance.state import InvokeResult
 DEFAULT_VARIANT = "AllTraffic"
 _LOAD_FACTOR = 2.0
 _GROW_INTERVAL_S = 1.0  # one new copy of a model per second at most
+_MAX_COLD_COPIES = 2  # copies a model may get from the load bound alone (more: it is hot)
 
 
 class Instance(Protocol):
@@ -161,6 +166,15 @@ class Router:
         holders = self._holders.get(target_model, {})
         ranked = sorted(up, key=lambda i: rendezvous_score(target_model, i.instance_id))
         ranked.reverse()
+        pressure = self._pressure.get(target_model)
+        hot = pressure is not None and pressure.queued >= 0.5
+        if len(holders) >= _MAX_COLD_COPIES and not hot:
+            # A model already on two instances gets a third only when it is hot (its requests
+            # queue for a slot); a busy moment waits at a holder rather than load a copy.
+            mine = sorted(
+                (i for i in ranked if i.instance_id in holders), key=lambda i: i.in_flight
+            )
+            return mine + [i for i in ranked if i.instance_id not in holders]
         # least busy holder first; among equals the rendezvous order, so a model goes back to
         # its home instance when that one returns from a restart
         held = sorted(
@@ -171,7 +185,6 @@ class Router:
         spare = [i for i in ranked if i.instance_id not in chosen and i.in_flight < bound]
         chosen.update(i.instance_id for i in spare)
         rest = [i for i in ranked if i.instance_id not in chosen]
-        pressure = self._pressure.get(target_model)
         if (
             held
             and spare
