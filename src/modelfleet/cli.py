@@ -286,7 +286,9 @@ def instance(
         def watch_parent() -> None:  # the router is gone (even by SIGKILL): do not linger
             while os.getppid() == parent_pid:
                 time.sleep(0.5)
-            os.kill(os.getpid(), 15)
+            os.kill(os.getpid(), 15)  # a graceful stop first
+            time.sleep(15.0)
+            os._exit(1)  # a stuck call or shutdown must not keep an orphan alive
 
         threading.Thread(target=watch_parent, name="modelfleet-parent-watch", daemon=True).start()
     app = create_instance_app(settings, instance_id=instance_id, variant=variant)

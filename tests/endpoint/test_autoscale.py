@@ -78,3 +78,19 @@ def test_a_load_step_scales_out_and_back_in_without_failures(tmp_path: Path) -> 
         assert scaled_in == (1, 1)
     assert len(statuses) > 100
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_autoscaling_bounds_leave_the_instances_alone(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "m0").mkdir(parents=True)
+    (source / MODELS[0]).write_bytes(sklearn_artifact(seed=0, n_features=4, n_trees=2))
+    args = ["--model-source", str(source), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--instances", "2", "--min-instances", "2", "--max-instances", "3"]
+    with process_server(args, log=tmp_path / "server.log") as server:
+        assert count(server.url) == (2, 2)  # each instance runs with min = max = 1 of its own
+        response = httpx.post(
+            f"{server.url}/endpoints/default/invocations",
+            content=ROW,
+            headers={"X-Amzn-SageMaker-Target-Model": MODELS[0], "Content-Type": "text/csv"},
+        )
+        assert response.status_code == 200

@@ -155,6 +155,12 @@ def test_errors_from_an_instance_keep_their_shape(source: Path, tmp_path: Path) 
         assert wrong.status_code == 424
         assert wrong.json()["__type"] == "ModelError"
         assert wrong.json()["OriginalStatusCode"] == 400
+        bare = http.post(  # no Content-Type: CSV, as in process (the router adds none)
+            "/endpoints/default/invocations",
+            content=ROW,
+            headers={"X-Amzn-SageMaker-Target-Model": MODELS[0]},
+        )
+        assert bare.status_code == 200, bare.text
 
 
 def test_a_killed_instance_fails_no_request_and_comes_back(source: Path, tmp_path: Path) -> None:
@@ -340,3 +346,49 @@ def test_admin_view_of_the_in_process_instance(source: Path, tmp_path: Path) -> 
     assert only["pid"] == os.getpid()
     assert sorted(m["name"] for m in only["loaded"]) == sorted(MODELS[:2])
     assert only["hit_ratio"] == pytest.approx(1 / 3)
+
+
+KILLER_MODEL = """
+import os
+
+def model_fn(model_dir):
+    return None
+
+def input_fn(data, content_type):
+    return data
+
+def predict_fn(data, model):
+    if data == b"die":
+        os._exit(1)  # a request that kills whoever serves it
+    return b"ok"
+
+def output_fn(prediction, accept):
+    return prediction, "text/plain"
+"""
+
+
+def test_a_request_that_kills_its_instance_is_retried_once_not_everywhere(
+    tmp_path: Path,
+) -> None:
+    from tests.artifacts import inference_py_artifact
+
+    source = tmp_path / "source"
+    (source / "killer").mkdir(parents=True)
+    (source / "killer" / "model.tar.gz").write_bytes(
+        inference_py_artifact({"inference.py": KILLER_MODEL})
+    )
+    with fleet(source, tmp_path, 3) as server, httpx.Client(base_url=server.url) as http:
+        headers = {"X-Amzn-SageMaker-Target-Model": "killer/model.tar.gz"}
+        url = "/endpoints/default/invocations"
+        assert http.post(url, content=b"fine", headers=headers).status_code == 200
+        deadly = http.post(url, content=b"die", headers=headers)
+        assert deadly.status_code == 503
+        assert deadly.json()["__type"] == "ServiceUnavailable"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            listed = instances(server)
+            if all(i["state"] == "up" for i in listed):
+                break
+            time.sleep(0.1)
+        assert sum(i["restarts"] for i in listed) == 2  # the first try and one retry
+        assert http.post(url, content=b"fine", headers=headers).status_code == 200

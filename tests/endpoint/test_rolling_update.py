@@ -91,3 +91,29 @@ def test_a_rolling_update_under_load_fails_no_request(tmp_path: Path) -> None:
     assert not before & {i["pid"] for i in after}  # every instance was replaced
     assert len(statuses) > 100
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_a_rollout_whose_instances_do_not_come_up_stops_and_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "source"
+    (source / "m0").mkdir(parents=True)
+    (source / MODELS[0]).write_bytes(sklearn_artifact(seed=0, n_features=4, n_trees=2))
+    config = tmp_path / "fleet.toml"
+    config.write_text(config_text(source, tmp_path / "cache", "256MiB", 2))
+    with process_server(["--config", str(config)], log=tmp_path / "server.log") as server:
+        before = {i["pid"] for i in httpx.get(f"{server.url}/admin/instances").json()["instances"]}
+        # a model source that does not exist: new instances cannot start
+        config.write_text(config_text(tmp_path / "missing", tmp_path / "cache", "256MiB", 2))
+        answer = httpx.post(f"{server.url}/admin/reload", timeout=120)
+        assert answer.status_code == 503
+        assert "did not come up" in answer.json()["message"]
+        listed = httpx.get(f"{server.url}/admin/instances").json()["instances"]
+        assert {i["pid"] for i in listed} == before  # the old instances still serve
+        assert all(i["state"] == "up" for i in listed)
+        response = httpx.post(
+            f"{server.url}/endpoints/default/invocations",
+            content=ROW,
+            headers={"X-Amzn-SageMaker-Target-Model": MODELS[0], "Content-Type": "text/csv"},
+        )
+        assert response.status_code == 200

@@ -53,6 +53,14 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
         ("[[endpoints]]\nname='a'\n[[endpoints.variants]]\nname='v'\nbogus=1\n", "bogus"),
         ("[[endpoints]]\nname='a'\nshards=2\n[[endpoints.variants]]\nname='v'\n", "unknown keys"),
         ("[[endpoints]\n", "Cannot read"),
+        ("[[endpoints]]\nname='..'\n[[endpoints.variants]]\nname='v'\n", "letters, digits"),
+        ("[[endpoints]]\nname='a'\n[[endpoints.variants]]\nname='v/w'\n", "letters, digits"),
+        ("[[endpoints]]\nname='a'\n[[endpoints.variants]]\nname='v'\nweight=inf\n", "weight"),
+        (
+            "[[endpoints]]\nname='a'\n[[endpoints.variants]]\nname='v'\ncache_dir='/tmp/x'\n"
+            "[[endpoints.variants]]\nname='w'\ncache_dir='/tmp/x'\n",
+            "share the cache folder",
+        ),
     ],
 )
 def test_config_errors_say_where(tmp_path: Path, text: str, message: str) -> None:

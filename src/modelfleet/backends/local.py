@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -58,11 +59,21 @@ _PASSED_HEADERS = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes
 
 
 class InstanceUnreachableError(ServiceUnavailableError):
-    """The instance did not answer (connection refused or reset): try another one."""
+    """The instance did not answer: try another one. ``sent``: the request had reached it
+    (the connection dropped or timed out mid-request), so it may be what broke the instance,
+    and it is retried once at most."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class InstanceFullError(ServiceUnavailableError):
     """The instance answered 507 (no room for the model even after evicting): try another."""
+
+
+class RolloutError(ServiceUnavailableError):
+    """A rolling update stopped: a new instance did not come up."""
 
 
 class InternalInstanceError(Exception):
@@ -110,11 +121,12 @@ class RemoteInstance:
         except aiohttp.ClientConnectorError as exc:  # refused: the process is gone
             self.state = DOWN  # until its /ping answers again (LocalBackend watches)
             raise InstanceUnreachableError(
-                f"Instance {self.instance_id} did not answer: {type(exc).__name__}"
+                f"Instance {self.instance_id} did not answer: {type(exc).__name__}", sent=False
             ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:  # reset or closed mid-request
             raise InstanceUnreachableError(
-                f"Instance {self.instance_id} dropped the request: {type(exc).__name__}"
+                f"Instance {self.instance_id} dropped the request: {type(exc).__name__}",
+                sent=True,
             ) from exc
         finally:
             self.in_flight -= 1
@@ -218,7 +230,8 @@ class _Child:
             *argv, pass_fds=(fd,), env=self.env, start_new_session=True
         )
         self.instance.pid = self.process.pid
-        self.instance.state = STARTING
+        if not self.removing:
+            self.instance.state = STARTING
 
 
 class LocalBackend:
@@ -232,6 +245,8 @@ class LocalBackend:
         self._children: list[_Child] = []
         self._stopping = False
         self._next_index = 0
+        self.scaling = asyncio.Lock()  # one scaling action at a time (autoscaler, reload)
+        self.on_removed: list[Callable[[str], None]] = []
         # The router routes over this very list: instances added or removed show at once.
         self.instances: list[RemoteInstance] = []
         for _ in range(settings.instances):
@@ -249,8 +264,12 @@ class LocalBackend:
         instance = RemoteInstance(f"{self._id_prefix}{index}", f"http://127.0.0.1:{port}")
         instance.session = self._session
         child_settings = self.settings.model_dump(mode="json")
-        child_settings.update(
-            cache_dir=str(Path(self.settings.cache_dir) / f"instance-{index}"), instances=1
+        child_settings.update(  # one instance: scaling is the router's business
+            cache_dir=str(Path(self.settings.cache_dir) / f"instance-{index}"),
+            instances=1,
+            min_instances=None,
+            max_instances=None,
+            autoscale_target=0.0,
         )
         env = {**os.environ, SETTINGS_ENV: json.dumps(child_settings)}
         child = _Child(instance, sock, env, self.variant)
@@ -262,18 +281,41 @@ class LocalBackend:
     async def replace(self, settings: Settings) -> None:
         """Rolling update to ``settings``: each instance in turn is replaced by a new one (up
         and prewarmed with the models the old one held) before the old one is drained and
-        stopped; then the count is brought to ``settings.instances``."""
-        self.settings = settings
-        for old in [i for i in self.instances if i.state != DRAINING]:
-            held = await old.loaded_models()
-            new = await self.add_instance()
-            if held:
-                await new.prewarm(held)
-            await self.remove_instance(old)
-        await self.resize(settings.instances)
+        stopped; then the count is brought to ``settings.instances``.
+
+        A new instance that does not come up stops the rollout: it is removed, the instances
+        not yet replaced keep serving, and :class:`RolloutError` says so.
+        """
+        async with self.scaling:
+            previous = self.settings
+            self.settings = settings  # what add_instance starts
+            try:
+                for old in [i for i in self.instances if i.state != DRAINING]:
+                    if old not in self.instances or old.state == DRAINING:
+                        continue  # removed meanwhile
+                    held = await old.loaded_models()
+                    new = await self.add_instance()
+                    if new.state != UP:
+                        await self.remove_instance(new, drain_s=0.0)
+                        raise RolloutError(
+                            f"variant {self.variant}: a new instance with the new settings did"
+                            " not come up; the rollout stopped (instances not yet replaced"
+                            " keep the old settings)"
+                        )
+                    if held:
+                        await new.prewarm(held)
+                    await self.remove_instance(old)
+            except BaseException:
+                self.settings = previous
+                raise
+            await self._resize(settings.instances)
 
     async def resize(self, count: int) -> None:
         """Add or remove (newest first, drained) instances until there are ``count``."""
+        async with self.scaling:
+            await self._resize(count)
+
+    async def _resize(self, count: int) -> None:
         active = [i for i in self.instances if i.state != DRAINING]
         if len(active) < count:
             await asyncio.gather(*(self.add_instance() for _ in range(count - len(active))))
@@ -288,15 +330,17 @@ class LocalBackend:
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if child.instance.state == UP:
-                break
+            if child.instance.state == UP or child.instance.restarts >= 2:
+                break  # up, or it keeps crashing: the caller decides
             await asyncio.sleep(0.05)
         return child.instance
 
     async def remove_instance(self, instance: RemoteInstance, *, drain_s: float = 60.0) -> None:
         """Drain ``instance`` (no new requests; those in flight finish, up to ``drain_s``),
         then stop its process and forget it."""
-        child = next(c for c in self._children if c.instance is instance)
+        child = next((c for c in self._children if c.instance is instance), None)
+        if child is None or child.removing:
+            return  # removed already, or being removed
         child.removing = True
         instance.state = DRAINING
         deadline = time.monotonic() + drain_s
@@ -311,6 +355,8 @@ class LocalBackend:
         child.sock.close()
         self._children.remove(child)
         self.instances.remove(instance)
+        for listener in self.on_removed:
+            listener(instance.instance_id)
         if child.cache_dir is not None:  # a removed instance's cache is not reused: free it
             await asyncio.to_thread(shutil.rmtree, child.cache_dir, True)
 
@@ -318,8 +364,13 @@ class LocalBackend:
         """Start every instance; return once each answers ``/ping`` (or failed to start)."""
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
-            skip_auto_headers=("User-Agent",),
+            # An instance answers 429 at invoke_timeout: one silent for much longer is hung.
+            timeout=aiohttp.ClientTimeout(
+                total=self.settings.invoke_timeout + 60.0, sock_connect=5.0
+            ),
+            # No Content-Type of aiohttp's own: a request without one must reach the model
+            # without one (CSV by default), as in process.
+            skip_auto_headers=("User-Agent", "Content-Type"),
         )
         for instance in self.instances:
             instance.session = self._session
@@ -406,11 +457,12 @@ class LocalBackend:
                     healthy = response.status == 200
             except (aiohttp.ClientError, TimeoutError):
                 healthy = False
+            if instance.state == DRAINING:
+                await asyncio.sleep(_HEALTH_INTERVAL_S)  # being removed: no new requests
+                continue
             if healthy and instance.state != UP:
                 logger.info("instance %s up at %s", instance.instance_id, instance.url)
-            if instance.state == DRAINING:
-                pass  # being removed: it takes no new requests, healthy or not
-            elif healthy:
+            if healthy:
                 instance.state = UP
             elif instance.state == UP:
                 instance.state = DOWN

@@ -117,6 +117,9 @@ class EndpointServer:
             randomly=self.settings.routing == "random",
             weights={v.name: v.weight for v in config.variants},
         )
+        for backend in backends.values():
+            assert isinstance(backend, LocalBackend)
+            backend.on_removed.append(router.forget_instance)
         # The router's own series (invocations, errors, overhead) carry instance="router".
         metrics = {
             v.name: Metrics(endpoint=config.name, variant=v.name, instance="router")
@@ -141,11 +144,13 @@ class EndpointServer:
             for endpoint in self.endpoints.values()
             if any(isinstance(b, LocalBackend) for b in endpoint.backends.values())
         ]
+        # Every local variant gets an autoscaler; it acts while its settings (reloaded ones
+        # included) have an autoscale_target.
         retire += [
             asyncio.create_task(Autoscaler(endpoint.router, name, backend).run())
             for endpoint in self.endpoints.values()
             for name, backend in endpoint.backends.items()
-            if isinstance(backend, LocalBackend) and backend.settings.autoscale_target > 0
+            if isinstance(backend, LocalBackend)
         ]
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[Any]] = set()
@@ -209,6 +214,9 @@ class EndpointServer:
             )
         except Exception as exc:
             response = error_response(exc, RUNTIME_ERRORS, request_id=request_id)
+            variant = getattr(exc, "variant", None)
+            if endpoint is not None and variant in endpoint.metrics:
+                metrics = endpoint.metrics[variant]  # the variant that failed it
             if metrics is not None:
                 metrics.invocations.inc()
                 if response.status_code >= 500:

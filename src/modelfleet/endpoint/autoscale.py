@@ -21,6 +21,7 @@ import math
 import time
 
 from modelfleet.backends.local import DRAINING, LocalBackend, RemoteInstance
+from modelfleet.config import Settings
 from modelfleet.endpoint.router import Router, rendezvous_score
 
 logger = logging.getLogger(__name__)
@@ -35,18 +36,26 @@ class Autoscaler:
         self.router = router
         self.variant = variant
         self.backend = backend
-        self.settings = backend.settings
         self._samples: collections.deque[tuple[float, int, dict[str, int]]] = collections.deque()
         self._last_seen = 0
         self._scaled_out_at = -math.inf
         self._scaled_at = -math.inf
         self._started = time.monotonic()
 
+    @property
+    def settings(self) -> Settings:
+        return self.backend.settings  # a reload may change them
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.settings.autoscale_interval)
+            if not self.settings.autoscale_target:
+                self.router.track_recent = False
+                continue
+            self.router.track_recent = True
             try:
-                await self.evaluate()
+                async with self.backend.scaling:  # not beside a rolling update
+                    await self.evaluate()
             except Exception:  # a failed step must not end autoscaling
                 logger.exception("autoscaling variant %s failed", self.variant)
 

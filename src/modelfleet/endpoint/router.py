@@ -46,6 +46,8 @@ DEFAULT_VARIANT = "AllTraffic"
 _LOAD_FACTOR = 2.0
 _GROW_INTERVAL_S = 1.0  # one new copy of a model per second at most
 _MAX_COLD_COPIES = 2  # copies a model may get from the load bound alone (more: it is hot)
+_MAX_DROPPED = 1  # a request an instance dropped mid-way is retried once, not on every instance
+_FORGET_AFTER_S = 3600.0  # what the router knows of a model unused this long is dropped
 
 
 class Instance(Protocol):
@@ -86,7 +88,7 @@ class _Pressure:
     __slots__ = ("grown_at", "queued")
 
     def __init__(self) -> None:
-        self.queued = 1.0
+        self.queued = 0.0
         self.grown_at = 0.0
 
     def observe(self, queued: bool) -> None:
@@ -135,6 +137,7 @@ class Router:
         # per variant: requests served, and per model since the autoscaler last looked
         self.served: dict[str, int] = dict.fromkeys(variants, 0)
         self.recent: dict[str, dict[str, int]] = {name: {} for name in variants}
+        self.track_recent = False  # per-model counts, kept only for an autoscaler's prewarm
 
     def set_weights(self, weights: dict[str, float]) -> None:
         """New traffic shares (a config reload); variants left out or at 0 get no draws."""
@@ -209,7 +212,11 @@ class Router:
         """
         now = time.monotonic()
         idle = []
+        stale = []
         for model, holders in self._holders.items():
+            if now - max(holders.values(), default=0.0) > _FORGET_AFTER_S:
+                stale.append(model)  # bounded memory: the instances evict it by now anyway
+                continue
             if len(holders) < 2:
                 continue
             latest = max(holders, key=holders.__getitem__)
@@ -217,6 +224,8 @@ class Router:
                 if instance_id != latest and now - used > idle_s:
                     del holders[instance_id]
                     idle.append((model, instance_id))
+        for model in stale:
+            del self._holders[model]
         return idle
 
     def _note_queueing(self, target_model: str, result: InvokeResult) -> None:
@@ -231,7 +240,7 @@ class Router:
             del self._pressure[target_model]
 
     def forget_instance(self, instance_id: str) -> None:
-        """Drop what the router learned about ``instance_id`` (it went down or restarted)."""
+        """Drop what the router learned about ``instance_id`` (it was removed)."""
         for holders in self._holders.values():
             holders.pop(instance_id, None)
 
@@ -246,11 +255,31 @@ class Router:
         target_variant: str | None,
     ) -> Routed:
         variant = self.pick_variant(target_variant)
+        try:
+            return await self._invoke(
+                variant, target_model, body, content_type, accept, custom_attributes
+            )
+        except Exception as exc:
+            exc.variant = variant  # type: ignore[attr-defined]  # for the endpoint's metrics
+            raise
+
+    async def _invoke(
+        self,
+        variant: str,
+        target_model: str,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        custom_attributes: str | None,
+    ) -> Routed:
         candidates = self.candidates(target_model, self.variants[variant])
         if not candidates:
             raise ServiceUnavailableError(f"Variant '{variant}' has no instance running.")
         failure: BaseException | None = None
+        dropped = 0  # requests that reached an instance and got no answer
         for instance in candidates:
+            if failure is not None and not instance.available():
+                continue  # went down or started draining meanwhile
             try:
                 result = await instance.invoke(
                     target_model,
@@ -261,12 +290,17 @@ class Router:
                 )
             except self._retry_on as exc:
                 failure = exc
+                if getattr(exc, "sent", False):
+                    dropped += 1
+                    if dropped > _MAX_DROPPED:  # the request may be what kills instances
+                        break
                 continue
             self._holders.setdefault(target_model, {})[instance.instance_id] = time.monotonic()
             self._note_queueing(target_model, result)
             self.served[variant] += 1
-            recent = self.recent[variant]
-            recent[target_model] = recent.get(target_model, 0) + 1
+            if self.track_recent:
+                recent = self.recent[variant]
+                recent[target_model] = recent.get(target_model, 0) + 1
             return Routed(result=result, variant=variant, instance_id=instance.instance_id)
         raise ServiceUnavailableError(
             f"No instance of variant '{variant}' could take the request: {failure}"

@@ -11,6 +11,7 @@ applies to its instances (``instances``, ``model_source``, ``memory_limit``, ``d
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,10 @@ from modelfleet.config import Settings
 from modelfleet.errors import ValidationError
 
 _ROUTER_ONLY = {"host", "port", "endpoint_name", "routing", "copy_idle_timeout"}
+# SageMaker's rule for endpoint and variant names (they also name cache folders)
+_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+_NAME_RULE = "must be 1-63 letters, digits and hyphens, starting and ending with a letter or digit."
+_MAX_WEIGHT = 1e6
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,8 @@ def load_config(path: Path, overrides: dict[str, Any]) -> tuple[Settings, list[E
         table = dict(table)
         name = table.pop("name", None)
         variants = table.pop("variants", None)
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{where} needs a name.")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigError(f"{where}: name {name!r} {_NAME_RULE}")
         if table:
             raise ConfigError(f"{where} ({name}): unknown keys {sorted(table)}.")
         if not isinstance(variants, list) or not variants:
@@ -82,6 +87,16 @@ def load_config(path: Path, overrides: dict[str, Any]) -> tuple[Settings, list[E
     names = [e.name for e in declared]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: endpoint names repeat: {names}.")
+    folders: dict[Path, str] = {}
+    for endpoint in declared:
+        for variant in endpoint.variants:
+            folder = Path(variant.settings.cache_dir).resolve()
+            other = folders.setdefault(folder, f"{endpoint.name}/{variant.name}")
+            if other != f"{endpoint.name}/{variant.name}":
+                raise ConfigError(
+                    f"{path}: {other} and {endpoint.name}/{variant.name} share the cache folder"
+                    f" {folder}; each variant needs its own."
+                )
     return router, declared
 
 
@@ -93,10 +108,14 @@ def _variant(
     table = dict(table)
     name = table.pop("name", None)
     weight = table.pop("weight", 1.0)
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where} needs a name.")
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-        raise ConfigError(f"{where} ({name}): weight must be a number >= 0.")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"{where}: name {name!r} {_NAME_RULE}")
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not 0 <= weight <= _MAX_WEIGHT
+    ):
+        raise ConfigError(f"{where} ({name}): weight must be a number from 0 to {_MAX_WEIGHT}.")
     misplaced = sorted(_ROUTER_ONLY & set(table))
     if misplaced:
         raise ConfigError(f"{where} ({name}): {misplaced} are router settings (top level).")

@@ -39,7 +39,7 @@ from modelfleet.edge import (
     request_id_var,
     target_model_var,
 )
-from modelfleet.errors import ModelfleetError, ValidationError
+from modelfleet.errors import ModelfleetError, ModelTooLargeError, ValidationError
 from modelfleet.instance.manager import ModelManager
 from modelfleet.instance.state import InvokeResult, ModelInfo
 
@@ -144,13 +144,17 @@ async def _invoke(request: Request, manager: ModelManager) -> Response:
         raise ValidationError("The X-Amzn-SageMaker-Target-Model header is required.")
     target_model_var.set(target)
     body = await read_body(request, manager.settings.max_body_size)
-    result = await manager.invoke(
-        target,
-        body,
-        content_type=request.headers.get("content-type"),
-        accept=request.headers.get("accept"),
-        custom_attributes=request.headers.get("x-amzn-sagemaker-custom-attributes"),
-    )
+    try:
+        result = await manager.invoke(
+            target,
+            body,
+            content_type=request.headers.get("content-type"),
+            accept=request.headers.get("accept"),
+            custom_attributes=request.headers.get("x-amzn-sagemaker-custom-attributes"),
+        )
+    except ModelTooLargeError as exc:
+        # It can never fit any instance: a 400 for the caller, not a 507 the router retries.
+        raise ValidationError(exc.message) from exc
     manager.metrics.invocations_per_instance.inc()  # the router's requests, counted here
     response = _prediction_response(result)
     response.headers["x-modelfleet-cache-hit"] = "1" if result.cache_hit else "0"

@@ -17,6 +17,10 @@ INLINE_AFTER_CALLS = 8  # calls measured on the pool before a model may run inli
 # (a sleep, I/O, other threads) that its own CPU time does not show.
 _INLINE_STALL = 10.0
 _INLINE_SLOW = 2.0
+_CLEAN_INLINE_CALLS = 1000  # inline calls without a stall that halve the probation again
+# At most this many pool calls before another inline try: a fast model that stalled by bad luck
+# comes back soon; a model that truly waits stalls the loop once per this many calls.
+_MAX_PROBATION = 4096
 
 Entry = MemoryEntry["Resident"]
 
@@ -66,8 +70,11 @@ class Resident:
             if wall_s > _INLINE_STALL * inline_max_s or slow:
                 self.inline = False
                 self.pool_calls, self.inline_calls = 0, 0
-                self.pool_calls_needed = min(self.pool_calls_needed * 4, 1 << 20)
+                self.pool_calls_needed = min(self.pool_calls_needed * 4, _MAX_PROBATION)
                 return
+            elif self.inline_calls % _CLEAN_INLINE_CALLS == 0 and self.pool_calls_needed > 1:
+                # clean inline calls earn back trust lost to a stall (a GC pause, a throttle)
+                self.pool_calls_needed = max(INLINE_AFTER_CALLS, self.pool_calls_needed // 2)
         else:
             self.pool_calls += 1
         self.inline = (
