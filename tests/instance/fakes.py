@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import modelfleet.instance.loader as loader_mod
-import modelfleet.instance.manager as manager_mod
 import modelfleet.instance.pressure as pressure_mod
+import modelfleet.instance.runner as runner_mod
 from modelfleet.errors import ModelNotFoundError
 from modelfleet.handlers.base import LoadedModel, Prediction
 from modelfleet.instance.manager import ModelManager
@@ -123,7 +123,7 @@ class Harness:
 
     def gate_inference(self, manager: ModelManager) -> list[asyncio.Event]:
         """Make each inference call wait on its own asyncio event, then run inline."""
-        real = manager_mod.run_blocking
+        real = runner_mod.run_blocking
         gates: list[asyncio.Event] = []
 
         async def gated(pool: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -134,7 +134,7 @@ class Harness:
                 return fn(*args, **kwargs)
             return await real(pool, fn, *args, **kwargs)
 
-        self.monkeypatch.setattr(manager_mod, "run_blocking", gated)
+        self.monkeypatch.setattr(runner_mod, "run_blocking", gated)  # where inference runs
         return gates
 
 

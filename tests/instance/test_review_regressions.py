@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import modelfleet.instance.manager as manager_mod
+import modelfleet.instance.runner as runner_mod
 from modelfleet.errors import (
     CapacityError,
     DiskFullError,
@@ -233,7 +234,8 @@ async def admission_race(harness: Harness, make_manager: Any) -> tuple[ModelMana
             return fn(*args, **kwargs)
         return await real(pool, fn, *args, **kwargs)
 
-    harness.monkeypatch.setattr(manager_mod, "run_blocking", gated)
+    harness.monkeypatch.setattr(manager_mod, "run_blocking", gated)  # loads
+    harness.monkeypatch.setattr(runner_mod, "run_blocking", gated)  # inference
     # "w" is loaded and busy (pinned) in a call.
     busy = asyncio.create_task(invoke(manager, "w"))
     await spin(lambda: len(inference_gates) == 1)

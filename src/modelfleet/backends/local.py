@@ -4,9 +4,7 @@ Each instance is ``python -m modelfleet instance``: its own process, its own cac
 (``<cache_dir>/instance-<i>``) and the per-instance budgets of the settings. The router creates
 each instance's listening socket on 127.0.0.1 and hands it down as an inherited file descriptor,
 so an instance keeps its address when it is restarted and no port is ever raced for. The router
-talks to the instances over pooled keep-alive HTTP connections (modelfleet's whole-path
-``POST /invocations`` of the instance API) with aiohttp's client: its C parser costs ~0.1 ms a
-request where httpx (pure-Python h11) cost ~1.4 ms and capped a router at ~650 requests/s.
+talks to the instances over pooled keep-alive HTTP connections (:mod:`.remote`).
 
 Supervision: a crashed instance is marked down at once (its in-flight requests fail over to
 another instance), restarted after a backoff (0.5 s, doubling to 10 s, reset after 30 s up),
@@ -30,24 +28,33 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
-from modelfleet.config import Settings
-from modelfleet.errors import (
-    ModelError,
-    ModelNotReadyError,
-    ServiceUnavailableError,
-    ValidationError,
+from modelfleet.backends.remote import (
+    DOWN,
+    DRAINING,
+    STARTING,
+    UP,
+    InstanceFullError,
+    InstanceUnreachableError,
+    RemoteInstance,
+    RolloutError,
 )
-from modelfleet.handlers.base import Prediction
+from modelfleet.config import Settings
 from modelfleet.instance.server import SETTINGS_ENV
-from modelfleet.instance.state import InvokeResult
+
+__all__ = [
+    "DRAINING",
+    "InstanceFullError",
+    "InstanceUnreachableError",
+    "LocalBackend",
+    "RemoteInstance",
+    "RolloutError",
+]
 
 logger = logging.getLogger(__name__)
 
-UP, STARTING, DOWN, DRAINING = "up", "starting", "down", "draining"
 _READY_TIMEOUT_S = 120.0
 _HEALTH_INTERVAL_S = 1.0
 _BACKOFF_S = (0.5, 10.0)
@@ -55,155 +62,6 @@ _STOP_GRACE_S = 10.0
 # Idle pooled connections are dropped before the instance's own keep-alive timeout (75 s,
 # set by ``modelfleet instance``), so a request never meets a connection the instance closes.
 _KEEPALIVE_S = 60.0
-_PASSED_HEADERS = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")
-
-
-class InstanceUnreachableError(ServiceUnavailableError):
-    """The instance did not answer: try another one. ``sent``: the request had reached it
-    (the connection dropped or timed out mid-request), so it may be what broke the instance,
-    and it is retried once at most."""
-
-    def __init__(self, message: str, *, sent: bool) -> None:
-        super().__init__(message)
-        self.sent = sent
-
-
-class InstanceFullError(ServiceUnavailableError):
-    """The instance answered 507 (no room for the model even after evicting): try another."""
-
-
-class RolloutError(ServiceUnavailableError):
-    """A rolling update stopped: a new instance did not come up."""
-
-
-class InternalInstanceError(Exception):
-    """The instance answered InternalFailure: a bug there, reported as one here."""
-
-
-class RemoteInstance:
-    """An instance process reached over HTTP."""
-
-    def __init__(self, instance_id: str, url: str) -> None:
-        self.instance_id = instance_id
-        self.url = url
-        self.state = STARTING
-        self.pid: int | None = None
-        self.in_flight = 0
-        self.restarts = 0
-        self.session: aiohttp.ClientSession | None = None  # set by LocalBackend.start
-
-    def available(self) -> bool:
-        return self.state == UP
-
-    async def invoke(
-        self,
-        target_model: str,
-        body: bytes,
-        *,
-        content_type: str | None,
-        accept: str | None,
-        custom_attributes: str | None,
-    ) -> InvokeResult:
-        headers = {"x-amzn-sagemaker-target-model": target_model}
-        for name, value in zip(
-            _PASSED_HEADERS, (content_type, accept, custom_attributes), strict=True
-        ):
-            if value is not None:
-                headers[name] = value
-        assert self.session is not None, "LocalBackend.start() was not called"
-        self.in_flight += 1
-        try:
-            async with self.session.post(
-                f"{self.url}/invocations", data=body, headers=headers
-            ) as response:
-                status, answer = response.status, await response.read()
-                reply = response.headers
-        except aiohttp.ClientConnectorError as exc:  # refused: the process is gone
-            self.state = DOWN  # until its /ping answers again (LocalBackend watches)
-            raise InstanceUnreachableError(
-                f"Instance {self.instance_id} did not answer: {type(exc).__name__}", sent=False
-            ) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:  # reset or closed mid-request
-            raise InstanceUnreachableError(
-                f"Instance {self.instance_id} dropped the request: {type(exc).__name__}",
-                sent=True,
-            ) from exc
-        finally:
-            self.in_flight -= 1
-        if status == 200:
-            prediction = Prediction(
-                answer,
-                reply.get("content-type", "application/octet-stream"),
-                reply.get("x-amzn-sagemaker-custom-attributes"),
-            )
-            return InvokeResult(
-                prediction,
-                cache_hit=reply.get("x-modelfleet-cache-hit") == "1",
-                model_latency_s=float(reply.get("x-modelfleet-model-latency", 0.0)),
-                queued=reply.get("x-modelfleet-queued") == "1",
-            )
-        raise _error_from(self.instance_id, status, answer, reply.get("x-amzn-errortype", ""))
-
-    async def loaded_models(self) -> list[str]:
-        """The target models loaded on the instance now (empty if it cannot say)."""
-        assert self.session is not None, "LocalBackend.start() was not called"
-        try:
-            async with self.session.get(f"{self.url}/admin/instance") as response:
-                if response.status != 200:
-                    return []
-                answer = await response.json()
-                return [str(m["name"]) for m in answer.get("loaded", [])]
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
-            return []
-
-    async def prewarm(self, target_models: list[str]) -> int:
-        """Have the instance fetch and load ``target_models``; how many it loaded."""
-        assert self.session is not None, "LocalBackend.start() was not called"
-        try:
-            async with self.session.post(
-                f"{self.url}/admin/prewarm", json={"models": target_models}
-            ) as response:
-                if response.status != 200:
-                    return 0
-                answer = await response.json()
-                return int(answer.get("loaded", 0))
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return 0
-
-    async def unload(self, target_model: str) -> bool:
-        """UnloadModel on this instance; True if it was loaded there (404 is not an error)."""
-        assert self.session is not None, "LocalBackend.start() was not called"
-        url = f"{self.url}/models/{quote(target_model)}"
-        try:
-            async with self.session.delete(url) as response:
-                await response.read()
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-
-
-def _error_from(instance_id: str, status: int, answer: bytes, error_type: str) -> Exception:
-    """The modelfleet error an instance's error answer stands for (shapes of edge.py)."""
-    try:
-        body: dict[str, Any] = json.loads(answer)
-    except ValueError:
-        body = {}
-    kind = body.get("__type") or error_type
-    message = str(body.get("message", f"instance {instance_id} answered {status}"))
-    if kind == "ModelError":
-        return ModelError(
-            str(body.get("OriginalMessage", message)),
-            original_status_code=int(body.get("OriginalStatusCode", status)),
-        )
-    if kind == "ValidationError":
-        return ValidationError(message)
-    if kind == "ModelNotReadyException":
-        return ModelNotReadyError(message)
-    if kind == "InsufficientStorage" or status == 507:
-        return InstanceFullError(message)
-    if kind == "ServiceUnavailable":
-        return ServiceUnavailableError(message)
-    return InternalInstanceError(f"instance {instance_id}: {message}")
 
 
 class _Child:

@@ -35,7 +35,6 @@ from modelfleet.errors import (
     OutOfMemoryError,
     ValidationError,
 )
-from modelfleet.handlers.base import Prediction
 from modelfleet.instance.downloader import Downloader
 from modelfleet.instance.loader import Loader, folder_size
 from modelfleet.instance.pools import (
@@ -44,6 +43,7 @@ from modelfleet.instance.pools import (
     run_blocking,
 )
 from modelfleet.instance.pressure import MemoryPressure
+from modelfleet.instance.runner import Runner
 from modelfleet.instance.state import (
     Entry,
     Flight,
@@ -59,7 +59,6 @@ from modelfleet.source import ModelSource, validate_target_model
 logger = logging.getLogger(__name__)
 
 _MAX_LOAD_ROUNDS = 3
-_INLINE_MAX_BODY_BYTES = 64 * 1024  # larger bodies always go to the pool
 
 
 class ModelManager:
@@ -82,9 +81,7 @@ class ModelManager:
             settings.memory_limit, make_policy(settings.eviction_policy), clock=clock
         )
         self._cache_enabled = settings.model_cache is ModelCacheSetting.ENABLED
-        self._inline_max_s = settings.inline_inference_ms / 1000.0
         self._pending: dict[str, Flight] = {}
-        self._on_pool = 0  # inference calls submitted to the pool and not finished
         self.hits = 0  # invocations that found their model loaded (ModelCacheHit = 1)
         self.misses = 0
         self._states: dict[str, ModelState] = {}
@@ -103,6 +100,12 @@ class ModelManager:
         )
         self._watcher: asyncio.Task[None] | None = None
         self.loader = Loader(handler=settings.handler, walk_trees=settings.walk_trees)
+        self.runner = Runner(
+            inline_max_s=settings.inline_inference_ms / 1000.0,
+            pools=lambda: self.pools,
+            release=self._release,
+            metrics=metrics,
+        )
         self._room = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -172,7 +175,7 @@ class ModelManager:
             started = time.perf_counter()
             entry = await self._wait_loaded(target_model)
             self.metrics.model_loading_wait_time.observe(time.perf_counter() - started)
-        return await self._run(entry, body, content_type, accept, custom_attributes, hit)
+        return await self.runner.run(entry, body, content_type, accept, custom_attributes, hit)
 
     async def _wait_loaded(self, target_model: str) -> Entry:
         """The model, loaded and pinned once for the caller."""
@@ -231,87 +234,6 @@ class ModelManager:
             logger.warning("loading %s failed: %s", name, exc)
         elif not self._cache_enabled and flight.prepins == 0 and flight.entry is not None:
             self.unloader.discard(flight.entry)  # every caller gave up: nobody will use it
-
-    async def _run(
-        self,
-        entry: Entry,
-        body: bytes,
-        content_type: str | None,
-        accept: str | None,
-        custom_attributes: str | None,
-        hit: bool,
-    ) -> InvokeResult:
-        """Run inference on ``entry``, which the caller pinned; the pin is released here.
-
-        Inference normally runs on the inference pool. A model whose calls average at most
-        ``inline_inference_ms`` runs on the event loop instead, for bodies up to 64 KiB: for
-        sub-millisecond models the thread hop costs more than the model (about a quarter of
-        the throughput of a small forest), while the loop is held no longer than it would be
-        by parsing the request. A model that slows down, or that holds the loop longer than its
-        CPU time showed (it sleeps or waits), goes back to the pool (``Resident.observe``).
-        """
-        resident = entry.value
-        started = time.perf_counter()
-        # Never inline beside a pool call of the same model: a model that serialises its
-        # calls (inference.py) would make the event loop wait for that call.
-        inline = resident.inline and resident.on_pool == 0 and len(body) <= _INLINE_MAX_BODY_BYTES
-        limit = resident.model.concurrency
-        queued = not inline and (
-            self._on_pool >= self.pools.inference_workers
-            or (limit is not None and resident.on_pool >= limit)
-        )
-        if inline:
-            try:
-                prediction, cpu_s, wall_s = resident.timed_invoke(
-                    body, content_type, accept, custom_attributes
-                )
-            finally:
-                self._release(entry)
-        else:
-            call = asyncio.ensure_future(
-                run_blocking(
-                    self.pools.inference,
-                    resident.timed_invoke,
-                    body,
-                    content_type,
-                    accept,
-                    custom_attributes,
-                )
-            )
-            resident.on_pool += 1
-            self._on_pool += 1
-            try:
-                prediction, cpu_s, wall_s = await asyncio.shield(call)
-            except asyncio.CancelledError:
-                # The worker thread runs on: keep the pin until it returns.
-                call.add_done_callback(lambda done: self._release_after(entry, done))
-                raise
-            except BaseException:
-                resident.on_pool -= 1
-                self._on_pool -= 1
-                self._release(entry)
-                raise
-            resident.on_pool -= 1
-            self._on_pool -= 1
-            self._release(entry)
-        latency = time.perf_counter() - started
-        resident.observe(cpu_s, wall_s, self._inline_max_s, inline=inline)
-        self.metrics.model_latency.observe(latency)
-        return InvokeResult(
-            prediction=prediction,
-            cache_hit=hit,
-            model_latency_s=latency,
-            queued=queued,
-        )
-
-    def _release_after(
-        self, entry: Entry, done: asyncio.Future[tuple[Prediction, float, float]]
-    ) -> None:
-        if not done.cancelled():
-            done.exception()  # retrieved: the caller is gone
-        entry.value.on_pool -= 1
-        self._on_pool -= 1
-        self._release(entry)
 
     def _release(self, entry: Entry) -> None:
         entry.pins -= 1
@@ -485,7 +407,7 @@ class ModelManager:
             raise ModelNotLoadedError(name)
         entry.pins += 1
         self.metrics.model_cache_hit.inc()
-        return await self._run(entry, body, content_type, accept, custom_attributes, True)
+        return await self.runner.run(entry, body, content_type, accept, custom_attributes, True)
 
     def describe(self, name: str) -> ModelInfo:
         """GetModel: the loaded model ``name``."""

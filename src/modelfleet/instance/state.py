@@ -40,7 +40,7 @@ class Resident:
     from_source: bool
     latency_ewma_s: float = 0.0
     calls: int = 0
-    inline: bool = False  # fast enough to run on the event loop (see ModelManager._run)
+    inline: bool = False  # fast enough to run on the event loop (see instance/runner.py)
     on_pool: int = 0  # calls of this model on the inference pool now
     pool_calls: int = 0  # calls on the pool since the model was loaded or last sent back there
     pool_calls_needed: int = INLINE_AFTER_CALLS

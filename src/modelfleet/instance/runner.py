@@ -1,0 +1,110 @@
+"""Where one inference call runs: on the event loop (inline) or on the inference pool.
+
+Inference normally runs on the inference pool. A model whose calls average at most
+``inline_inference_ms`` runs on the event loop instead, for bodies up to 64 KiB: for
+sub-millisecond models the thread hop costs more than the model (about a quarter of the
+throughput of a small forest), while the loop is held no longer than it would be by parsing the
+request. A model that slows down, or that holds the loop longer than its CPU time showed (it
+sleeps or waits), goes back to the pool (:meth:`~modelfleet.instance.state.Resident.observe`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from modelfleet.handlers.base import Prediction
+from modelfleet.instance.pools import Pools, run_blocking
+from modelfleet.instance.state import Entry, InvokeResult
+from modelfleet.metrics import Metrics
+
+_INLINE_MAX_BODY_BYTES = 64 * 1024  # larger bodies always go to the pool
+
+
+class Runner:
+    """Runs inference on pinned entries and releases their pins (through ``release``)."""
+
+    def __init__(
+        self,
+        *,
+        inline_max_s: float,
+        pools: Callable[[], Pools],
+        release: Callable[[Entry], None],
+        metrics: Metrics,
+    ) -> None:
+        self._inline_max_s = inline_max_s
+        self._pools = pools
+        self._release = release
+        self._metrics = metrics
+        self._on_pool = 0  # inference calls submitted to the pool and not finished
+
+    async def run(
+        self,
+        entry: Entry,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        custom_attributes: str | None,
+        hit: bool,
+    ) -> InvokeResult:
+        """Run inference on ``entry``, which the caller pinned; the pin is released here."""
+        resident = entry.value
+        started = time.perf_counter()
+        # Never inline beside a pool call of the same model: a model that serialises its
+        # calls (inference.py) would make the event loop wait for that call.
+        inline = resident.inline and resident.on_pool == 0 and len(body) <= _INLINE_MAX_BODY_BYTES
+        limit = resident.model.concurrency
+        pools = self._pools()
+        queued = not inline and (
+            self._on_pool >= pools.inference_workers
+            or (limit is not None and resident.on_pool >= limit)
+        )
+        if inline:
+            try:
+                prediction, cpu_s, wall_s = resident.timed_invoke(
+                    body, content_type, accept, custom_attributes
+                )
+            finally:
+                self._release(entry)
+        else:
+            call = asyncio.ensure_future(
+                run_blocking(
+                    pools.inference,
+                    resident.timed_invoke,
+                    body,
+                    content_type,
+                    accept,
+                    custom_attributes,
+                )
+            )
+            resident.on_pool += 1
+            self._on_pool += 1
+            try:
+                prediction, cpu_s, wall_s = await asyncio.shield(call)
+            except asyncio.CancelledError:
+                # The worker thread runs on: keep the pin until it returns.
+                call.add_done_callback(lambda done: self._release_after(entry, done))
+                raise
+            except BaseException:
+                self._off_pool(entry)
+                raise
+            self._off_pool(entry)
+        latency = time.perf_counter() - started
+        resident.observe(cpu_s, wall_s, self._inline_max_s, inline=inline)
+        self._metrics.model_latency.observe(latency)
+        return InvokeResult(
+            prediction=prediction, cache_hit=hit, model_latency_s=latency, queued=queued
+        )
+
+    def _off_pool(self, entry: Entry) -> None:
+        entry.value.on_pool -= 1
+        self._on_pool -= 1
+        self._release(entry)
+
+    def _release_after(
+        self, entry: Entry, done: asyncio.Future[tuple[Prediction, float, float]]
+    ) -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved: the caller is gone
+        self._off_pool(entry)
