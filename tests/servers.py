@@ -152,3 +152,31 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def keep_invoking(
+    url: str,
+    models: list[str],
+    body: bytes,
+    statuses: list[int],
+    stop: threading.Event,
+    *,
+    pause_s: float = 0.0,
+    limit: int = 50_000,
+) -> None:
+    """One client (run it in a thread): invoke ``models`` in turn on the endpoint at ``url``,
+    appending each status, until ``stop`` is set or ``limit`` requests were made."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        index = 0
+        while not stop.is_set() and len(statuses) < limit:
+            response = http.post(
+                "/endpoints/default/invocations",
+                content=body,
+                headers={
+                    "X-Amzn-SageMaker-Target-Model": models[index % len(models)],
+                    "Content-Type": "text/csv",
+                },
+            )
+            statuses.append(response.status_code)
+            index += 1
+            time.sleep(pause_s)

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from tests.artifacts import features, sklearn_artifact
-from tests.servers import process_server
+from tests.servers import keep_invoking, process_server
 
 ROW = ",".join(f"{v:.4f}" for v in features(1, 1, 4)[0]).encode()
 MODELS = [f"m{i}/model.tar.gz" for i in range(6)]
@@ -36,20 +36,7 @@ def test_a_load_step_scales_out_and_back_in_without_failures(tmp_path: Path) -> 
         assert count(server.url) == (1, 1)
 
         def drive(stop: threading.Event, pause_s: float) -> None:
-            with httpx.Client(base_url=server.url, timeout=60) as http:
-                index = 0
-                while not stop.is_set() and len(statuses) < 20_000:
-                    response = http.post(
-                        "/endpoints/default/invocations",
-                        content=ROW,
-                        headers={
-                            "X-Amzn-SageMaker-Target-Model": MODELS[index % len(MODELS)],
-                            "Content-Type": "text/csv",
-                        },
-                    )
-                    statuses.append(response.status_code)
-                    index += 1
-                    time.sleep(pause_s)
+            keep_invoking(server.url, MODELS, ROW, statuses, stop, pause_s=pause_s, limit=20_000)
 
         # A load step: 4 clients without pause, far above 300 per instance per minute.
         stop = threading.Event()

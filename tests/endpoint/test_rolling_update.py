@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.artifacts import features, sklearn_artifact
-from tests.servers import process_server
+from tests.servers import keep_invoking, process_server
 
 ROW = ",".join(f"{v:.4f}" for v in features(1, 1, 4)[0]).encode()
 MODELS = [f"m{i}/model.tar.gz" for i in range(4)]
@@ -46,19 +46,7 @@ def test_a_rolling_update_under_load_fails_no_request(tmp_path: Path) -> None:
     with process_server(["--config", str(config)], log=tmp_path / "server.log") as server:
 
         def drive() -> None:
-            with httpx.Client(base_url=server.url, timeout=60) as http:
-                index = 0
-                while not stop.is_set() and len(statuses) < 50_000:
-                    response = http.post(
-                        "/endpoints/default/invocations",
-                        content=ROW,
-                        headers={
-                            "X-Amzn-SageMaker-Target-Model": MODELS[index % len(MODELS)],
-                            "Content-Type": "text/csv",
-                        },
-                    )
-                    statuses.append(response.status_code)
-                    index += 1
+            keep_invoking(server.url, MODELS, ROW, statuses, stop)
 
         def view() -> list[dict[str, object]]:
             listed: list[dict[str, object]] = httpx.get(f"{server.url}/admin/instances").json()[
