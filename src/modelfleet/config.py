@@ -176,6 +176,10 @@ class Settings(BaseSettings):
     autoscale_window: float = Field(default=60.0, gt=0.0)
     """Seconds of traffic the invocations-per-minute figure averages over."""
 
+    hang_timeout: PositiveFloat = 30.0
+    """With several instances: seconds an instance that was up may fail its health checks (its
+    process alive) before the router kills it, to be restarted."""
+
     copy_idle_timeout: PositiveFloat = 30.0
     """With several instances: seconds an extra copy of a model (on more instances than its
     home) may serve nothing before the router unloads it."""

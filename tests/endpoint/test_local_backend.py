@@ -392,3 +392,34 @@ def test_a_request_that_kills_its_instance_is_retried_once_not_everywhere(
             time.sleep(0.1)
         assert sum(i["restarts"] for i in listed) == 2  # the first try and one retry
         assert http.post(url, content=b"fine", headers=headers).status_code == 200
+
+
+def test_a_hung_instance_is_killed_and_restarted(source: Path, tmp_path: Path) -> None:
+    args = ["--model-source", str(source), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--instances", "2", "--log-level", "warning"]
+    env = {"MODELFLEET_HANG_TIMEOUT": "2"}
+    log = tmp_path / "server.log"
+    with (
+        process_server(args, env=env, log=log) as server,
+        httpx.Client(base_url=server.url, timeout=60) as http,
+    ):
+        for model in MODELS:
+            assert invoke(http, model).status_code == 200
+        victim = instances(server)[0]
+        os.kill(victim["pid"], signal.SIGSTOP)  # alive, answering nothing
+        try:
+            # requests that reach it wait until it is killed, then go elsewhere
+            statuses = [invoke(http, model).status_code for model in MODELS]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                now = instances(server)[0]
+                if now["state"] == "up" and now["pid"] != victim["pid"]:
+                    break
+                time.sleep(0.1)
+        finally:
+            if not gone(victim["pid"]):
+                os.kill(victim["pid"], signal.SIGKILL)
+        assert set(statuses) == {200}
+        assert now["restarts"] == 1
+        assert now["pid"] != victim["pid"]
+        assert gone(victim["pid"])

@@ -282,7 +282,7 @@ class LocalBackend:
             await child.spawn()
             assert child.process is not None
             started = time.monotonic()
-            health = asyncio.create_task(self._watch_health(instance))
+            health = asyncio.create_task(self._watch_health(child))
             try:
                 code = await child.process.wait()
             finally:
@@ -305,10 +305,13 @@ class LocalBackend:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_S[1])
 
-    async def _watch_health(self, instance: RemoteInstance) -> None:
-        """Mark ``instance`` up while ``/ping`` answers 200, down while it does not."""
+    async def _watch_health(self, child: _Child) -> None:
+        """Mark the instance up while ``/ping`` answers 200, down while it does not; kill it
+        (the supervisor restarts it) when it was up and has failed for ``hang_timeout``."""
         assert self._session is not None
+        instance = child.instance
         timeout = aiohttp.ClientTimeout(total=5.0)
+        down_since: float | None = None
         while True:
             try:
                 async with self._session.get(f"{instance.url}/ping", timeout=timeout) as response:
@@ -321,9 +324,22 @@ class LocalBackend:
             if healthy and instance.state != UP:
                 logger.info("instance %s up at %s", instance.instance_id, instance.url)
             if healthy:
-                instance.state = UP
+                instance.state, down_since = UP, None
             elif instance.state == UP:
-                instance.state = DOWN
+                instance.state, down_since = DOWN, time.monotonic()
+            elif (
+                down_since is not None
+                and time.monotonic() - down_since > self.settings.hang_timeout
+            ):
+                logger.warning(
+                    "instance %s (pid %s) has not answered /ping for %.0f s; killing it",
+                    instance.instance_id,
+                    instance.pid,
+                    self.settings.hang_timeout,
+                )
+                if child.process is not None and child.process.returncode is None:
+                    child.process.kill()  # the supervisor sees the exit and restarts it
+                down_since = None
             await asyncio.sleep(_HEALTH_INTERVAL_S if instance.state == UP else 0.05)
 
     async def metrics_texts(self) -> list[str]:
