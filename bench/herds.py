@@ -96,6 +96,45 @@ async def one_at_a_time(url: str, keys: list[str]) -> list[float]:
     return times
 
 
+class ColdModels:
+    """Puts each run's cold models into the bucket just before use and deletes them after
+    (moto keeps objects in memory, and a gigabyte of them slowed every GET in full mode)."""
+
+    def __init__(self, s3: Any, mixes: dict[str, list[tuple[str, float]]]) -> None:
+        self.s3 = s3
+        self.mixes = mixes
+
+    def upload(self, network: str, name: str, rep: int, phase: str) -> list[str]:
+        batch = []
+        for index, (kind, size) in enumerate(self.mixes[name]):
+            key = f"{network}-{phase}-{rep}-{name.replace(' ', '')}-{index}/model.tar.gz"
+            self.s3.put_object(Bucket=BUCKET, Key=key, Body=artifact(kind, size))
+            batch.append(key)
+        return batch
+
+    def delete(self, keys: list[str]) -> None:
+        self.s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys]})
+
+    def measure(self, url: str, network: str, name: str, rep: int) -> dict[str, Any]:
+        """The mix one at a time, then all at once (fresh keys for each), as a result row."""
+        single_keys = self.upload(network, name, rep, "single")
+        batch_keys = self.upload(network, name, rep, "batch")
+        singles = asyncio.run(one_at_a_time(url, single_keys))
+        wall, each = asyncio.run(cold_batch(url, batch_keys))
+        self.delete(single_keys + batch_keys)
+        return {
+            "network": network,
+            "mix": name,
+            "rep": rep,
+            "slowest_single_s": max(singles),
+            "sum_of_singles_s": sum(singles),
+            "batch_wall_s": wall,
+            "ratio_to_slowest": wall / max(singles),
+            "singles_s": singles,
+            "batch_each_s": each,
+        }
+
+
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--s3-latency-ms", type=float, default=30.0, help="shaped: first-byte wait")
@@ -110,20 +149,7 @@ def main() -> None:
         s3 = s3_client(url)
         s3.create_bucket(Bucket=BUCKET)
         s3.put_object(Bucket=BUCKET, Key="herd/model.tar.gz", Body=artifact("sklearn", 10.0))
-
-        def upload(network: str, name: str, rep: int, phase: str) -> list[str]:
-            """This run's cold models (put just before use, deleted after: moto keeps
-            objects in memory, and a gigabyte of them slowed every GET in full mode)."""
-            batch = []
-            for index, (kind, size) in enumerate(mixes[name]):
-                key = f"{network}-{phase}-{rep}-{name.replace(' ', '')}-{index}/model.tar.gz"
-                s3.put_object(Bucket=BUCKET, Key=key, Body=artifact(kind, size))
-                batch.append(key)
-            return batch
-
-        def delete(keys: list[str]) -> None:
-            s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys]})
-
+        cold = ColdModels(s3, mixes)
         for kind in ("sklearn", "xgboost"):  # imports are a one-time cost: pay them first
             s3.put_object(
                 Bucket=BUCKET, Key=f"warm-{kind}/model.tar.gz", Body=artifact(kind, 1.0, seed=1)
@@ -145,26 +171,11 @@ def main() -> None:
                 asyncio.run(one_at_a_time(srv.url, warm))
                 if network == "loopback":
                     herd_row = asyncio.run(herd(srv.url, "herd/model.tar.gz", herd_size))
-                for name in mixes:
-                    for rep in range(reps):
-                        single_keys = upload(network, name, rep, "single")
-                        batch_keys = upload(network, name, rep, "batch")
-                        singles = asyncio.run(one_at_a_time(srv.url, single_keys))
-                        wall, each = asyncio.run(cold_batch(srv.url, batch_keys))
-                        delete(single_keys + batch_keys)
-                        rows.append(
-                            {
-                                "network": network,
-                                "mix": name,
-                                "rep": rep,
-                                "slowest_single_s": max(singles),
-                                "sum_of_singles_s": sum(singles),
-                                "batch_wall_s": wall,
-                                "ratio_to_slowest": wall / max(singles),
-                                "singles_s": singles,
-                                "batch_each_s": each,
-                            }
-                        )
+                rows += [
+                    cold.measure(srv.url, network, name, rep)
+                    for name in mixes
+                    for rep in range(reps)
+                ]
     print_table(
         [herd_row],
         ["requests", "ok", "distinct_answers", "downloads", "loads", "wall_s"],

@@ -108,6 +108,14 @@ def startup_seconds(source: Path, tmp: Path, tag: str) -> float:
         return time.perf_counter() - started
 
 
+def snapshot(url: str, pid: int) -> tuple[int, float, float]:
+    """The server's RSS, the bytes charged for loaded models, and how many are loaded."""
+    rss = psutil.Process(pid).memory_info().rss
+    text = httpx.get(f"{url}/metrics").text
+    used = metric(text, "modelfleet_memory_used_bytes")
+    return rss, used, metric(text, "modelfleet_loaded_model_count")
+
+
 def main() -> None:
     args = parser(__doc__ or "").parse_args()
     total = 20_000 if args.quick else 100_000
@@ -145,21 +153,12 @@ def main() -> None:
         with process_server(server_args, log=tmp / "server.log") as srv:
             hot = names[-1]
             before = loadgen(srv.url, targets=None, concurrency=1, requests=2000, target=hot)
-            process = psutil.Process(srv.pid)
-            with httpx.Client(base_url=srv.url) as http:
-                used_before = metric(http.get("/metrics").text, "modelfleet_memory_used_bytes")
-            rss_before = process.memory_info().rss
+            rss_before, used_before, _ = snapshot(srv.url, srv.pid)
             sweep = loadgen(srv.url, targets=first, concurrency=8, requests=None)
-            rss_half = process.memory_info().rss
-            with httpx.Client(base_url=srv.url) as http:
-                used_half = metric(http.get("/metrics").text, "modelfleet_memory_used_bytes")
+            rss_half, used_half, _ = snapshot(srv.url, srv.pid)
             sweep2 = loadgen(srv.url, targets=second, concurrency=8, requests=None)
             after = loadgen(srv.url, targets=None, concurrency=1, requests=2000, target=hot)
-            rss_after = process.memory_info().rss
-            with httpx.Client(base_url=srv.url) as http:
-                text = http.get("/metrics").text
-            used_after = metric(text, "modelfleet_memory_used_bytes")
-            loaded = metric(text, "modelfleet_loaded_model_count")
+            rss_after, used_after, loaded = snapshot(srv.url, srv.pid)
         per_model = (rss_after - rss_before - (used_after - used_before)) / touched
         marginal = (rss_after - rss_half - (used_after - used_half)) / (touched - half)
         errors = sweep["errors"] + sweep2["errors"]
