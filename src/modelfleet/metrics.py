@@ -65,6 +65,10 @@ class Metrics:
         self.model_downloads = counter(
             "modelfleet_model_downloads", "Artifacts downloaded from the model source."
         )
+        self.snapshot_loads = counter(
+            "modelfleet_model_snapshot_loads",
+            "Loads read from a load snapshot in the disk cache instead of the artifact.",
+        )
         self.model_loading_wait_time = histogram(
             "modelfleet_model_loading_wait_time_seconds",
             "Time an invocation waited for its model to be downloaded and loaded "

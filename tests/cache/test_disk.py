@@ -105,3 +105,75 @@ def test_recommit_replaces_the_old_entry(tmp_path: Path) -> None:
     assert entry.etag == "v2"
     assert cache.used_bytes == entry.size_bytes >= 200
     assert len(cache) == 1
+
+
+def on_disk(root: Path, cache: DiskCache) -> int:
+    """What the cache should count for the files under ``root``: 32 bytes of slack an entry."""
+    return tree_size(root / "models") + 32 * len(cache)
+
+
+def writer(size: int):  # type: ignore[no-untyped-def]
+    def write(path: Path) -> int:
+        path.write_bytes(b"s" * size)
+        return size
+
+    return write
+
+
+def test_a_snapshot_takes_free_room_only_and_goes_with_its_entry(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 1000)
+    cache.start()
+    download(cache, "a", 300)
+    entry = cache.get("a")
+    assert entry is not None
+    used = cache.used_bytes
+    assert cache.add_snapshot(entry, writer(200))
+    assert entry.snapshot_path.read_bytes() == b"s" * 200
+    assert cache.used_bytes == used + 200
+    assert entry.artifact_bytes == entry.size_bytes - 200
+    assert not cache.add_snapshot(entry, writer(200))  # one per entry
+    download(cache, "b", 300)
+    # No room for b's snapshot without evicting a: it is not written, a stays.
+    entry_b = cache.get("b")
+    assert entry_b is not None
+    assert not cache.add_snapshot(entry_b, writer(1000 - cache.used_bytes + 1))
+    assert sorted(cache.keys()) == ["a", "b"]
+    assert not entry_b.snapshot_path.exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    # Evicting a frees its snapshot's bytes too.
+    download(cache, "c", 300)
+    assert sorted(cache.keys()) == ["b", "c"]
+    assert cache.used_bytes == on_disk(tmp_path, cache)
+
+
+def test_a_snapshot_never_lands_beside_a_newer_artifact(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 10_000)
+    cache.start()
+    download(cache, "a", 300, etag="v1")
+    old = cache.get("a")
+    assert old is not None
+    download(cache, "a", 300, etag="v2")  # a new version replaces the entry meanwhile
+    assert not cache.add_snapshot(old, writer(100))
+    new = cache.get("a")
+    assert new is not None
+    assert new.etag == "v2"
+    assert not new.snapshot_path.exists()
+    assert cache.used_bytes == on_disk(tmp_path, cache)
+
+
+def test_snapshots_are_reindexed_and_can_be_dropped(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 10_000)
+    cache.start()
+    download(cache, "a", 300)
+    entry = cache.get("a")
+    assert entry is not None
+    assert cache.add_snapshot(entry, writer(200))
+    used = cache.used_bytes
+    again = DiskCache(tmp_path, 10_000)
+    again.start()
+    reindexed = again.get("a")
+    assert reindexed is not None
+    assert (reindexed.snapshot_bytes, again.used_bytes) == (200, used)
+    again.drop_snapshot(reindexed)
+    assert not reindexed.snapshot_path.exists()
+    assert again.used_bytes == used - 200 == on_disk(tmp_path, again)

@@ -110,7 +110,13 @@ class Harness:
         monkeypatch.setattr(loader_mod, "load_model", self._load_model)
 
     def _load_model(
-        self, url: Path, *, model_id: str, handler: str | None = None, walk_trees: bool = True
+        self,
+        url: Path,
+        *,
+        model_id: str,
+        handler: str | None = None,
+        walk_trees: bool = True,
+        snapshot: Path | None = None,
     ) -> FakeModel:
         block = self.load_blocks.get(model_id)
         if block is not None:

@@ -4,12 +4,16 @@ Layout under the cache folder::
 
     models/<digest>/meta.json     what the entry is (target model, ETag, bytes)
     models/<digest>/artifact/     the unpacked artifact, handed to the handler
+    models/<digest>/snapshot      the loaded model saved by its handler, if it has a faster
+                                  form to read back (modelfleet.handlers.snapshot)
     tmp/<unique>/                 downloads in progress and entries being deleted
 
 Writes follow diskcache's order: an entry is built under ``tmp/`` and published by one rename;
 an evicted entry leaves the index first, is renamed back into ``tmp/`` and only then deleted,
 so a crash at any point leaves either a whole entry or an orphan that :meth:`DiskCache.start`
-sweeps away. Pinned entries (models loaded or loading) are never deleted.
+sweeps away. Pinned entries (models loaded or loading) are never deleted. A snapshot is added
+to an entry only where the budget has free room for it (it never evicts), and goes with its
+entry.
 
 The methods block (file I/O) and are thread-safe; the instance calls them from worker threads.
 """
@@ -34,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 _META = "meta.json"
 _ARTIFACT = "artifact"
+_SNAPSHOT = "snapshot"
 
 
 @dataclass(slots=True)
@@ -42,8 +47,14 @@ class DiskEntry:
 
     target_model: str
     root: Path  # the cache's ``models/`` folder, one object shared by every entry
-    size_bytes: int
+    size_bytes: int  # everything in the folder, snapshot included
     pins: int = 0
+    snapshot_bytes: int = 0
+
+    @property
+    def artifact_bytes(self) -> int:
+        """The entry's size without its snapshot (the artifact and its metadata)."""
+        return self.size_bytes - self.snapshot_bytes
 
     @property
     def etag(self) -> str | None:
@@ -64,6 +75,11 @@ class DiskEntry:
     def model_dir(self) -> Path:
         """The unpacked artifact, as handed to a handler."""
         return self.path / _ARTIFACT
+
+    @property
+    def snapshot_path(self) -> Path:
+        """Where the entry's load snapshot is (if :meth:`DiskCache.add_snapshot` added one)."""
+        return self.path / _SNAPSHOT
 
 
 def tree_size(path: Path) -> int:
@@ -129,10 +145,15 @@ class DiskCache:
             meta = json.loads((path / _META).read_text())
             if not (path / _ARTIFACT).is_dir() or path.name != _digest(meta["target_model"]):
                 return None
+            try:
+                snapshot = (path / _SNAPSHOT).stat().st_size
+            except FileNotFoundError:
+                snapshot = 0
             return DiskEntry(
                 target_model=str(meta["target_model"]),
                 root=self._models,
-                size_bytes=int(meta["size_bytes"]),
+                size_bytes=int(meta["size_bytes"]) + snapshot,
+                snapshot_bytes=snapshot,
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -237,6 +258,45 @@ class DiskCache:
             self._entries[target_model] = entry
             self._used += size
         return entry
+
+    def add_snapshot(self, entry: DiskEntry, write: Callable[[Path], int]) -> bool:
+        """Add a load snapshot to ``entry`` if the budget has free room for it; True if added.
+
+        ``write(path)`` writes the snapshot to a temporary file and returns its size (0: none).
+        The snapshot is published (renamed into the entry) only if ``entry`` is still the
+        current entry of its model, so a snapshot never lands beside a newer artifact.
+        """
+        if entry.snapshot_bytes:
+            return False
+        staging = self._tmp / f"snapshot-{uuid.uuid4().hex}"
+        try:
+            size = write(staging)
+            with self._lock:
+                free = self.budget_bytes - self._used - sum(self._reserved.values())
+                if (
+                    0 < size <= free
+                    and self._entries.get(entry.target_model) is entry
+                    and not entry.snapshot_bytes
+                ):
+                    os.replace(staging, entry.snapshot_path)
+                    entry.snapshot_bytes = size
+                    entry.size_bytes += size
+                    self._used += size
+                    return True
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staging.unlink()
+
+    def drop_snapshot(self, entry: DiskEntry) -> None:
+        """Delete the snapshot of ``entry`` (one that could not be read back) and its bytes."""
+        with self._lock:
+            size, entry.snapshot_bytes = entry.snapshot_bytes, 0
+            entry.size_bytes -= size
+            if self._entries.get(entry.target_model) is entry:
+                self._used -= size
+            with contextlib.suppress(FileNotFoundError):
+                entry.snapshot_path.unlink()
 
     def remove(self, target_model: str, *, force: bool = False) -> bool:
         """Delete the entry of ``target_model`` unless pinned (or ``force``); True if deleted."""

@@ -9,12 +9,15 @@ missing one raises :class:`~modelfleet.errors.MissingExtraError` naming the extr
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
 import time
 from pathlib import Path
 
 from modelfleet.errors import ModelError, ModelLoadError
+from modelfleet.handlers import snapshot as snapshots
 from modelfleet.handlers.base import LoadedModel, Prediction
 from modelfleet.handlers.detect import HANDLER_NAMES, INFERENCE_PY, detect_handler
 
@@ -25,6 +28,7 @@ __all__ = [
     "detect_handler",
     "load_model",
     "normalize_handler",
+    "save_snapshot",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,17 +63,28 @@ def normalize_handler(name: str) -> str:
 
 
 def load_model(
-    model_dir: Path, *, model_id: str, handler: str | None = None, walk_trees: bool = True
+    model_dir: Path,
+    *,
+    model_id: str,
+    handler: str | None = None,
+    walk_trees: bool = True,
+    snapshot: Path | None = None,
 ) -> LoadedModel:
     """Load the model in ``model_dir`` (an unpacked artifact) with ``handler`` or the detected one.
 
     ``walk_trees=False`` keeps scikit-learn's own ``predict`` for forests (see the sklearn
-    handler).
+    handler). ``snapshot``: a load snapshot of this artifact, if one was saved
+    (:func:`save_snapshot`); it is read instead of the artifact when its handler and versions
+    match, and deleted when it can't be used.
 
     Raises :class:`~modelfleet.errors.ModelLoadError` (or its subclass
     :class:`~modelfleet.errors.MissingExtraError`) when the folder holds no loadable model.
     """
     model_dir = Path(model_dir)
+    if snapshot is not None:
+        restored = _restore(snapshot, model_dir, model_id, handler, walk_trees=walk_trees)
+        if restored is not None:
+            return restored
     name = normalize_handler(handler) if handler else detect_handler(model_dir)
     started = time.perf_counter()
     module = importlib.import_module(_MODULES[name])
@@ -91,3 +106,57 @@ def load_model(
         time.perf_counter() - started,
     )
     return model
+
+
+def _restore(
+    path: Path, model_dir: Path, model_id: str, handler: str | None, *, walk_trees: bool
+) -> LoadedModel | None:
+    """The model in the snapshot at ``path``, or None (no snapshot, or one that can't be used)."""
+    try:
+        header, payload = snapshots.read(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return _discard(path, model_id, exc)
+    name = header.get("handler")
+    if name not in _MODULES or (handler and normalize_handler(handler) != name):
+        return _discard(path, model_id, f"it was written by handler {name!r}")
+    module = importlib.import_module(_MODULES[name])
+    packages = getattr(module, "SNAPSHOT_PACKAGES", ())
+    if not hasattr(module, "load_snapshot") or not snapshots.matches(header, name, packages):
+        return _discard(path, model_id, "it was written by other versions")
+    try:
+        model: LoadedModel = module.load_snapshot(
+            payload, model_dir, model_id=model_id, walk_trees=walk_trees
+        )
+    except Exception as exc:
+        return _discard(path, model_id, exc)
+    model.restored = True
+    return model
+
+
+def _discard(path: Path, model_id: str, why: object) -> LoadedModel | None:
+    """Delete a snapshot that can't be used, saying why; None (load the artifact instead)."""
+    logger.warning("Not using the load snapshot of %s (%s): loading its artifact", model_id, why)
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return None
+
+
+def save_snapshot(model: LoadedModel, path: Path) -> int:
+    """Write the load snapshot of ``model`` to ``path``; its size in bytes, 0 if it has none.
+
+    Blocking (pickling and file I/O). ``path`` should be a temporary name: the caller publishes
+    the file by renaming it.
+    """
+    module_name = _MODULES.get(model.handler_name)
+    if module_name is None:
+        return 0
+    module = importlib.import_module(module_name)
+    packages: tuple[str, ...] | None = getattr(module, "SNAPSHOT_PACKAGES", None)
+    payload = model.snapshot() if packages is not None else None
+    if payload is None or packages is None:
+        return 0
+    with open(path, "wb") as file:
+        snapshots.write(file, model.handler_name, packages, payload)
+        return os.fstat(file.fileno()).st_size

@@ -27,6 +27,10 @@ class LoadedModel(ABC):
     handler_name: str = ""
     #: calls it serves at once (None: as many as threads call it; 1: it serialises its calls)
     concurrency: int | None = None
+    #: whether :meth:`snapshot` can save it (its handler has a faster form to read back)
+    snapshot_capable: bool = False
+    #: whether it was read back from a load snapshot rather than from its artifact
+    restored: bool = False
 
     @abstractmethod
     def invoke(
@@ -45,6 +49,11 @@ class LoadedModel(ABC):
 
     def size_bytes(self) -> int | None:
         """The handler's own estimate of the model's memory footprint, if it has one."""
+        return None
+
+    def snapshot(self) -> bytes | None:
+        """The model as its handler's ``load_snapshot`` reads it back faster than the artifact
+        (see :mod:`modelfleet.handlers.snapshot`), or None where the handler has no such form."""
         return None
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -9,6 +9,8 @@ can raise its RSS high-water mark by it).
 
 from __future__ import annotations
 
+import gc
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -29,19 +31,25 @@ class Loader:
         self._walk_trees = walk_trees
         self._overlaps = OverlapTracker()
 
-    def load(self, name: str, url: Path, disk_bytes: int) -> tuple[LoadedModel, int, float, int]:
-        """Load ``url`` as ``name`` (blocking).
+    def load(
+        self, name: str, url: Path, disk_bytes: int, snapshot: Path | None = None
+    ) -> tuple[LoadedModel, int, float, int]:
+        """Load ``url`` as ``name`` (blocking), from its load ``snapshot`` if it has a usable one.
 
         Returns the model, its footprint in bytes, the load's seconds, and the RSS growth of
         framework imports during the load (0 if none).
         """
-        modules_before = _shared_module_count()
+        modules_before = len(sys.modules)
         with self._overlaps.track() as overlap:
             rss_before = current_rss()
             started = time.perf_counter()
             try:
                 model = load_model(
-                    url, model_id=name, handler=self._handler, walk_trees=self._walk_trees
+                    url,
+                    model_id=name,
+                    handler=self._handler,
+                    walk_trees=self._walk_trees,
+                    snapshot=snapshot,
                 )
             except ModelError:
                 raise
@@ -50,17 +58,27 @@ class Loader:
             load_s = time.perf_counter() - started
             grown = current_rss() - rss_before
         imported = 0
-        if _shared_module_count() != modules_before:
+        if _imported_shared(modules_before):
             imported, grown = max(grown, 0), 0
+            # A framework's modules live as long as the process: keep full collections off
+            # them (~60 ms with scikit-learn imported, holding the GIL) from now on. This model
+            # is frozen with them: refcounting still frees it at unload, a cycle in it would
+            # stay (its growth is already counted as the framework's, not as the model's).
+            gc.freeze()
         elif overlap.happened:
             grown = 0  # other loads grew the process too: the growth is not this model's
         size = max(grown, model.size_bytes() or 0, disk_bytes, 1)
         return model, size, load_s, imported
 
 
-def _shared_module_count() -> int:
-    """Modules imported process-wide, not counting models' private code namespaces."""
-    return sum(1 for name in list(sys.modules) if not name.startswith(ROOT_PACKAGE))
+def _imported_shared(before: int) -> bool:
+    """Whether modules other than models' private code namespaces were imported since
+    ``sys.modules`` held ``before`` names (new names come last: it is an insertion-ordered
+    dict; a namespace dropped meanwhile shifts the window, which only blurs a load's size)."""
+    return any(
+        not name.startswith(ROOT_PACKAGE)
+        for name in itertools.islice(list(sys.modules), before, None)
+    )
 
 
 def folder_size(path: Path) -> int:

@@ -35,6 +35,7 @@ from modelfleet.errors import (
     OutOfMemoryError,
     ValidationError,
 )
+from modelfleet.handlers import LoadedModel, save_snapshot
 from modelfleet.instance.downloader import Downloader
 from modelfleet.instance.loader import Loader, folder_size
 from modelfleet.instance.pools import (
@@ -107,6 +108,7 @@ class ModelManager:
             metrics=metrics,
         )
         self._room = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -137,6 +139,7 @@ class ModelManager:
         for task in flights:
             task.cancel()
         await asyncio.gather(*flights, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)  # snapshots being saved
         await self.unloader.drain()
         for key in list(self.memory):
             entry = self.memory.pop(key)
@@ -251,7 +254,11 @@ class ModelManager:
             disk_entry = await self._download(target_model)
         try:
             return await self._load(
-                target_model, disk_entry.model_dir, disk_entry.size_bytes, from_source=True
+                target_model,
+                disk_entry.model_dir,
+                disk_entry.artifact_bytes,
+                from_source=True,
+                disk_entry=disk_entry,
             )
         except BaseException as exc:
             self.disk.unpin(target_model)
@@ -278,15 +285,33 @@ class ModelManager:
         await self.unloader.unload(victim)
         return True
 
-    async def _load(self, name: str, url: Path, disk_bytes: int, *, from_source: bool) -> Entry:
-        """Load ``url`` as ``name`` into memory; the entry comes pinned for every waiter."""
+    async def _load(
+        self,
+        name: str,
+        url: Path,
+        disk_bytes: int,
+        *,
+        from_source: bool,
+        disk_entry: DiskEntry | None = None,
+    ) -> Entry:
+        """Load ``url`` as ``name`` into memory; the entry comes pinned for every waiter.
+
+        ``disk_entry``: the disk-cache entry ``url`` belongs to, whose load snapshot is read
+        instead of the artifact if it has one, and gets one after this load if not.
+        """
         self._states[name] = ModelState.LOADING
+        snapshots = self._cache_enabled and self.settings.snapshots
+        snapshot = None
+        if disk_entry is None:
+            snapshots = False
+        elif snapshots and disk_entry.snapshot_bytes:
+            snapshot = disk_entry.snapshot_path
         try:
             victims = await self._reserve_memory(name, max(disk_bytes, 1))
             try:
                 await asyncio.shield(self.unloader.unload_all(victims))
                 model, size, load_s, imported = await run_blocking(
-                    self.pools.load, self.loader.load, name, url, disk_bytes
+                    self.pools.load, self.loader.load, name, url, disk_bytes, snapshot
                 )
                 # A framework import's growth belongs to the process: raise the mark by it.
                 self.pressure.imported(imported)
@@ -308,12 +333,39 @@ class ModelManager:
                 entry.pins += flight.waiters
                 flight.prepins, flight.entry = flight.waiters, entry
             self.metrics.model_loading_time.observe(load_s)
-            logger.info("loaded %s (%d bytes) in %.3f s", name, size, load_s)
+            how = " from its snapshot" if model.restored else ""
+            logger.info("loaded %s (%d bytes) in %.3f s%s", name, size, load_s, how)
+            if model.restored:
+                self.metrics.snapshot_loads.inc()
+            elif snapshots:
+                assert disk_entry is not None
+                self._snapshot_later(disk_entry, model, dropped=snapshot is not None)
             await asyncio.shield(self.unloader.unload_all(victims))
             self._update_gauges()
             return entry
         finally:
             self._states.pop(name, None)
+
+    def _snapshot_later(self, disk_entry: DiskEntry, model: LoadedModel, *, dropped: bool) -> None:
+        """Save the load snapshot of a model just loaded from its artifact, in the background.
+
+        ``dropped``: the entry had a snapshot the handler could not use (it was deleted).
+        """
+        if dropped:
+            self.disk.drop_snapshot(disk_entry)
+        if not model.snapshot_capable:
+            return
+
+        async def save() -> None:
+            write = functools.partial(save_snapshot, model)
+            try:
+                await run_blocking(self.pools.load, self.disk.add_snapshot, disk_entry, write)
+            except Exception:
+                logger.warning("no load snapshot for %s", disk_entry.target_model, exc_info=True)
+
+        task = asyncio.create_task(save())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _reserve_memory(self, name: str, size_bytes: int) -> list[Entry]:
         """Reserve memory for a load, waiting while models in use hold the room.

@@ -1,0 +1,117 @@
+"""Load snapshots through the model manager: written once after a load, read back next time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from modelfleet.config import Settings
+from modelfleet.instance.manager import ModelManager
+from modelfleet.metrics import Metrics
+from modelfleet.source import ModelSource
+from tests.instance.test_lifecycle import ROW, make_source
+
+
+async def manager_for(source: Path, cache: Path, **overrides: object) -> ModelManager:
+    settings = Settings(model_source=str(source), cache_dir=cache, **overrides)  # type: ignore[arg-type]
+    manager = ModelManager(settings, source=ModelSource(str(source)), metrics=Metrics(endpoint="t"))
+    await manager.start()
+    return manager
+
+
+async def answer(manager: ModelManager, name: str) -> bytes:
+    result = await manager.invoke(name, ROW, content_type="text/csv", accept="application/json")
+    return result.prediction.body
+
+
+async def snapshots_written(manager: ModelManager, count: int) -> list[Path]:
+    """The snapshot files once ``count`` exist (they are written in the background)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = sorted((manager.settings.cache_dir / "models").glob("*/snapshot"))
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.01)
+
+
+async def unload(manager: ModelManager, name: str) -> None:
+    await manager.unload(name)
+    assert name not in manager.memory
+
+
+async def test_a_model_loaded_again_is_read_from_its_snapshot(tmp_path: Path) -> None:
+    source = make_source(tmp_path / "source", 2)
+    names = [f"model-{i}/model.tar.gz" for i in range(2)]
+    manager = await manager_for(source, tmp_path / "cache")
+    try:
+        first = [await answer(manager, name) for name in names]
+        assert len(await snapshots_written(manager, 2)) == 2
+        disk_bytes = manager.disk.used_bytes
+        for name in names:
+            entry = manager.disk.get(name)
+            assert entry is not None
+            assert 0 < entry.snapshot_bytes < entry.size_bytes
+        for name in names:
+            await unload(manager, name)
+        again = [await answer(manager, name) for name in names]
+        assert again == first
+        assert manager.metrics.snapshot_loads._value.get() == 2
+        assert manager.disk.used_bytes == disk_bytes  # no second snapshot
+        # The memory floor is the artifact's size (the snapshot is a second copy on disk).
+        for name in names:
+            memory, disk = manager.memory.entry(name), manager.disk.get(name)
+            assert memory is not None
+            assert disk is not None
+            assert memory.size_bytes >= disk.artifact_bytes
+    finally:
+        await manager.stop()
+    # A restart finds the snapshots and reads them on the first load.
+    manager = await manager_for(source, tmp_path / "cache")
+    try:
+        assert [await answer(manager, name) for name in names] == first
+        assert manager.metrics.snapshot_loads._value.get() == 2
+        assert manager.metrics.model_downloads._value.get() == 0
+    finally:
+        await manager.stop()
+
+
+async def test_snapshots_off_or_cache_disabled_write_none(tmp_path: Path) -> None:
+    source = make_source(tmp_path / "source", 1)
+    name = "model-0/model.tar.gz"
+    for overrides in ({"snapshots": False}, {"model_cache": "disabled"}):
+        cache = tmp_path / f"cache-{len(overrides)}-{next(iter(overrides))}"
+        manager = await manager_for(source, cache, **overrides)
+        try:
+            await answer(manager, name)
+            if name in manager.memory:
+                await unload(manager, name)
+            await answer(manager, name)
+            await asyncio.sleep(0.2)  # time for a background write that must not happen
+            assert list(cache.glob("models/*/snapshot")) == []
+            assert manager.metrics.snapshot_loads._value.get() == 0
+        finally:
+            await manager.stop()
+
+
+async def test_a_stale_snapshot_is_replaced(tmp_path: Path) -> None:
+    source = make_source(tmp_path / "source", 1)
+    name = "model-0/model.tar.gz"
+    manager = await manager_for(source, tmp_path / "cache")
+    try:
+        first = await answer(manager, name)
+        [path] = await snapshots_written(manager, 1)
+        await unload(manager, name)
+        path.write_bytes(b"modelfleet-snapshot 1 {}\n")  # say, written by other versions
+        assert await answer(manager, name) == first
+        assert manager.metrics.snapshot_loads._value.get() == 0
+        # The unusable one was dropped (with its bytes) and a fresh one written.
+        deadline = time.monotonic() + 10
+        entry = manager.disk.get(name)
+        assert entry is not None
+        while not entry.snapshot_bytes:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert entry.snapshot_bytes == path.stat().st_size > 1000
+    finally:
+        await manager.stop()
