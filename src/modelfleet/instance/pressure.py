@@ -1,9 +1,16 @@
-"""Process-memory pressure: the RSS high-water mark, and pacing of full garbage collections.
+"""Process-memory pressure: the RSS high-water mark, and pacing of collections and trims.
 
 The memory budget is kept by measured footprints (:mod:`modelfleet.instance.loader`); this is
 the safety net behind them. The high-water mark starts at the RSS at start plus the budget plus
 slack for the allocator, and rises by what framework imports add (a one-time cost that stays
-with the process). Above it, the instance evicts idle models worth the excess.
+with the process). Above it, the instance first hands freed heap pages back to the OS
+(``malloc_trim``) and evicts idle models worth what excess remains.
+
+Freed heap pages are not handed back at every unload: ``malloc_trim`` walks the whole heap and
+unmaps every free page, and the next load faults them back in. Trimming after each unload made
+a reload from a load snapshot cost 3.4 ms instead of 0.6 ms, four fifths of it in the kernel
+(40 forests of 0.5-5 MB loaded and dropped in turn). A model's freed pages serve the next load
+instead; they go back to the OS when the RSS nears the mark, or once unloads pause for a second.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from modelfleet.instance.pools import current_rss
 
 CHECK_INTERVAL_S = 1.0
 _FULL_COLLECT_INTERVAL_S = 5.0
+_TRIM_QUIET_S = 1.0
 _SLACK_BYTES = 64 * 1024 * 1024
 
 
@@ -25,6 +33,7 @@ class MemoryPressure:
         self._fixed = high_water
         self.high_water = high_water or 0
         self._last_collect = 0.0
+        self._freed_at: float | None = None  # when memory was last freed and not yet trimmed
 
     def start(self) -> None:
         """Set the mark from the RSS now (unless it was configured)."""
@@ -41,6 +50,20 @@ class MemoryPressure:
         """The RSS now, and how far it is above the mark (negative when below)."""
         rss = current_rss()
         return rss, rss - self.high_water
+
+    def freed(self) -> None:
+        """A model's memory was freed (its heap pages are kept for the next load for now)."""
+        self._freed_at = time.monotonic()
+
+    def trim_due(self, excess: int) -> bool:
+        """Whether to hand freed heap pages back to the OS now: the RSS is above the mark, or
+        memory was freed and no unload happened for a second since."""
+        if self._freed_at is None:
+            return False
+        return excess > 0 or time.monotonic() - self._freed_at >= _TRIM_QUIET_S
+
+    def trimmed(self) -> None:
+        self._freed_at = None
 
     def collect_due(self) -> bool:
         """Whether an unload should run a full garbage collection now.

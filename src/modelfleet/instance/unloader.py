@@ -1,13 +1,15 @@
 """Taking models out of memory: unloads, background discards, and the RSS watcher.
 
-An unload closes the model on the load pool, returns freed memory to the OS (see
-:mod:`modelfleet.instance.pools`), unpins its artifact and, when asked, deletes it. Every
+An unload closes the model on the load pool, unpins its artifact and, when asked, deletes it;
+the RSS watcher returns freed memory to the OS when it is due (see
+:mod:`modelfleet.instance.pressure`). Every
 entry handed here has already left the memory tier; pinned models never reach this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -50,8 +52,10 @@ class Unloader:
         pool = self._pools().load
         from_source = entry.value.from_source
         await run_blocking(pool, close_model, entry.value.model)
-        entry.value = None  # type: ignore[assignment]  # drop the last reference before trimming
-        await run_blocking(pool, release_memory, collect=self._pressure.collect_due())
+        entry.value = None  # type: ignore[assignment]  # drop the last reference
+        if self._pressure.collect_due():  # models with reference cycles need a collection
+            await run_blocking(pool, gc.collect)
+        self._pressure.freed()
         if from_source:
             self._disk.unpin(entry.key)
             if delete_files:
@@ -92,13 +96,18 @@ class Unloader:
                 logger.exception("RSS watcher failed")
 
     async def enforce_rss(self) -> int:
-        """Evict idle models while the process RSS is above the high-water mark.
+        """Evict idle models while the process RSS is above the high-water mark (after handing
+        freed heap pages back to the OS, when that is due).
 
         Victims are chosen until their charged bytes cover the excess, then unloaded; the next
         check (a second later) sees what that freed. Evicting one at a time until RSS drops
         would empty the cache, since freed memory reaches the OS only after the unloads.
         """
         rss, excess = self._pressure.excess()
+        if self._pressure.trim_due(excess):
+            self._pressure.trimmed()
+            await run_blocking(self._pools().load, release_memory, collect=False)
+            rss, excess = self._pressure.excess()
         self._metrics.process_rss_bytes.set(rss)
         victims: list[Entry] = []
         while excess > 0:
