@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from modelfleet.config import Settings
+from modelfleet.handlers import snapshot as snapshots
+from modelfleet.handlers.sklearn import SklearnModel
 from modelfleet.instance.manager import ModelManager
 from modelfleet.metrics import Metrics
 from modelfleet.source import ModelSource
@@ -113,5 +119,48 @@ async def test_a_stale_snapshot_is_replaced(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         assert entry.snapshot_bytes == path.stat().st_size > 1000
+    finally:
+        await manager.stop()
+
+
+async def test_the_snapshot_waits_for_the_requests_that_waited_for_the_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pickling holds the GIL: the first answers go out before the snapshot is written."""
+    source = make_source(tmp_path / "source", 1)
+    name = "model-0/model.tar.gz"
+    entered, release = threading.Event(), threading.Event()
+    real_invoke = SklearnModel.invoke
+
+    def held_invoke(self: SklearnModel, *args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        assert release.wait(10)
+        return real_invoke(self, *args, **kwargs)
+
+    monkeypatch.setattr(SklearnModel, "invoke", held_invoke)
+    manager = await manager_for(source, tmp_path / "cache", inline_inference_ms=0)
+    try:
+        call = asyncio.create_task(answer(manager, name))
+        assert await asyncio.to_thread(entered.wait, 10)
+        await asyncio.sleep(0.3)  # time enough for a snapshot written too early
+        assert await snapshots_written(manager, 0) == []
+        release.set()
+        await call
+        assert len(await snapshots_written(manager, 1)) == 1
+    finally:
+        release.set()
+        await manager.stop()
+
+
+async def test_large_artifacts_get_no_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = make_source(tmp_path / "source", 1)
+    monkeypatch.setattr(snapshots, "MAX_ARTIFACT_BYTES", 1_000)
+    manager = await manager_for(source, tmp_path / "cache")
+    try:
+        await answer(manager, "model-0/model.tar.gz")
+        await asyncio.sleep(0.2)  # time for a background write that must not happen
+        assert list((tmp_path / "cache").glob("models/*/snapshot")) == []
     finally:
         await manager.stop()

@@ -36,6 +36,7 @@ from modelfleet.errors import (
     ValidationError,
 )
 from modelfleet.handlers import LoadedModel, save_snapshot
+from modelfleet.handlers import snapshot as snapshots
 from modelfleet.instance.downloader import Downloader
 from modelfleet.instance.loader import Loader, folder_size
 from modelfleet.instance.pools import (
@@ -109,6 +110,8 @@ class ModelManager:
         )
         self._room = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        # models loaded from their artifact whose snapshot waits for their first callers
+        self._unsaved: dict[str, tuple[DiskEntry, LoadedModel]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -242,6 +245,9 @@ class ModelManager:
         entry.pins -= 1
         if entry.pins == 0:
             self._signal_room()
+            unsaved = self._unsaved.pop(entry.key, None)
+            if unsaved is not None:
+                self._save_snapshot(*unsaved)
             drained = self._drained.pop(entry.key, None)
             if drained is not None:
                 drained.set()
@@ -339,23 +345,31 @@ class ModelManager:
                 self.metrics.snapshot_loads.inc()
             elif snapshots:
                 assert disk_entry is not None
-                self._snapshot_later(disk_entry, model, dropped=snapshot is not None)
+                self._snapshot_later(entry, disk_entry, model, dropped=snapshot is not None)
             await asyncio.shield(self.unloader.unload_all(victims))
             self._update_gauges()
             return entry
         finally:
             self._states.pop(name, None)
 
-    def _snapshot_later(self, disk_entry: DiskEntry, model: LoadedModel, *, dropped: bool) -> None:
-        """Save the load snapshot of a model just loaded from its artifact, in the background.
+    def _snapshot_later(
+        self, entry: Entry, disk_entry: DiskEntry, model: LoadedModel, *, dropped: bool
+    ) -> None:
+        """Save the load snapshot of a model just loaded from its artifact, in the background,
+        once the requests that waited for the load are answered (pickling holds the GIL).
 
         ``dropped``: the entry had a snapshot the handler could not use (it was deleted).
         """
         if dropped:
             self.disk.drop_snapshot(disk_entry)
-        if not model.snapshot_capable:
+        if not model.snapshot_capable or disk_entry.artifact_bytes > snapshots.MAX_ARTIFACT_BYTES:
             return
+        if entry.pins > 0:
+            self._unsaved[entry.key] = (disk_entry, model)
+        else:
+            self._save_snapshot(disk_entry, model)
 
+    def _save_snapshot(self, disk_entry: DiskEntry, model: LoadedModel) -> None:
         async def save() -> None:
             write = functools.partial(save_snapshot, model)
             try:
