@@ -25,7 +25,9 @@ Rules, each enforced before the member touches the disk:
   most ``max_bytes`` of file data; extended (pax) and long-name headers are capped at 1 MiB.
 - gzip is decompressed here in bounded steps (a small archive cannot expand in memory), its
   checksum is verified, and a stream that ends early (no end-of-archive marker, a cut gzip
-  member) is an error rather than a silently shorter model.
+  member) is an error rather than a silently shorter model. Inflating uses python-isal (Intel's
+  ISA-L) where it is installed (a dependency on x86-64 and ARM64): 4.4 ms instead of 6.7 ms
+  for a 1 MB forest archive, 30 instead of 47 ms at 10 MB; elsewhere the standard ``zlib``.
 
 Every refusal raises :class:`~modelfleet.errors.ArtifactError` naming the member; the caller
 removes ``dest``. Errors of the byte stream itself (for example a source failing mid-download)
@@ -40,9 +42,22 @@ import os
 import tarfile
 import zlib
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, BinaryIO, Self
 
 from modelfleet.errors import ArtifactError
+
+_inflate: ModuleType
+try:  # the same API as zlib's decompressobj, about 1.5x as fast
+    from isal import isal_zlib as _inflate
+except ImportError:  # pragma: no cover - platforms without python-isal wheels
+    _inflate = zlib
+#: what a corrupt archive raises (the two inflate libraries have their own error classes)
+_ARCHIVE_ERRORS: tuple[type[Exception], ...] = (
+    tarfile.TarError,
+    EOFError,
+    *{zlib.error, _inflate.error},
+)
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -117,7 +132,7 @@ def safe_extract(
                 extractor.add(member, archive)
         if gunzip is not None:
             gunzip.drain(MAX_TRAILING_BYTES)
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
+    except _ARCHIVE_ERRORS as exc:
         raise ArtifactError(f"Corrupt or truncated archive: {exc}") from exc
     logger.debug(
         "unpacked %d entries, %d bytes into %s",
@@ -163,7 +178,7 @@ class _GzipReader(io.RawIOBase):
     def __init__(self, raw: BinaryIO) -> None:
         super().__init__()
         self._raw = raw
-        self._inflater = zlib.decompressobj(_GZIP_WBITS)
+        self._inflater = _inflate.decompressobj(_GZIP_WBITS)
         self._pending = b""
         self._in_member = False
         self._raw_done = False
@@ -181,7 +196,7 @@ class _GzipReader(io.RawIOBase):
                     # padding between or after members is skipped, as gzip(1) does.
                     self._pending = self._pending.lstrip(b"\0")
                     if self._pending:
-                        self._inflater = zlib.decompressobj(_GZIP_WBITS)
+                        self._inflater = _inflate.decompressobj(_GZIP_WBITS)
                 if self._pending:
                     data = self._inflater.decompress(self._pending, len(out))
                     self._in_member = not self._inflater.eof
