@@ -1,7 +1,8 @@
 """Cold path: one request for a model that is nowhere yet, broken down, against the raw steps.
 
 Artifacts of about 1, 10 and 100 MB (scikit-learn forest, XGBoost) sit in an S3-compatible
-server (moto, its own process) reached over HTTP. For each, in alternation:
+server (moto, its own process) reached over HTTP. For each, alternately (which of the two goes
+first alternates too, so neither always runs right after the other's disk writes):
 
 - **raw**: what a script does by hand — obstore get streamed to a file, tarfile extract,
   framework load, one predict;
@@ -9,7 +10,8 @@ server (moto, its own process) reached over HTTP. For each, in alternation:
   timed at the client, with the server's own breakdown from ``/metrics`` (download + unpack,
   load, inference; the rest is overhead).
 
-Each repetition uses fresh object keys, so every request is truly cold.
+Each repetition uses fresh object keys, so every request is truly cold. Full mode repeats 9
+times at 1 MB, 5 at 10 MB and 3 at 100 MB (medians); quick mode once.
 
     python -m bench.cold [--quick]
 """
@@ -31,6 +33,13 @@ from bench.moto import fleet_args, moto_server, s3_client, s3_env
 from tests.servers import metric, process_server
 
 BUCKET = "bench-cold"
+
+
+def repetitions(size_mb: float, quick: bool) -> int:
+    """Runs per model and size: more where one run is short and noise weighs most."""
+    if quick:
+        return 1
+    return 9 if size_mb < 5 else 5 if size_mb < 50 else 3
 
 
 def raw_cold(url: str, key: str, kind: str, workdir: Path) -> dict[str, float]:
@@ -117,7 +126,7 @@ def main() -> None:
     args = parser(__doc__ or "").parse_args()
     sizes = [1.0, 10.0] if args.quick else [1.0, 10.0, 100.0]
     kinds = ["sklearn", "xgboost"]
-    reps = 1 if args.quick else 3
+    reps = {size: repetitions(size, args.quick) for size in sizes}
     rows: list[dict[str, Any]] = []
     with moto_server() as url, tempfile.TemporaryDirectory() as tmp:
         s3 = s3_client(url)
@@ -128,7 +137,7 @@ def main() -> None:
             for size in sizes:
                 data = artifact(kind, size)
                 sizes_mb[kind, size] = len(data) / 1e6
-                for rep in range(reps):
+                for rep in range(reps[size]):
                     raw_key = f"raw/{kind}-{size:g}-{rep}/model.tar.gz"
                     fleet_key = f"{kind}-{size:g}-{rep}/model.tar.gz"
                     s3.put_object(Bucket=BUCKET, Key=raw_key, Body=data)
@@ -155,11 +164,14 @@ def main() -> None:
             for kind in kinds:
                 for size in sizes:
                     raws, fleets = [], []
-                    for rep in range(reps):
+                    for rep in range(reps[size]):
                         raw_key, fleet_key = keys[kind, size, rep]
+                        if rep % 2:
+                            fleets.append(fleet_cold(http, fleet_key))
                         with tempfile.TemporaryDirectory(dir=tmp) as work:
                             raws.append(raw_cold(url, raw_key, kind, Path(work)))
-                        fleets.append(fleet_cold(http, fleet_key))
+                        if not rep % 2:
+                            fleets.append(fleet_cold(http, fleet_key))
                     raw = {k: statistics.median(r[k] for r in raws) for k in raws[0]}
                     fleet = {k: statistics.median(f[k] for f in fleets) for k in fleets[0]}
                     rows.append(
@@ -191,13 +203,17 @@ def main() -> None:
         "mf_total_s",
         "ratio",
     ]
-    print_table(rows, columns, title=f"Cold path (median of {reps}); ratio = modelfleet / raw")
+    print_table(rows, columns, title="Cold path (medians); ratio = modelfleet / raw")
     path = write_results(
         "cold",
         quick=args.quick,
         out=args.out,
         rows=rows,
-        params={"sizes_mb": sizes, "kinds": kinds, "repetitions": reps},
+        params={
+            "sizes_mb": sizes,
+            "kinds": kinds,
+            "repetitions": {f"{k:g} MB": n for k, n in reps.items()},
+        },
     )
     print(f"\nwrote {path}")
 

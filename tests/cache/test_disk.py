@@ -112,12 +112,9 @@ def on_disk(root: Path, cache: DiskCache) -> int:
     return tree_size(root / "models") + 32 * len(cache)
 
 
-def writer(size: int):  # type: ignore[no-untyped-def]
-    def write(path: Path) -> int:
-        path.write_bytes(b"s" * size)
-        return size
-
-    return write
+def writer(size: int) -> list[bytes]:
+    """Snapshot parts of ``size`` bytes in all."""
+    return [b"h" * 10, b"s" * (size - 10)]
 
 
 def test_a_snapshot_takes_free_room_only_and_goes_with_its_entry(tmp_path: Path) -> None:
@@ -128,7 +125,7 @@ def test_a_snapshot_takes_free_room_only_and_goes_with_its_entry(tmp_path: Path)
     assert entry is not None
     used = cache.used_bytes
     assert cache.add_snapshot(entry, writer(200))
-    assert entry.snapshot_path.read_bytes() == b"s" * 200
+    assert entry.snapshot_path.read_bytes() == b"h" * 10 + b"s" * 190
     assert cache.used_bytes == used + 200
     assert entry.artifact_bytes == entry.size_bytes - 200
     assert not cache.add_snapshot(entry, writer(200))  # one per entry
@@ -177,3 +174,22 @@ def test_snapshots_are_reindexed_and_can_be_dropped(tmp_path: Path) -> None:
     again.drop_snapshot(reindexed)
     assert not reindexed.snapshot_path.exists()
     assert again.used_bytes == used - 200 == on_disk(tmp_path, again)
+
+
+def test_a_snapshot_holds_its_room_while_it_is_written(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 1000)
+    cache.start()
+    download(cache, "a", 300)
+    entry = cache.get("a")
+    assert entry is not None
+    before = cache.used_bytes
+    seen: list[int] = []
+
+    class Parts(list[bytes]):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            seen.append(cache.used_bytes)  # summed first, then written
+            return super().__iter__()
+
+    assert cache.add_snapshot(entry, Parts(writer(200)))
+    assert seen == [before, before + 200]  # reserved before the first byte was written
+    assert cache.used_bytes == before + 200  # and counted once after

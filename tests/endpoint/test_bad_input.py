@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,7 +61,15 @@ def still_serving(url: str) -> None:
 
 
 def cache_files(tmp_path: Path) -> list[Path]:
-    return [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    """The cache's files once no load snapshot is being written (those land in the background
+    after a model's first answer: ``tmp/snapshot-*``, then renamed into the entry)."""
+    deadline = time.monotonic() + 10
+    while True:
+        files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+        writing = any(p.parent.name == "tmp" and p.name.startswith("snapshot-") for p in files)
+        if not writing or time.monotonic() > deadline:
+            return files
+        time.sleep(0.01)
 
 
 def test_body_over_the_limit(server: ThreadServer) -> None:

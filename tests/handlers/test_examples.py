@@ -55,7 +55,7 @@ def test_public_names() -> None:
             "detect_handler",
             "load_model",
             "normalize_handler",
-            "save_snapshot",
+            "take_snapshot",
         ]
     )
     assert normalize_handler(" PyTorch ") == "torch"

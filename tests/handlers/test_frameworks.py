@@ -317,23 +317,12 @@ def test_xgboost_uses_best_iteration_and_gblinear(make_folder: FolderFactory) ->
     hammer(model, csv_body(rows[:1]), model.invoke(csv_body(rows[:1]), None, "text/csv").body)
 
 
-def test_xgboost_parses_on_one_thread_where_its_config_allows() -> None:
-    import contextlib
-
-    import xgboost
-
-    from modelfleet.handlers.xgboost import _one_thread
-
-    class OldXGBoost:  # XGBoost 2.1 has no global nthread
-        @staticmethod
-        def get_config() -> dict[str, Any]:
-            return {"verbosity": 1}
-
-    assert isinstance(_one_thread(OldXGBoost), contextlib.nullcontext)
-    with xgboost.config_context(nthread=2):
-        with _one_thread(xgboost):
-            assert xgboost.get_config()["nthread"] == 1
-        assert xgboost.get_config()["nthread"] == 2  # restored
+def test_xgboost_predicts_on_one_thread(make_folder: FolderFactory) -> None:
+    model = load_model(
+        make_folder({"xgboost-model": xgboost_model_bytes(train_xgboost())}), model_id="m"
+    )
+    config = json.loads(model.booster.save_config())  # type: ignore[attr-defined]
+    assert config["learner"]["generic_param"]["nthread"] == "1"
 
 
 def test_xgboost_wrong_feature_count_is_a_400(make_folder: FolderFactory) -> None:

@@ -28,7 +28,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,34 +259,44 @@ class DiskCache:
             self._used += size
         return entry
 
-    def add_snapshot(self, entry: DiskEntry, write: Callable[[Path], int]) -> bool:
-        """Add a load snapshot to ``entry`` if the budget has free room for it; True if added.
+    def add_snapshot(self, entry: DiskEntry, data: Sequence[bytes]) -> bool:
+        """Add the load snapshot ``data`` (its parts, in order) to ``entry`` if the budget has
+        free room for it; True if added.
 
-        ``write(path)`` writes the snapshot to a temporary file and returns its size (0: none).
-        The snapshot is published (renamed into the entry) only if ``entry`` is still the
-        current entry of its model, so a snapshot never lands beside a newer artifact.
+        The room is reserved before the file is written, so the folder never exceeds the budget
+        even while it is. The snapshot is published (renamed into the entry) only if ``entry``
+        is still the current entry of its model, so a snapshot never lands beside a newer
+        artifact.
         """
-        if entry.snapshot_bytes:
-            return False
+        size = sum(len(part) for part in data)
+        token = f"{entry.target_model}\0snapshot"
+        with self._lock:
+            free = self.budget_bytes - self._used - sum(self._reserved.values())
+            if not (0 < size <= free and self._current(entry) and token not in self._reserved):
+                return False
+            self._reserved[token] = size
         staging = self._tmp / f"snapshot-{uuid.uuid4().hex}"
         try:
-            size = write(staging)
+            with open(staging, "xb") as file:
+                file.writelines(data)
             with self._lock:
-                free = self.budget_bytes - self._used - sum(self._reserved.values())
-                if (
-                    0 < size <= free
-                    and self._entries.get(entry.target_model) is entry
-                    and not entry.snapshot_bytes
-                ):
-                    os.replace(staging, entry.snapshot_path)
-                    entry.snapshot_bytes = size
-                    entry.size_bytes += size
-                    self._used += size
-                    return True
-            return False
+                if not self._current(entry):
+                    return False
+                os.replace(staging, entry.snapshot_path)
+                del self._reserved[token]
+                entry.snapshot_bytes = size
+                entry.size_bytes += size
+                self._used += size
+                return True
         finally:
+            with self._lock:
+                self._reserved.pop(token, None)
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
+
+    def _current(self, entry: DiskEntry) -> bool:
+        """Whether ``entry`` is still its model's entry and has no snapshot (lock held)."""
+        return self._entries.get(entry.target_model) is entry and not entry.snapshot_bytes
 
     def drop_snapshot(self, entry: DiskEntry) -> None:
         """Delete the snapshot of ``entry`` (one that could not be read back) and its bytes."""

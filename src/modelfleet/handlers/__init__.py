@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ __all__ = [
     "detect_handler",
     "load_model",
     "normalize_handler",
-    "save_snapshot",
+    "take_snapshot",
 ]
 
 logger = logging.getLogger(__name__)
@@ -143,20 +142,17 @@ def _discard(path: Path, model_id: str, why: object) -> LoadedModel | None:
     return None
 
 
-def save_snapshot(model: LoadedModel, path: Path) -> int:
-    """Write the load snapshot of ``model`` to ``path``; its size in bytes, 0 if it has none.
+def take_snapshot(model: LoadedModel) -> list[bytes] | None:
+    """The load snapshot of ``model`` (header line, then payload), or None if it has none.
 
-    Blocking (pickling and file I/O). ``path`` should be a temporary name: the caller publishes
-    the file by renaming it.
+    Blocking (pickling). The disk cache writes it (:meth:`DiskCache.add_snapshot`).
     """
     module_name = _MODULES.get(model.handler_name)
     if module_name is None:
-        return 0
+        return None
     module = importlib.import_module(module_name)
     packages: tuple[str, ...] | None = getattr(module, "SNAPSHOT_PACKAGES", None)
     payload = model.snapshot() if packages is not None else None
     if payload is None or packages is None:
-        return 0
-    with open(path, "wb") as file:
-        snapshots.write(file, model.handler_name, packages, payload)
-        return os.fstat(file.fileno()).st_size
+        return None
+    return [snapshots.header(model.handler_name, packages), payload]

@@ -26,7 +26,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 MAGIC = b"modelfleet-snapshot 1 "
 #: Artifacts above this size get no snapshot. Their load time is mostly copying arrays, where
@@ -47,10 +47,9 @@ def stamp(handler: str, packages: tuple[str, ...]) -> dict[str, Any]:
     return {"handler": handler, "versions": versions}
 
 
-def write(file: BinaryIO, handler: str, packages: tuple[str, ...], payload: bytes) -> None:
-    """Write the header for ``handler`` and then ``payload`` to ``file``."""
-    file.write(MAGIC + json.dumps(stamp(handler, packages), sort_keys=True).encode() + b"\n")
-    file.write(payload)
+def header(handler: str, packages: tuple[str, ...]) -> bytes:
+    """The header line of a snapshot of ``handler`` (the payload follows it)."""
+    return MAGIC + json.dumps(stamp(handler, packages), sort_keys=True).encode() + b"\n"
 
 
 def read(path: Path) -> tuple[dict[str, Any], memoryview]:

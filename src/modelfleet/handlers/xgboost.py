@@ -16,21 +16,21 @@ Requests and responses follow the container's MME handler (``handler_service.py`
 * ``application/json`` answer: the inference toolkit's encoder, a JSON list of predictions;
 * ``application/x-npy`` answer: ``np.save`` of the predictions (a modelfleet extra).
 
-As in the container, the booster runs with ``nthread=1`` (parallelism comes from serving many
-requests at once) and, when it was trained with early stopping, predicts with the trees up to its
-best iteration. ``inplace_predict`` serves tree boosters, which XGBoost documents as thread-safe;
-``gblinear`` goes through ``DMatrix`` under a lock.
+As in the container, the booster predicts with ``nthread=1`` (parallelism comes from serving many
+requests at once; it is parsed with XGBoost's default threads) and, when it was trained with
+early stopping, predicts with the trees up to its best iteration. ``inplace_predict`` serves
+tree boosters, which XGBoost documents as thread-safe; ``gblinear`` goes through ``DMatrix``
+under a lock.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import pickle
 import threading
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -96,13 +96,6 @@ def _unpickle(path: Path, raw: bytes, xgb: Any) -> Any:
     return loaded
 
 
-def _one_thread(xgb: Any) -> contextlib.AbstractContextManager[Any]:
-    """XGBoost's thread-local config at one thread (its ``nthread`` exists from XGBoost 3)."""
-    if "nthread" in xgb.get_config():
-        return cast("contextlib.AbstractContextManager[Any]", xgb.config_context(nthread=1))
-    return contextlib.nullcontext()
-
-
 def load_booster(path: Path, xgb: Any) -> Any:
     """Read a native (JSON, UBJSON) or pickled booster from ``path``."""
     # Read straight into the bytearray XGBoost parses: one copy of a large model, not two.
@@ -113,12 +106,12 @@ def load_booster(path: Path, xgb: Any) -> Any:
         raise ModelLoadError(f"The xgboost handler could not load {path.name}: the file is empty")
     if raw[0] == _PICKLE_PROTOCOL_2_PLUS:
         return _unpickle(path, bytes(raw), xgb)
-    # Parse on this thread alone: with an OpenMP team (the default, nthread 0 = all cores) a
-    # 1 MB model loaded 2x slower on a server thread.
-    booster = xgb.Booster(params={"nthread": 1})
+    # Parse with XGBoost's default threads (its OpenMP team): in the server a 100 MB model loaded
+    # in 0.36-0.41 s against 1.21-1.27 s on one thread, and a 1 MB model in 4 ms against 5-6 ms.
+    # Predictions then run on one thread (set by the caller).
+    booster = xgb.Booster()
     try:
-        with _one_thread(xgb):
-            booster.load_model(raw)
+        booster.load_model(raw)
     except Exception as exc:
         raise load_error(XGBOOST, path, exc) from exc
     return booster

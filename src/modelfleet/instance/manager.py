@@ -35,7 +35,7 @@ from modelfleet.errors import (
     OutOfMemoryError,
     ValidationError,
 )
-from modelfleet.handlers import LoadedModel, save_snapshot
+from modelfleet.handlers import LoadedModel, take_snapshot
 from modelfleet.handlers import snapshot as snapshots
 from modelfleet.instance.downloader import Downloader
 from modelfleet.instance.loader import Loader, folder_size
@@ -370,10 +370,14 @@ class ModelManager:
             self._save_snapshot(disk_entry, model)
 
     def _save_snapshot(self, disk_entry: DiskEntry, model: LoadedModel) -> None:
+        def write() -> None:
+            data = take_snapshot(model)
+            if data is not None:
+                self.disk.add_snapshot(disk_entry, data)
+
         async def save() -> None:
-            write = functools.partial(save_snapshot, model)
             try:
-                await run_blocking(self.pools.load, self.disk.add_snapshot, disk_entry, write)
+                await run_blocking(self.pools.load, write)
             except Exception:
                 logger.warning("no load snapshot for %s", disk_entry.target_model, exc_info=True)
 
