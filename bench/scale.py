@@ -2,8 +2,8 @@
 
 - **Start-up**: time to ``/ping`` with the big source against a source of 10 models (the server
   must not list or stat the source at start).
-- **Memory per model seen**: RSS growth after 10,000 distinct models were invoked, less the
-  growth of the bytes charged for loaded models, per model (bookkeeping: disk index, policy
+- **Memory per model seen**: RSS growth (at rest) after 10,000 distinct models were invoked, less
+  the growth of the bytes charged for loaded models, per model (bookkeeping: disk index, policy
   history...). Shown over all 10,000 and over the second 5,000 only (the marginal cost of one
   more model: by then the loaded set is at its steady size, so the loaded models' memory beyond
   their charged bytes and one-time growth, such as the interpreter's interned-string table, are
@@ -31,6 +31,8 @@ import psutil
 
 from bench.common import parser, print_table, write_results
 from tests.servers import metric, process_server
+
+SETTLE_S = 2.5
 
 
 def tiny_model() -> bytes:
@@ -109,7 +111,13 @@ def startup_seconds(source: Path, tmp: Path, tag: str) -> float:
 
 
 def snapshot(url: str, pid: int) -> tuple[int, float, float]:
-    """The server's RSS, the bytes charged for loaded models, and how many are loaded."""
+    """The server's RSS at rest, the bytes charged for loaded models, and how many are loaded.
+
+    At rest: after SETTLE_S without requests, by when the instance has handed freed heap pages
+    back to the OS (its RSS watcher does once unloads pause for a second; under load they are
+    kept for the next load, see modelfleet.instance.pressure).
+    """
+    time.sleep(SETTLE_S)
     rss = psutil.Process(pid).memory_info().rss
     text = httpx.get(f"{url}/metrics").text
     used = metric(text, "modelfleet_memory_used_bytes")
