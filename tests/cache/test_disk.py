@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelfleet.cache.disk import DiskCache, tree_size
+from modelfleet.cache.disk import DiskCache, DiskEntry, tree_size
 from modelfleet.errors import DiskFullError
 
 
@@ -112,17 +112,23 @@ def on_disk(root: Path, cache: DiskCache) -> int:
     return tree_size(root / "models") + 32 * len(cache)
 
 
+def one_entry(root: Path, budget: int, size: int) -> tuple[DiskCache, DiskEntry]:
+    """A started cache of ``budget`` bytes holding entry ``a`` of ``size`` bytes."""
+    cache = DiskCache(root, budget)
+    cache.start()
+    download(cache, "a", size)
+    entry = cache.get("a")
+    assert entry is not None
+    return cache, entry
+
+
 def writer(size: int) -> list[bytes]:
     """Snapshot parts of ``size`` bytes in all."""
     return [b"h" * 10, b"s" * (size - 10)]
 
 
 def test_a_snapshot_takes_free_room_only_and_goes_with_its_entry(tmp_path: Path) -> None:
-    cache = DiskCache(tmp_path, 1000)
-    cache.start()
-    download(cache, "a", 300)
-    entry = cache.get("a")
-    assert entry is not None
+    cache, entry = one_entry(tmp_path, 1000, 300)
     used = cache.used_bytes
     assert cache.add_snapshot(entry, writer(200))
     assert entry.snapshot_path.read_bytes() == b"h" * 10 + b"s" * 190
@@ -159,11 +165,7 @@ def test_a_snapshot_never_lands_beside_a_newer_artifact(tmp_path: Path) -> None:
 
 
 def test_snapshots_are_reindexed_and_can_be_dropped(tmp_path: Path) -> None:
-    cache = DiskCache(tmp_path, 10_000)
-    cache.start()
-    download(cache, "a", 300)
-    entry = cache.get("a")
-    assert entry is not None
+    cache, entry = one_entry(tmp_path, 10_000, 300)
     assert cache.add_snapshot(entry, writer(200))
     used = cache.used_bytes
     again = DiskCache(tmp_path, 10_000)
@@ -177,11 +179,7 @@ def test_snapshots_are_reindexed_and_can_be_dropped(tmp_path: Path) -> None:
 
 
 def test_a_snapshot_holds_its_room_while_it_is_written(tmp_path: Path) -> None:
-    cache = DiskCache(tmp_path, 1000)
-    cache.start()
-    download(cache, "a", 300)
-    entry = cache.get("a")
-    assert entry is not None
+    cache, entry = one_entry(tmp_path, 1000, 300)
     before = cache.used_bytes
     seen: list[int] = []
 
