@@ -191,3 +191,13 @@ def test_a_snapshot_holds_its_room_while_it_is_written(tmp_path: Path) -> None:
     assert cache.add_snapshot(entry, Parts(writer(200)))
     assert seen == [before, before + 200]  # reserved before the first byte was written
     assert cache.used_bytes == before + 200  # and counted once after
+
+
+def test_a_snapshot_that_cannot_be_deleted_still_leaves_the_budget(tmp_path: Path) -> None:
+    cache, entry = one_entry(tmp_path, 10_000, 300)
+    used = cache.used_bytes
+    assert cache.add_snapshot(entry, writer(200))
+    entry.snapshot_path.unlink()
+    entry.snapshot_path.mkdir()  # unlink() now raises IsADirectoryError, an OSError
+    cache.drop_snapshot(entry)
+    assert (entry.snapshot_bytes, cache.used_bytes) == (0, used)

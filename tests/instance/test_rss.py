@@ -68,12 +68,12 @@ def test_trims_wait_for_a_quiet_second_below_the_mark(monkeypatch: pytest.Monkey
     now = {"t": 100.0}
     monkeypatch.setattr(pressure_mod.time, "monotonic", lambda: now["t"])
     pressure = pressure_mod.MemoryPressure(memory_limit=1_000, high_water=None)
-    assert not pressure.trim_due(-1)  # nothing freed
-    assert not pressure.trim_due(1)
+    assert not pressure.trim_due(-1)  # nothing freed, under the mark
+    assert pressure.trim_due(1)  # above the mark: always, before any eviction
     pressure.freed()
     assert not pressure.trim_due(-1)  # unloads may be in full swing: keep the pages for now
-    assert pressure.trim_due(1)  # above the mark: now
+    assert pressure.trim_due(1)
     now["t"] += 1.0
     assert pressure.trim_due(-1)  # a quiet second since the last unload
     pressure.trimmed()
-    assert not pressure.trim_due(1)
+    assert not pressure.trim_due(-1)

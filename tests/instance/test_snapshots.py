@@ -156,11 +156,73 @@ async def test_large_artifacts_get_no_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = make_source(tmp_path / "source", 1)
-    monkeypatch.setattr(snapshots, "MAX_ARTIFACT_BYTES", 1_000)
+    monkeypatch.setattr(snapshots, "MAX_BYTES", 1_000)
     manager = await manager_for(source, tmp_path / "cache")
     try:
         await answer(manager, "model-0/model.tar.gz")
         await asyncio.sleep(0.2)  # time for a background write that must not happen
+        assert list((tmp_path / "cache").glob("models/*/snapshot")) == []
+    finally:
+        await manager.stop()
+
+
+async def test_a_snapshot_that_keeps_failing_is_given_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that can't be pickled is tried twice, not at every load."""
+    calls: list[str] = []
+
+    def failing(self: SklearnModel) -> bytes:
+        calls.append(self.model_id)
+        raise TypeError("cannot pickle this estimator")
+
+    monkeypatch.setattr(SklearnModel, "snapshot", failing)
+    source = make_source(tmp_path / "source", 1)
+    name = "model-0/model.tar.gz"
+    manager = await manager_for(source, tmp_path / "cache")
+    try:
+        for _ in range(4):
+            await answer(manager, name)
+            await manager.snapshots.stop()  # wait for the write in flight
+            manager.snapshots._stopping = False
+            await unload(manager, name)
+        assert calls == [name, name]
+        assert list((tmp_path / "cache").glob("models/*/snapshot")) == []
+    finally:
+        await manager.stop()
+
+
+async def test_no_pickling_without_disk_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = SklearnModel.snapshot
+
+    def counted(self: SklearnModel) -> bytes | None:
+        calls.append(self.model_id)
+        return real(self)
+
+    monkeypatch.setattr(SklearnModel, "snapshot", counted)
+    source = make_source(tmp_path / "source", 1)
+    name = "model-0/model.tar.gz"
+    artifact = tmp_path / "probe"
+    manager = await manager_for(source, artifact)
+    try:
+        await answer(manager, name)
+        entry = manager.disk.get(name)
+        assert entry is not None
+        artifact_bytes = entry.artifact_bytes
+    finally:
+        await manager.stop()
+    # A disk budget with room for the artifact but not for a snapshot of its size.
+    manager = await manager_for(
+        source, tmp_path / "cache", disk_limit=artifact_bytes + artifact_bytes // 2
+    )
+    calls.clear()
+    try:
+        await answer(manager, name)
+        await manager.snapshots.stop()
+        assert calls == []
         assert list((tmp_path / "cache").glob("models/*/snapshot")) == []
     finally:
         await manager.stop()

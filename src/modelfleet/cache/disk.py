@@ -294,6 +294,13 @@ class DiskCache:
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
 
+    def has_snapshot_room(self, entry: DiskEntry, size_bytes: int) -> bool:
+        """Whether a snapshot of ``size_bytes`` would fit in ``entry`` now (free room, and the
+        entry still current and without one)."""
+        with self._lock:
+            free = self.budget_bytes - self._used - sum(self._reserved.values())
+            return size_bytes <= free and self._current(entry)
+
     def _current(self, entry: DiskEntry) -> bool:
         """Whether ``entry`` is still its model's entry and has no snapshot (lock held)."""
         return self._entries.get(entry.target_model) is entry and not entry.snapshot_bytes
@@ -305,7 +312,7 @@ class DiskCache:
             entry.size_bytes -= size
             if self._entries.get(entry.target_model) is entry:
                 self._used -= size
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone already, or the folder is read-only
                 entry.snapshot_path.unlink()
 
     def remove(self, target_model: str, *, force: bool = False) -> bool:

@@ -120,9 +120,13 @@ def _restore(
     name = header.get("handler")
     if name not in _MODULES or (handler and normalize_handler(handler) != name):
         return _discard(path, model_id, f"it was written by handler {name!r}")
-    module = importlib.import_module(_MODULES[name])
-    packages = getattr(module, "SNAPSHOT_PACKAGES", ())
-    if not hasattr(module, "load_snapshot") or not snapshots.matches(header, name, packages):
+    try:
+        module = importlib.import_module(_MODULES[name])
+        packages = getattr(module, "SNAPSHOT_PACKAGES", ())
+        current = hasattr(module, "load_snapshot") and snapshots.matches(header, name, packages)
+    except ImportError:  # a framework missing here: the artifact's load says which extra
+        return None
+    if not current:
         return _discard(path, model_id, "it was written by other versions")
     try:
         model: LoadedModel = module.load_snapshot(

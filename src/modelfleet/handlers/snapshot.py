@@ -6,8 +6,8 @@ unpickler takes for the same objects (1.0 ms against 0.15 ms for a 1 MB forest, 
 0.45 ms at 2.8 MB). After the first load of an artifact from the model source, the instance
 writes the loaded model once, in the background, as a pickle (protocol 5) next to the artifact
 in the disk cache (``models/<digest>/snapshot``), once the requests that waited for the load are
-answered; later loads of that entry read the snapshot. Artifacts above
-:data:`MAX_ARTIFACT_BYTES` get none.
+answered; later loads of that entry read the snapshot. Models above :data:`MAX_BYTES` get none
+(when they are written: :mod:`modelfleet.instance.snapshots`).
 
 A snapshot file is a header line then the handler's payload::
 
@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 MAGIC = b"modelfleet-snapshot 1 "
-#: Artifacts above this size get no snapshot. Their load time is mostly copying arrays, where
-#: the C unpickler gains less (1.8x at 11 MB against 6x at 1 MB), and it reads (and pickle
-#: writes) in one call that holds the GIL throughout: ~8 ms at 11 MB, so a 100 MB model would
-#: stall every other request for most of a 100 ms; joblib's unpickler lets other threads in.
-MAX_ARTIFACT_BYTES = 32 * 1024 * 1024
+#: Models above this size (in memory, on disk, or pickled) get no snapshot. Their load time is
+#: mostly copying arrays, where the C unpickler gains less (1.8x at 11 MB against 6x at 1 MB),
+#: and it reads (and pickle writes) in one call that holds the GIL throughout: ~8 ms at 11 MB,
+#: so a 100 MB model would stall every other request for most of 100 ms; joblib's unpickler
+#: lets other threads in.
+MAX_BYTES = 32 * 1024 * 1024
 #: the snapshot file's name in a disk-cache entry (next to ``artifact/`` and ``meta.json``)
 FILE_NAME = "snapshot"
 

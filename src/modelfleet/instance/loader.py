@@ -1,26 +1,38 @@
 """Loading one model in a worker thread, and measuring what it costs in memory.
 
-A model's footprint is the larger of the process RSS growth during its load, the handler's own
-figure and the size of its files. RSS growth is only trusted when it can be the model's: not
-when another load ran at the same time, and not when the load imported a framework (that
-growth stays with the process after the model goes; it is reported separately so the instance
-can raise its RSS high-water mark by it).
+A model's footprint is the largest of the process RSS growth during its load, the growth of the
+bytes malloc has handed out (which sees memory the load took from heap pages an earlier unload
+freed, where the RSS does not grow), the handler's own figure and the size of its files. The
+growth figures are only trusted when they can be the model's: not when another load ran at the
+same time, and not when the load imported a framework (that growth stays with the process after
+the model goes; it is reported separately so the instance can raise its RSS high-water mark by
+it).
 """
 
 from __future__ import annotations
 
-import gc
 import itertools
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from modelfleet.cache.disk import tree_size
 from modelfleet.errors import ModelError, ModelLoadError, ValidationError
 from modelfleet.handlers import load_model
 from modelfleet.handlers.base import LoadedModel
 from modelfleet.handlers.isolation import ROOT_PACKAGE
-from modelfleet.instance.pools import OverlapTracker, current_rss
+from modelfleet.instance.pools import OverlapTracker, allocated_bytes, current_rss
+
+
+class Loaded(NamedTuple):
+    """What :meth:`Loader.load` measured."""
+
+    model: LoadedModel
+    size: int  # footprint charged to the memory budget, bytes
+    load_s: float
+    imported: int  # RSS growth of framework imports during the load (0: none)
+    alone: bool  # no other load ran meanwhile
 
 
 class Loader:
@@ -31,17 +43,11 @@ class Loader:
         self._walk_trees = walk_trees
         self._overlaps = OverlapTracker()
 
-    def load(
-        self, name: str, url: Path, disk_bytes: int, snapshot: Path | None = None
-    ) -> tuple[LoadedModel, int, float, int]:
-        """Load ``url`` as ``name`` (blocking), from its load ``snapshot`` if it has a usable one.
-
-        Returns the model, its footprint in bytes, the load's seconds, and the RSS growth of
-        framework imports during the load (0 if none).
-        """
+    def load(self, name: str, url: Path, disk_bytes: int, snapshot: Path | None = None) -> Loaded:
+        """Load ``url`` as ``name`` (blocking), from its ``snapshot`` if it has a usable one."""
         modules_before = len(sys.modules)
         with self._overlaps.track() as overlap:
-            rss_before = current_rss()
+            rss_before, allocated_before = current_rss(), allocated_bytes()
             started = time.perf_counter()
             try:
                 model = load_model(
@@ -57,18 +63,14 @@ class Loader:
                 raise ModelLoadError(f"Model '{name}' failed to load: {exc}") from exc
             load_s = time.perf_counter() - started
             grown = current_rss() - rss_before
+            allocated = allocated_bytes() - allocated_before
         imported = 0
         if _imported_shared(modules_before):
-            imported, grown = max(grown, 0), 0
-            # A framework's modules live as long as the process: keep full collections off
-            # them (~60 ms with scikit-learn imported, holding the GIL) from now on. This model
-            # is frozen with them: refcounting still frees it at unload, a cycle in it would
-            # stay (its growth is already counted as the framework's, not as the model's).
-            gc.freeze()
+            imported, grown, allocated = max(grown, 0), 0, 0
         elif overlap.happened:
-            grown = 0  # other loads grew the process too: the growth is not this model's
-        size = max(grown, model.size_bytes() or 0, disk_bytes, 1)
-        return model, size, load_s, imported
+            grown = allocated = 0  # other loads grew the process too: not this model's
+        size = max(grown, allocated, model.size_bytes() or 0, disk_bytes, 1)
+        return Loaded(model, size, load_s, imported, alone=not overlap.happened)
 
 
 def _imported_shared(before: int) -> bool:

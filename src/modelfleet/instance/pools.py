@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import psutil
 
@@ -109,6 +109,49 @@ def _libc() -> ctypes.CDLL | None:
 
 
 _LIBC = _libc()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _mallinfo2() -> Any:
+    function = getattr(_LIBC, "mallinfo2", None)  # glibc 2.33 and later
+    if function is not None:
+        function.restype = _MallInfo2
+        function.argtypes = []
+    return function
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def allocated_bytes() -> int:
+    """Bytes malloc has handed out and not taken back: its heaps' chunks in use plus its own
+    mappings (glibc ``mallinfo2``), 0 where that is not available.
+
+    Unlike the RSS, it grows when a load reuses heap pages freed by an earlier unload.
+    """
+    if _MALLINFO2 is None:
+        return 0
+    info = _MALLINFO2()
+    return int(info.uordblks + info.hblkhd)
+
+
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_BYTES = 1024 * 1024
 _M_ARENA_MAX = -8

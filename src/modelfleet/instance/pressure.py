@@ -56,11 +56,11 @@ class MemoryPressure:
         self._freed_at = time.monotonic()
 
     def trim_due(self, excess: int) -> bool:
-        """Whether to hand freed heap pages back to the OS now: the RSS is above the mark, or
-        memory was freed and no unload happened for a second since."""
-        if self._freed_at is None:
-            return False
-        return excess > 0 or time.monotonic() - self._freed_at >= _TRIM_QUIET_S
+        """Whether to hand freed heap pages back to the OS now: the RSS is above the mark (a trim
+        may spare an eviction), or models were freed and no unload happened for a second since."""
+        if excess > 0:
+            return True
+        return self._freed_at is not None and time.monotonic() - self._freed_at >= _TRIM_QUIET_S
 
     def trimmed(self) -> None:
         self._freed_at = None
