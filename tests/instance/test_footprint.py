@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,8 @@ import pytest
 import modelfleet.instance.loader as loader_mod
 import modelfleet.instance.manager as manager_mod
 from modelfleet.instance.loader import Loader
-from tests.artifacts import inference_py_artifact, unpack
+from tests.artifacts import inference_py_artifact, sklearn_artifact, unpack
+from tests.instance.test_lifecycle import ROW
 from tests.instance.test_snapshots import manager_for
 
 BIG = """
@@ -44,26 +43,34 @@ async def test_no_freeze_while_a_model_with_code_is_loaded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Frozen objects are never collected: an inference.py model's namespace is a reference
-    cycle, so freezing while one is loaded would keep it for good after its unload."""
+    cycle, so the freeze a framework import asks for waits until no such model is loaded."""
     freezes: list[bool] = []
     monkeypatch.setattr(manager_mod.gc, "freeze", lambda: freezes.append(True))
     source = tmp_path / "source"
-    (source / "custom").mkdir(parents=True)
-    (source / "custom" / "model.tar.gz").write_bytes(
-        inference_py_artifact({"inference.py": BIG.replace("4_000_000", "10")})
-    )
+    for name, artifact in (
+        ("custom", inference_py_artifact({"inference.py": BIG.replace("4_000_000", "10")})),
+        ("forest-1", sklearn_artifact(seed=1)),
+        ("forest-2", sklearn_artifact(seed=2)),
+    ):
+        (source / name).mkdir(parents=True)
+        (source / name / "model.tar.gz").write_bytes(artifact)
     manager = await manager_for(source, tmp_path / "cache")
     freezes.clear()  # the one at start: the server's own objects, before any model
-    try:
+
+    async def call(name: str) -> None:
         await manager.invoke(
-            "custom/model.tar.gz", b"1", content_type="text/csv", accept="application/json"
+            f"{name}/model.tar.gz", ROW, content_type="text/csv", accept="application/json"
         )
-        manager._freeze_imports()
-        assert freezes == []
+
+    try:
+        await call("custom")
+        manager._freeze_wanted = True  # as after a load that imported a framework
+        await call("forest-1")
+        assert freezes == []  # the custom model is loaded: still waiting
+        assert manager._freeze_wanted
         await manager.unload("custom/model.tar.gz")
-        await asyncio.sleep(0)
-        manager._freeze_imports()
+        await call("forest-2")  # the next load finds it safe
         assert freezes == [True]
+        assert not manager._freeze_wanted
     finally:
         await manager.stop()
-    assert gc.isenabled()

@@ -32,7 +32,6 @@ class Loaded(NamedTuple):
     size: int  # footprint charged to the memory budget, bytes
     load_s: float
     imported: int  # RSS growth of framework imports during the load (0: none)
-    alone: bool  # no other load ran meanwhile
 
 
 class Loader:
@@ -70,7 +69,7 @@ class Loader:
         elif overlap.happened:
             grown = allocated = 0  # other loads grew the process too: not this model's
         size = max(grown, allocated, model.size_bytes() or 0, disk_bytes, 1)
-        return Loaded(model, size, load_s, imported, alone=not overlap.happened)
+        return Loaded(model, size, load_s, imported)
 
 
 def _imported_shared(before: int) -> bool:

@@ -110,6 +110,7 @@ class ModelManager:
         )
         self._room = asyncio.Event()
         self.snapshots = Snapshotter(disk=self.disk, pools=lambda: self.pools)
+        self._freeze_wanted = False  # a load imported a framework; see _freeze_imports
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -336,7 +337,9 @@ class ModelManager:
                 entry.pins += flight.waiters
                 flight.prepins, flight.entry = flight.waiters, entry
             self.metrics.model_loading_time.observe(load_s)
-            if loaded.imported and loaded.alone:
+            if loaded.imported:
+                self._freeze_wanted = True
+            if self._freeze_wanted:
                 self._freeze_imports()
             how = " from its snapshot" if model.restored else ""
             logger.info("loaded %s (%d bytes) in %.3f s%s", name, size, load_s, how)
@@ -355,15 +358,16 @@ class ModelManager:
             self._states.pop(name, None)
 
     def _freeze_imports(self) -> None:
-        """Move every object alive now out of the garbage collector's reach (``gc.freeze``),
-        after a load imported a framework, when that is safe.
+        """Move every object alive now out of the garbage collector's reach (``gc.freeze``)
+        once a load has imported a framework, as soon as that is safe.
 
         A framework's modules live as long as the process, and the full collection behind
         unloads walked all of them (125,000 objects, 63 ms holding the GIL, with scikit-learn
         imported). Frozen objects are never collected, only freed by reference counting, so a
-        frozen object in a reference cycle would stay for good: the freeze is skipped while an
+        frozen object in a reference cycle would stay for good: the freeze waits while an
         ``inference.py`` model is loaded (its code namespace is cyclic) or another load is in
-        flight. Models of the framework handlers hold no cycles.
+        flight (it may be building one), and happens after a later load when neither holds.
+        Models of the framework handlers hold no cycles.
         """
         if len(self._pending) > 1:
             return
@@ -372,6 +376,7 @@ class ModelManager:
             if entry is not None and entry.value.model.handler_name == INFERENCE_PY:
                 return
         gc.freeze()
+        self._freeze_wanted = False
 
     async def _reserve_memory(self, name: str, size_bytes: int) -> list[Entry]:
         """Reserve memory for a load, waiting while models in use hold the room.
