@@ -64,13 +64,13 @@ async def test_no_freeze_while_a_model_with_code_is_loaded(
 
     try:
         await call("custom")
-        manager._freeze_wanted = True  # as after a load that imported a framework
+        manager.pressure.freeze_wanted = True  # as after a load that imported a framework
         await call("forest-1")
         assert freezes == []  # the custom model is loaded: still waiting
-        assert manager._freeze_wanted
+        assert manager.pressure.freeze_wanted
         await manager.unload("custom/model.tar.gz")
         await call("forest-2")  # the next load finds it safe
         assert freezes == [True]
-        assert not manager._freeze_wanted
+        assert not manager.pressure.freeze_wanted
     finally:
         await manager.stop()

@@ -37,7 +37,7 @@ from modelfleet.errors import (
 )
 from modelfleet.handlers.detect import INFERENCE_PY
 from modelfleet.instance.downloader import Downloader
-from modelfleet.instance.loader import Loader, folder_size
+from modelfleet.instance.loader import Loaded, Loader, folder_size
 from modelfleet.instance.pools import (
     Pools,
     configure_allocator,
@@ -109,8 +109,11 @@ class ModelManager:
             metrics=metrics,
         )
         self._room = asyncio.Event()
-        self.snapshots = Snapshotter(disk=self.disk, pools=lambda: self.pools)
-        self._freeze_wanted = False  # a load imported a framework; see _freeze_imports
+        self.snapshots = Snapshotter(
+            disk=self.disk,
+            pools=lambda: self.pools,
+            enabled=self._cache_enabled and settings.snapshots,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -303,28 +306,26 @@ class ModelManager:
         instead of the artifact if it has one, and gets one after this load if not.
         """
         self._states[name] = ModelState.LOADING
-        snapshots = self._cache_enabled and self.settings.snapshots
-        snapshot = None
-        if disk_entry is None:
-            snapshots = False
-        elif snapshots and disk_entry.snapshot_bytes:
-            snapshot = disk_entry.snapshot_path
+        snapshot = self.snapshots.path_for(disk_entry)
         try:
-            victims = await self._reserve_memory(name, max(disk_bytes, 1))
+            victims = await self._with_room(lambda: self.memory.reserve(name, max(disk_bytes, 1)))
             try:
                 await asyncio.shield(self.unloader.unload_all(victims))
                 loaded = await run_blocking(
                     self.pools.load, self.loader.load, name, url, disk_bytes, snapshot
                 )
-                model, size, load_s = loaded.model, loaded.size, loaded.load_s
                 # A framework import's growth belongs to the process: raise the mark by it.
                 self.pressure.imported(loaded.imported)
             except BaseException:
                 self.memory.release(name)
                 self._signal_room()
                 raise
+            model = loaded.model
             try:
-                victims = await self._admit(name, Resident(model, url, from_source), size, load_s)
+                resident = Resident(model, url, from_source)
+                victims = await self._with_room(
+                    lambda: self.memory.admit(name, resident, loaded.size, cost_s=loaded.load_s)
+                )
             except BaseException:  # no room for its measured size, or cancelled meanwhile
                 self.memory.release(name)
                 self._signal_room()
@@ -336,50 +337,45 @@ class ModelManager:
             if flight is not None:
                 entry.pins += flight.waiters
                 flight.prepins, flight.entry = flight.waiters, entry
-            self.metrics.model_loading_time.observe(load_s)
-            if loaded.imported:
-                self._freeze_wanted = True
-            if self._freeze_wanted:
-                self._freeze_imports()
-            how = " from its snapshot" if model.restored else ""
-            logger.info("loaded %s (%d bytes) in %.3f s%s", name, size, load_s, how)
-            if model.restored:
-                self.metrics.snapshot_loads.inc()
-            elif snapshots:
-                assert disk_entry is not None
-                try:
-                    self.snapshots.loaded(entry, disk_entry, model, dropped=snapshot is not None)
-                except Exception:  # a snapshot is an optimisation: never fail the load for it
-                    logger.warning("load snapshot of %s skipped", name, exc_info=True)
+            self._loaded(entry, loaded, disk_entry, dropped=snapshot is not None)
             await asyncio.shield(self.unloader.unload_all(victims))
             self._update_gauges()
             return entry
         finally:
             self._states.pop(name, None)
 
-    def _freeze_imports(self) -> None:
-        """Move every object alive now out of the garbage collector's reach (``gc.freeze``)
-        once a load has imported a framework, as soon as that is safe.
+    def _loaded(
+        self, entry: Entry, loaded: Loaded, disk_entry: DiskEntry | None, *, dropped: bool
+    ) -> None:
+        """Metrics, log, GC freeze and load snapshot after ``entry`` was admitted.
 
-        A framework's modules live as long as the process, and the full collection behind
-        unloads walked all of them (125,000 objects, 63 ms holding the GIL, with scikit-learn
-        imported). Frozen objects are never collected, only freed by reference counting, so a
-        frozen object in a reference cycle would stay for good: the freeze waits while an
-        ``inference.py`` model is loaded (its code namespace is cyclic) or another load is in
-        flight (it may be building one), and happens after a later load when neither holds.
-        Models of the framework handlers hold no cycles.
+        ``dropped``: a snapshot was offered to the load but not used (it was deleted).
         """
-        if len(self._pending) > 1:
-            return
-        for key in list(self.memory):
-            entry = self.memory.entry(key)
-            if entry is not None and entry.value.model.handler_name == INFERENCE_PY:
-                return
-        gc.freeze()
-        self._freeze_wanted = False
+        model, name = loaded.model, entry.key
+        self.metrics.model_loading_time.observe(loaded.load_s)
+        self.pressure.freeze_if_safe(self._nothing_cyclic)
+        how = " from its snapshot" if model.restored else ""
+        logger.info("loaded %s (%d bytes) in %.3f s%s", name, loaded.size, loaded.load_s, how)
+        if model.restored:
+            self.metrics.snapshot_loads.inc()
+        elif disk_entry is not None:
+            try:
+                self.snapshots.loaded(entry, disk_entry, model, dropped=dropped)
+            except Exception:  # a snapshot is an optimisation: never fail the load for it
+                logger.warning("load snapshot of %s skipped", name, exc_info=True)
 
-    async def _reserve_memory(self, name: str, size_bytes: int) -> list[Entry]:
-        """Reserve memory for a load, waiting while models in use hold the room.
+    def _nothing_cyclic(self) -> bool:
+        """Whether no object alive can be in a reference cycle that will become garbage: no
+        ``inference.py`` model is loaded (its code namespace is a cycle) and no other load is
+        in flight (it may be building one). Models of the framework handlers hold no cycles."""
+        if len(self._pending) > 1:
+            return False
+        entries = (self.memory.entry(key) for key in list(self.memory))
+        return not any(e and e.value.model.handler_name == INFERENCE_PY for e in entries)
+
+    async def _with_room(self, attempt: Callable[[], list[Entry]]) -> list[Entry]:
+        """Run ``attempt`` (a reservation or an admission), waiting while models in use hold
+        the memory room.
 
         Calls in flight unpin their models within milliseconds, so a load that finds the
         budget held by pins waits for room (up to the invoke timeout) rather than failing.
@@ -387,22 +383,7 @@ class ModelManager:
         deadline = time.monotonic() + self.settings.invoke_timeout
         while True:
             try:
-                return self.memory.reserve(name, size_bytes)
-            except OutOfMemoryError:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), remaining)
-
-    async def _admit(
-        self, name: str, resident: Resident, size_bytes: int, load_s: float
-    ) -> list[Entry]:
-        """Admit a loaded model, waiting (up to the invoke timeout) while pins hold the room."""
-        deadline = time.monotonic() + self.settings.invoke_timeout
-        while True:
-            try:
-                return self.memory.admit(name, resident, size_bytes, cost_s=load_s)
+                return attempt()
             except OutOfMemoryError:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -15,7 +15,9 @@ instead; they go back to the OS when the RSS nears the mark, or once unloads pau
 
 from __future__ import annotations
 
+import gc
 import time
+from collections.abc import Callable
 
 from modelfleet.instance.pools import current_rss
 
@@ -34,6 +36,7 @@ class MemoryPressure:
         self.high_water = high_water or 0
         self._last_collect = 0.0
         self._freed_at: float | None = None  # when memory was last freed and not yet trimmed
+        self.freeze_wanted = False  # a framework was imported since the last gc.freeze
 
     def start(self) -> None:
         """Set the mark from the RSS now (unless it was configured)."""
@@ -43,8 +46,24 @@ class MemoryPressure:
 
     def imported(self, grown_bytes: int) -> None:
         """A load imported a framework that grew the process by ``grown_bytes`` for good."""
+        if grown_bytes > 0:
+            self.freeze_wanted = True
         if self._fixed is None:
             self.high_water += grown_bytes
+
+    def freeze_if_safe(self, safe: Callable[[], bool]) -> None:
+        """Move every object alive now out of the garbage collector's reach (``gc.freeze``)
+        once a load has imported a framework, as soon as ``safe()``.
+
+        A framework's modules live as long as the process, and the full collection behind
+        unloads walked all of them (125,000 objects, 63 ms holding the GIL, with scikit-learn
+        imported). Frozen objects are never collected, only freed by reference counting, so a
+        frozen object in a reference cycle would stay for good: ``safe()`` says that nothing
+        alive may be part of one (see ``ModelManager``).
+        """
+        if self.freeze_wanted and safe():
+            gc.freeze()
+            self.freeze_wanted = False
 
     def excess(self) -> tuple[int, int]:
         """The RSS now, and how far it is above the mark (negative when below)."""

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from modelfleet.cache.disk import DiskCache, DiskEntry
 from modelfleet.handlers import LoadedModel, take_snapshot
@@ -29,20 +30,29 @@ _MAX_FAILURES = 2
 class Snapshotter:
     """Saves the load snapshots of one instance's models in the background."""
 
-    def __init__(self, *, disk: DiskCache, pools: Callable[[], Pools]) -> None:
+    def __init__(self, *, disk: DiskCache, pools: Callable[[], Pools], enabled: bool) -> None:
         self._disk = disk
         self._pools = pools
+        self.enabled = enabled
         self._background: set[asyncio.Task[None]] = set()
         # models loaded from their artifact whose snapshot waits for their first callers
         self._unsaved: dict[str, tuple[DiskEntry, LoadedModel]] = {}
         self._failures: dict[str, int] = {}  # only models whose snapshot failed
         self._stopping = False
 
+    def path_for(self, disk_entry: DiskEntry | None) -> Path | None:
+        """The snapshot a load of ``disk_entry`` should read, if it has one and they are on."""
+        if self.enabled and disk_entry is not None and disk_entry.snapshot_bytes:
+            return disk_entry.snapshot_path
+        return None
+
     def loaded(
         self, entry: Entry, disk_entry: DiskEntry, model: LoadedModel, *, dropped: bool
     ) -> None:
         """``model`` was just loaded from the artifact of ``disk_entry`` and admitted as
         ``entry``. ``dropped``: the entry had a snapshot that could not be used (deleted)."""
+        if not self.enabled:
+            return
         name = disk_entry.target_model
         if dropped:
             self._disk.drop_snapshot(disk_entry)
