@@ -122,6 +122,73 @@ def fleet_cold(http: httpx.Client, key: str) -> dict[str, float]:
     }
 
 
+Keys = dict[tuple[str, float, int], tuple[str, str]]
+
+
+def upload(s3: Any, kinds: list[str], reps: dict[float, int]) -> tuple[Keys, dict[Any, float]]:
+    """Put each artifact under fresh raw and fleet keys per repetition, plus one warm-up model
+    per kind; return the keys and each artifact's size in MB."""
+    keys: Keys = {}
+    sizes_mb: dict[Any, float] = {}
+    for kind in kinds:
+        for size, count in reps.items():
+            data = artifact(kind, size)
+            sizes_mb[kind, size] = len(data) / 1e6
+            for rep in range(count):
+                raw_key = f"raw/{kind}-{size:g}-{rep}/model.tar.gz"
+                fleet_key = f"{kind}-{size:g}-{rep}/model.tar.gz"
+                s3.put_object(Bucket=BUCKET, Key=raw_key, Body=data)
+                s3.put_object(Bucket=BUCKET, Key=f"fleet/{fleet_key}", Body=data)
+                keys[kind, size, rep] = (raw_key, fleet_key)
+        warm = artifact(kind, 1.0, seed=1)  # imports are a one-time cost, not a cold load's
+        for prefix in ("fleet", "raw"):
+            s3.put_object(Bucket=BUCKET, Key=f"{prefix}/warm-{kind}/model.tar.gz", Body=warm)
+    return keys, sizes_mb
+
+
+def compare(
+    http: httpx.Client, url: str, tmp: str, kind: str, keys: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """Raw steps and modelfleet on each pair of keys, the order alternating; the medians."""
+    raws, fleets = [], []
+    for rep, (raw_key, fleet_key) in enumerate(keys):
+        if rep % 2:
+            fleets.append(fleet_cold(http, fleet_key))
+        with tempfile.TemporaryDirectory(dir=tmp) as work:
+            raws.append(raw_cold(url, raw_key, kind, Path(work)))
+        if not rep % 2:
+            fleets.append(fleet_cold(http, fleet_key))
+    raw = {k: statistics.median(r[k] for r in raws) for k in raws[0]}
+    fleet = {k: statistics.median(f[k] for f in fleets) for k in fleets[0]}
+    return {
+        "raw_download_unpack_s": raw["download_s"] + raw["unpack_s"],
+        "raw_load_s": raw["load_s"],
+        "raw_total_s": raw["total_s"],
+        "mf_download_unpack_s": fleet["download_unpack_s"],
+        "mf_load_s": fleet["load_s"],
+        "mf_infer_s": fleet["infer_s"],
+        "mf_overhead_s": fleet["overhead_s"],
+        "mf_total_s": fleet["total_s"],
+        "ratio": fleet["total_s"] / raw["total_s"],
+        "raw_runs": raws,
+        "mf_runs": fleets,
+    }
+
+
+COLUMNS = [
+    "model",
+    "artifact_mb",
+    "raw_download_unpack_s",
+    "raw_load_s",
+    "raw_total_s",
+    "mf_download_unpack_s",
+    "mf_load_s",
+    "mf_overhead_s",
+    "mf_total_s",
+    "ratio",
+]
+
+
 def main() -> None:
     args = parser(__doc__ or "").parse_args()
     sizes = [1.0, 10.0] if args.quick else [1.0, 10.0, 100.0]
@@ -131,28 +198,8 @@ def main() -> None:
     with moto_server() as url, tempfile.TemporaryDirectory() as tmp:
         s3 = s3_client(url)
         s3.create_bucket(Bucket=BUCKET)
-        keys: dict[tuple[str, float, int], tuple[str, str]] = {}
-        sizes_mb: dict[tuple[str, float], float] = {}
-        for kind in kinds:
-            for size in sizes:
-                data = artifact(kind, size)
-                sizes_mb[kind, size] = len(data) / 1e6
-                for rep in range(reps[size]):
-                    raw_key = f"raw/{kind}-{size:g}-{rep}/model.tar.gz"
-                    fleet_key = f"{kind}-{size:g}-{rep}/model.tar.gz"
-                    s3.put_object(Bucket=BUCKET, Key=raw_key, Body=data)
-                    s3.put_object(Bucket=BUCKET, Key=f"fleet/{fleet_key}", Body=data)
-                    keys[kind, size, rep] = (raw_key, fleet_key)
+        keys, sizes_mb = upload(s3, kinds, reps)
         server_args = fleet_args(f"s3://{BUCKET}/fleet/", f"{tmp}/cache")
-        for kind in kinds:  # warm-up models: imports are a one-time cost, not a cold load's
-            s3.put_object(
-                Bucket=BUCKET,
-                Key=f"fleet/warm-{kind}/model.tar.gz",
-                Body=artifact(kind, 1.0, seed=1),
-            )
-            s3.put_object(
-                Bucket=BUCKET, Key=f"raw/warm-{kind}/model.tar.gz", Body=artifact(kind, 1.0, seed=1)
-            )
         with (
             process_server(server_args, env=s3_env(url), log=Path(tmp) / "server.log") as srv,
             httpx.Client(base_url=srv.url) as http,
@@ -163,58 +210,13 @@ def main() -> None:
                 fleet_cold(http, f"warm-{kind}/model.tar.gz")
             for kind in kinds:
                 for size in sizes:
-                    raws, fleets = [], []
-                    for rep in range(reps[size]):
-                        raw_key, fleet_key = keys[kind, size, rep]
-                        if rep % 2:
-                            fleets.append(fleet_cold(http, fleet_key))
-                        with tempfile.TemporaryDirectory(dir=tmp) as work:
-                            raws.append(raw_cold(url, raw_key, kind, Path(work)))
-                        if not rep % 2:
-                            fleets.append(fleet_cold(http, fleet_key))
-                    raw = {k: statistics.median(r[k] for r in raws) for k in raws[0]}
-                    fleet = {k: statistics.median(f[k] for f in fleets) for k in fleets[0]}
-                    rows.append(
-                        {
-                            "model": kind,
-                            "artifact_mb": round(sizes_mb[kind, size], 1),
-                            "raw_download_unpack_s": raw["download_s"] + raw["unpack_s"],
-                            "raw_load_s": raw["load_s"],
-                            "raw_total_s": raw["total_s"],
-                            "mf_download_unpack_s": fleet["download_unpack_s"],
-                            "mf_load_s": fleet["load_s"],
-                            "mf_infer_s": fleet["infer_s"],
-                            "mf_overhead_s": fleet["overhead_s"],
-                            "mf_total_s": fleet["total_s"],
-                            "ratio": fleet["total_s"] / raw["total_s"],
-                            "raw_runs": raws,
-                            "mf_runs": fleets,
-                        }
-                    )
-    columns = [
-        "model",
-        "artifact_mb",
-        "raw_download_unpack_s",
-        "raw_load_s",
-        "raw_total_s",
-        "mf_download_unpack_s",
-        "mf_load_s",
-        "mf_overhead_s",
-        "mf_total_s",
-        "ratio",
-    ]
-    print_table(rows, columns, title="Cold path (medians); ratio = modelfleet / raw")
-    path = write_results(
-        "cold",
-        quick=args.quick,
-        out=args.out,
-        rows=rows,
-        params={
-            "sizes_mb": sizes,
-            "kinds": kinds,
-            "repetitions": {f"{k:g} MB": n for k, n in reps.items()},
-        },
-    )
+                    pairs = [keys[kind, size, rep] for rep in range(reps[size])]
+                    row = {"model": kind, "artifact_mb": round(sizes_mb[kind, size], 1)}
+                    rows.append(row | compare(http, url, tmp, kind, pairs))
+    print_table(rows, COLUMNS, title="Cold path (medians); ratio = modelfleet / raw")
+    params = {"sizes_mb": sizes, "kinds": kinds}
+    params["repetitions"] = {f"{k:g} MB": n for k, n in reps.items()}
+    path = write_results("cold", quick=args.quick, out=args.out, rows=rows, params=params)
     print(f"\nwrote {path}")
 
 

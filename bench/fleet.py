@@ -73,15 +73,7 @@ def run(
     body = work / "row.csv"
     body.write_text(",".join(f"{v:.6f}" for v in features(7, 1, N_FEATURES)[0]) + "\n")
     try:
-        figures = servers.run_loadgen(
-            f"{server.url}/endpoints/default/invocations",
-            concurrency=w.concurrency,
-            duration_s=3600.0,
-            headers={"Content-Type": "text/csv"},
-            body_file=body,
-            targets_file=trace,
-            warmup=0,
-        )
+        figures = servers.replay(server.url, concurrency=w.concurrency, trace=trace, body=body)
         counts = modelfleet_counts(server)
     finally:
         server.stop()

@@ -230,6 +230,20 @@ def run_loadgen(
     return figures
 
 
+def replay(url: str, *, concurrency: int, trace: Path, body: Path) -> dict[str, Any]:
+    """Send every request of ``trace`` (a target model per line) once to the server at ``url``,
+    closed loop at ``concurrency``, each with the CSV ``body``; the load generator's figures."""
+    return run_loadgen(
+        f"{url}/endpoints/default/invocations",
+        concurrency=concurrency,
+        duration_s=3600.0,
+        headers={"Content-Type": "text/csv"},
+        body_file=body,
+        targets_file=trace,
+        warmup=0,
+    )
+
+
 # ---------------------------------------------------------------- the systems under test
 
 

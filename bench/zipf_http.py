@@ -168,15 +168,7 @@ def run_system(
 ) -> dict[str, Any]:
     server = start(system, work, models, w, room_bytes)
     try:
-        figures = servers.run_loadgen(
-            f"{server.url}/endpoints/default/invocations",
-            concurrency=w.concurrency,
-            duration_s=3600.0,
-            headers={"Content-Type": "text/csv"},
-            body_file=body,
-            targets_file=trace,
-            warmup=0,
-        )
+        figures = servers.replay(server.url, concurrency=w.concurrency, trace=trace, body=body)
         counts = modelfleet_counts(server) if system.startswith("modelfleet") else {}
         counts = counts or app_counts(server)
     finally:
