@@ -93,7 +93,7 @@ async def test_snapshots_off_or_cache_disabled_write_none(tmp_path: Path) -> Non
             if name in manager.memory:
                 await unload(manager, name)
             await answer(manager, name)
-            await asyncio.sleep(0.2)  # time for a background write that must not happen
+            await manager.snapshots.stop()  # waits for any write in flight
             assert list(cache.glob("models/*/snapshot")) == []
             assert manager.metrics.snapshot_loads._value.get() == 0
         finally:
@@ -142,7 +142,9 @@ async def test_the_snapshot_waits_for_the_requests_that_waited_for_the_load(
     try:
         call = asyncio.create_task(answer(manager, name))
         assert await asyncio.to_thread(entered.wait, 10)
-        await asyncio.sleep(0.3)  # time enough for a snapshot written too early
+        # The load is done and its caller is being served: the snapshot waits, none started.
+        assert name in manager.snapshots._unsaved
+        assert not manager.snapshots._background
         assert await snapshots_written(manager, 0) == []
         release.set()
         await call
@@ -160,7 +162,7 @@ async def test_large_artifacts_get_no_snapshot(
     manager = await manager_for(source, tmp_path / "cache")
     try:
         await answer(manager, "model-0/model.tar.gz")
-        await asyncio.sleep(0.2)  # time for a background write that must not happen
+        await manager.snapshots.stop()  # waits for any write in flight
         assert list((tmp_path / "cache").glob("models/*/snapshot")) == []
     finally:
         await manager.stop()
