@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 import modelfleet.instance.loader as loader_mod
 import modelfleet.instance.manager as manager_mod
-from modelfleet.instance.loader import Loader
+from modelfleet.instance.loader import Loader, small_object_bytes
 from tests.artifacts import inference_py_artifact, sklearn_artifact, unpack
 from tests.instance.test_lifecycle import ROW
 from tests.instance.test_snapshots import manager_for
@@ -74,3 +75,53 @@ async def test_no_freeze_while_a_model_with_code_is_loaded(
         assert not manager.pressure.freeze_wanted
     finally:
         await manager.stop()
+
+
+SMALL_OBJECTS = """
+def model_fn(model_dir):
+    return {i: float(i) + 0.5 for i in range(2_000)}  # ~2,000 objects, each under 512 bytes
+
+def predict_fn(data, model):
+    return [model[0]]
+"""
+
+
+def test_small_python_objects_are_charged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the RSS nor malloc sees objects from Python's own small-object arenas (reused
+    after an unload): a small model's object graph is walked and its small objects charged."""
+    monkeypatch.setattr(loader_mod, "current_rss", lambda: 1_000_000_000)  # flat
+    monkeypatch.setattr(loader_mod, "allocated_bytes", lambda: 5_000_000)  # flat
+    loader = Loader(handler=None)
+    for name in ("warm-up", "m"):
+        folder = unpack(inference_py_artifact({"inference.py": SMALL_OBJECTS}), tmp_path / name)
+        loaded = loader.load(name, folder, disk_bytes=300)
+    floats = 2_000 * 24  # the dict's keys are not counted: mostly attribute names elsewhere
+    assert floats <= loaded.size < 4 * floats
+
+
+class _Holder:
+    def __init__(self, payload: object) -> None:
+        self.payload = payload
+        self.kind = Loader  # a class: shared, not walked
+        self.module = loader_mod  # a module: shared, not walked
+        self.function = loader_mod.folder_size  # its globals are the module's: not walked
+
+
+def test_the_walk_counts_the_model_own_objects_only() -> None:
+    bare = small_object_bytes(_Holder(None))
+    assert bare < 1_000  # the holder, its dict, a few references: no module, class or globals
+
+    floats = [float(i) for i in range(100)]
+    assert small_object_bytes(_Holder(floats)) - bare >= 90 * 24
+
+    def closure() -> int:
+        return len(floats)
+
+    assert small_object_bytes(_Holder(closure)) - bare >= 90 * 24  # the closure's cells
+
+    cycle: list[object] = []
+    cycle.append(cycle)
+    assert small_object_bytes(cycle) == sys.getsizeof(cycle)
+
+    many = [float(i) for i in range(100_000)]  # the walk stops at its bound
+    assert small_object_bytes(many) < 5_001 * 24
