@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+import modelfleet.endpoint.router as router_mod
 from modelfleet.endpoint.router import Router, rendezvous_score
 from modelfleet.errors import ServiceUnavailableError
 from modelfleet.handlers.base import Prediction
@@ -131,3 +132,29 @@ def test_a_model_on_two_instances_gets_a_third_only_when_hot() -> None:
     hot.queued = 1.0
     router._pressure["m"] = hot  # its requests queue for a slot at the holders
     assert router.candidates("m", list(instances))[0] is third
+
+
+def test_idle_copies_keep_the_latest_holder_and_old_entries_are_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    instances = fleet(3)
+    router = Router({"v": list(instances)})
+    clock = {"now": 1_000.0}
+    monkeypatch.setattr(router_mod.time, "monotonic", lambda: clock["now"])
+    home = router.candidates("m", list(instances))[0]
+    assert call(router, "m") == home.instance_id
+    home.in_flight = 10  # busy: the next request loads a copy elsewhere
+    clock["now"] += 1
+    copy = call(router, "m")
+    assert copy != home.instance_id
+    home.in_flight = 0
+    call(router, "solo")  # one holder: never an idle copy
+    assert router.idle_copies(idle_s=30) == []  # both copies served within the last 30 s
+    clock["now"] += 31
+    assert router.idle_copies(idle_s=30) == [("m", home.instance_id)]  # copy served last
+    assert router.idle_copies(idle_s=30) == []  # forgotten once reported
+    clock["now"] += router_mod._FORGET_AFTER_S + 1
+    router.idle_copies(idle_s=30)
+    assert all(not held for held in router._held.values())  # nothing used for an hour
+    router.forget_instance(copy)
+    assert copy not in router._held

@@ -131,8 +131,9 @@ class Router:
         self._weights = list(weighted.values()) or [1.0]
         self._retry_on = retry_on
         self._randomly = randomly
-        # model -> {instance id: when it last served the model (monotonic)}
-        self._holders: dict[str, dict[str, float]] = {}
+        # instance id -> {model: when the instance last served it (monotonic)}; by instance, so
+        # a model costs one entry per holder (about 70 bytes) and not a dict of its own
+        self._held: dict[str, dict[str, float]] = {}
         self._pressure: dict[str, _Pressure] = {}  # models whose requests queue at holders
         # per variant: requests served, and per model since the autoscaler last looked
         self.served: dict[str, int] = dict.fromkeys(variants, 0)
@@ -166,7 +167,7 @@ class Router:
         if self._randomly:  # the baseline the benchmarks compare affinity with
             return random.sample(up, len(up))
         bound = math.ceil(_LOAD_FACTOR * (sum(i.in_flight for i in up) + 1) / len(up))
-        holders = self._holders.get(target_model, {})
+        holders = {iid for iid, held in self._held.items() if target_model in held}
         ranked = sorted(up, key=lambda i: rendezvous_score(target_model, i.instance_id))
         ranked.reverse()
         pressure = self._pressure.get(target_model)
@@ -211,21 +212,22 @@ class Router:
         unload.
         """
         now = time.monotonic()
+        once: set[str] = set()
+        shared: set[str] = set()  # models held by two instances or more
+        for held in self._held.values():
+            stale = [model for model, used in held.items() if now - used > _FORGET_AFTER_S]
+            for model in stale:  # bounded memory: the instance evicted it by now anyway
+                del held[model]
+            shared |= once & held.keys()
+            once |= held.keys()
         idle = []
-        stale = []
-        for model, holders in self._holders.items():
-            if now - max(holders.values(), default=0.0) > _FORGET_AFTER_S:
-                stale.append(model)  # bounded memory: the instances evict it by now anyway
-                continue
-            if len(holders) < 2:
-                continue
+        for model in shared:
+            holders = {iid: held[model] for iid, held in self._held.items() if model in held}
             latest = max(holders, key=holders.__getitem__)
-            for instance_id, used in list(holders.items()):
+            for instance_id, used in holders.items():
                 if instance_id != latest and now - used > idle_s:
-                    del holders[instance_id]
+                    del self._held[instance_id][model]
                     idle.append((model, instance_id))
-        for model in stale:
-            del self._holders[model]
         return idle
 
     def _note_queueing(self, target_model: str, result: InvokeResult) -> None:
@@ -241,8 +243,7 @@ class Router:
 
     def forget_instance(self, instance_id: str) -> None:
         """Drop what the router learned about ``instance_id`` (it was removed)."""
-        for holders in self._holders.values():
-            holders.pop(instance_id, None)
+        self._held.pop(instance_id, None)
 
     async def invoke(
         self,
@@ -295,7 +296,10 @@ class Router:
                     if dropped > _MAX_DROPPED:  # the request may be what kills instances
                         break
                 continue
-            self._holders.setdefault(target_model, {})[instance.instance_id] = time.monotonic()
+            held = self._held.get(instance.instance_id)
+            if held is None:
+                held = self._held[instance.instance_id] = {}
+            held[target_model] = time.monotonic()
             self._note_queueing(target_model, result)
             self.served[variant] += 1
             if self.track_recent:
