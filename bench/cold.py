@@ -5,7 +5,13 @@ server (moto, its own process) reached over HTTP. For each, alternately (which o
 first alternates too, so neither always runs right after the other's disk writes):
 
 - **raw**: what a script does by hand — obstore get streamed to a file, tarfile extract,
-  framework load, one predict;
+  framework load, one predict — in this warmed-up process, which keeps each model it loads
+  until the comparison of that kind and size ends, as a server keeps its models. (Before
+  2026-11-25 each raw run freed its model and the next one reused that heap instead of faulting
+  fresh pages in, which no server that keeps its models loaded can do: a 1 MB XGBoost booster
+  loaded in 1.0 ms that way against 1.9 ms when the earlier ones stay loaded. A fresh process
+  per raw run was tried too and is not used: it also pays a new process's warm-up, which a
+  running server does not; in a quick run its raw steps took 2-5x as long.)
 - **modelfleet**: one request to a ``modelfleet serve`` process whose source is that bucket,
   timed at the client, with the server's own breakdown from ``/metrics`` (download + unpack,
   load, inference; the rest is overhead).
@@ -42,8 +48,8 @@ def repetitions(size_mb: float, quick: bool) -> int:
     return 9 if size_mb < 5 else 5 if size_mb < 50 else 3
 
 
-def raw_cold(url: str, key: str, kind: str, workdir: Path) -> dict[str, float]:
-    """The raw steps, timed one by one."""
+def raw_cold(url: str, key: str, kind: str, workdir: Path, keep: list[Any]) -> dict[str, float]:
+    """The raw steps, timed one by one; the model loaded is appended to ``keep``."""
     import numpy as np
     from obstore.store import S3Store
 
@@ -76,12 +82,14 @@ def raw_cold(url: str, key: str, kind: str, workdir: Path) -> dict[str, float]:
         model = joblib.load(unpacked / "model.joblib")
         loaded = time.perf_counter()
         model.predict(row)
+        keep.append(model)
     else:
         import xgboost
 
         booster = xgboost.Booster(model_file=str(unpacked / "xgboost-model"))
         loaded = time.perf_counter()
         booster.inplace_predict(row)
+        keep.append(booster)
     done = time.perf_counter()
     return {
         "download_s": downloaded - started,
@@ -151,11 +159,12 @@ def compare(
 ) -> dict[str, Any]:
     """Raw steps and modelfleet on each pair of keys, the order alternating; the medians."""
     raws, fleets = [], []
+    kept: list[Any] = []  # the raw side's models stay loaded, as the server's do
     for rep, (raw_key, fleet_key) in enumerate(keys):
         if rep % 2:
             fleets.append(fleet_cold(http, fleet_key))
         with tempfile.TemporaryDirectory(dir=tmp) as work:
-            raws.append(raw_cold(url, raw_key, kind, Path(work)))
+            raws.append(raw_cold(url, raw_key, kind, Path(work), kept))
         if not rep % 2:
             fleets.append(fleet_cold(http, fleet_key))
     raw = {k: statistics.median(r[k] for r in raws) for k in raws[0]}
@@ -206,7 +215,7 @@ def main() -> None:
         ):
             for kind in kinds:
                 with tempfile.TemporaryDirectory(dir=tmp) as work:
-                    raw_cold(url, f"raw/warm-{kind}/model.tar.gz", kind, Path(work))
+                    raw_cold(url, f"raw/warm-{kind}/model.tar.gz", kind, Path(work), [])
                 fleet_cold(http, f"warm-{kind}/model.tar.gz")
             for kind in kinds:
                 for size in sizes:

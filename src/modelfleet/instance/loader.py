@@ -124,6 +124,8 @@ def _imported_shared(before: int) -> bool:
     """Whether modules other than models' private code namespaces were imported since
     ``sys.modules`` held ``before`` names (new names come last: it is an insertion-ordered
     dict; a namespace dropped meanwhile shifts the window, which only blurs a load's size)."""
+    if len(sys.modules) == before:
+        return False  # the usual case, without copying the ~2,000 names (0.1 ms)
     return any(
         not name.startswith(ROOT_PACKAGE)
         for name in itertools.islice(list(sys.modules), before, None)
