@@ -178,6 +178,20 @@ def test_snapshots_are_reindexed_and_can_be_dropped(tmp_path: Path) -> None:
     assert again.used_bytes == used - 200 == on_disk(tmp_path, again)
 
 
+def test_an_instance_without_snapshots_deletes_them_at_start(tmp_path: Path) -> None:
+    """--no-snapshots: a previous run's snapshots are not read, so they leave the budget."""
+    cache, entry = one_entry(tmp_path, 10_000, 300)
+    assert cache.add_snapshot(entry, writer(200))
+    used = cache.used_bytes
+    again = DiskCache(tmp_path, 10_000)
+    again.start(keep_snapshots=False)
+    reindexed = again.get("a")
+    assert reindexed is not None
+    assert reindexed.snapshot_bytes == 0
+    assert not reindexed.snapshot_path.exists()
+    assert again.used_bytes == used - 200 == on_disk(tmp_path, again)
+
+
 def test_a_snapshot_holds_its_room_while_it_is_written(tmp_path: Path) -> None:
     cache, entry = one_entry(tmp_path, 1000, 300)
     before = cache.used_bytes

@@ -119,15 +119,17 @@ class DiskCache:
         self._on_evict = on_evict
 
     # -- start ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Create the folders, sweep orphans, and re-index what a previous run left."""
+    def start(self, *, keep_snapshots: bool = True) -> None:
+        """Create the folders, sweep orphans, and re-index what a previous run left (deleting
+        its load snapshots unless ``keep_snapshots``: an instance that does not use them does
+        not keep them in its budget)."""
         self._models.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         for orphan in self._tmp.iterdir():
             _remove_tree(orphan)
         found: list[tuple[float, DiskEntry]] = []
         for path in self._models.iterdir():
-            entry = self._read_entry(path)
+            entry = self._read_entry(path, keep_snapshot=keep_snapshots)
             if entry is None:
                 logger.warning("removing unreadable disk-cache entry %s", path)
                 _remove_tree(path)
@@ -140,7 +142,7 @@ class DiskCache:
         if found:
             logger.info("disk cache re-indexed %d artifacts, %d bytes", len(found), self._used)
 
-    def _read_entry(self, path: Path) -> DiskEntry | None:
+    def _read_entry(self, path: Path, *, keep_snapshot: bool) -> DiskEntry | None:
         try:
             meta = json.loads((path / _META).read_text())
             if not (path / _ARTIFACT).is_dir() or path.name != _digest(meta["target_model"]):
@@ -149,6 +151,10 @@ class DiskCache:
                 snapshot = (path / _SNAPSHOT).stat().st_size
             except FileNotFoundError:
                 snapshot = 0
+            if snapshot and not keep_snapshot:
+                with contextlib.suppress(OSError):  # undeletable: it stays counted
+                    (path / _SNAPSHOT).unlink()
+                    snapshot = 0
             return DiskEntry(
                 target_model=str(meta["target_model"]),
                 root=self._models,

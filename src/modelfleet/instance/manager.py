@@ -129,7 +129,8 @@ class ModelManager:
         # them out of the collector's generations so a full collection during a model load
         # does not walk them (measured: 10 MB cold loads 1.5x faster).
         gc.freeze()
-        await run_blocking(self.pools.load, self.disk.start)
+        start_disk = functools.partial(self.disk.start, keep_snapshots=self.snapshots.enabled)
+        await run_blocking(self.pools.load, start_disk)
         self.pressure.start()
         self._watcher = asyncio.create_task(
             self.unloader.watch_rss(), name="modelfleet-rss-watcher"
