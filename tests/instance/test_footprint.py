@@ -125,3 +125,23 @@ def test_the_walk_counts_the_model_own_objects_only() -> None:
 
     many = [float(i) for i in range(100_000)]  # the walk stops at its bound
     assert small_object_bytes(many) < 5_001 * 24
+
+
+class _Awkward:
+    """What a model's own objects may do: a failing __sizeof__, a computed __class__."""
+
+    def __sizeof__(self) -> int:
+        raise RuntimeError("no size")
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        raise AssertionError("the walk must not ask an object for its __class__")
+
+
+def test_the_walk_survives_awkward_objects() -> None:
+    def later() -> object:
+        return unset  # an empty cell until ``unset`` is assigned below
+
+    holder = _Holder([_Awkward(), later, 0.5])
+    assert small_object_bytes(holder) > 0
+    unset = 1.5  # fills the closure's cell

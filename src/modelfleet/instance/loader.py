@@ -25,7 +25,7 @@ import time
 import types
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from modelfleet.cache.disk import tree_size
 from modelfleet.errors import ModelError, ModelLoadError, ValidationError
@@ -103,21 +103,37 @@ def small_object_bytes(root: object) -> int:
     while stack and visits < _MAX_VISITS:
         obj = stack.pop()
         visits += 1
-        size = sys.getsizeof(obj)
+        kind = type(obj)  # not obj.__class__, which a proxy may compute
+        try:
+            size = sys.getsizeof(obj, 0)
+        except Exception:  # a model's own __sizeof__ that fails: not worth failing its load
+            size = 0
         if size <= _SMALL_OBJECT:
             total += size
         children: Iterable[object]
-        if isinstance(obj, dict):
-            children = obj.values()
-        elif isinstance(obj, types.FunctionType):
-            children = [cell.cell_contents for cell in obj.__closure__ or ()]
+        if kind is dict:
+            children = cast(dict[object, object], obj).values()
+        elif kind is types.FunctionType:
+            cells = cast(types.FunctionType, obj).__closure__ or ()
+            children = [cell.cell_contents for cell in cells if _filled(cell)]
         else:
             children = gc.get_referents(obj)
         for child in children:
-            if id(child) not in seen and not isinstance(child, (type, types.ModuleType)):
+            if id(child) not in seen and not issubclass(type(child), _SHARED):
                 seen.add(id(child))
                 stack.append(child)
     return total
+
+
+_SHARED = (type, types.ModuleType)
+
+
+def _filled(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - raises ValueError while the cell is empty
+    except ValueError:
+        return False
+    return True
 
 
 def _imported_shared(before: int) -> bool:
