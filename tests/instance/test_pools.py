@@ -1,8 +1,13 @@
-"""Pool helpers: the overlap tracker used to trust (or not) RSS growth around a load."""
+"""Pool helpers: the overlap tracker used to trust (or not) RSS growth around a load; the
+OpenMP wait policy."""
 
 from __future__ import annotations
 
-from modelfleet.instance.pools import OverlapTracker
+import os
+
+import pytest
+
+from modelfleet.instance.pools import OverlapTracker, configure_openmp
 
 
 def test_sections_one_after_another_do_not_overlap() -> None:
@@ -25,3 +30,14 @@ def test_overlapping_sections_both_know() -> None:
     with tracker.track() as later:
         pass
     assert not later.happened
+
+
+def test_openmp_workers_sleep_when_idle_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    configure_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    configure_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

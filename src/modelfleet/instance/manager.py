@@ -41,6 +41,7 @@ from modelfleet.instance.loader import Loaded, Loader, folder_size
 from modelfleet.instance.pools import (
     Pools,
     configure_allocator,
+    configure_openmp,
     run_blocking,
 )
 from modelfleet.instance.pressure import MemoryPressure
@@ -125,6 +126,7 @@ class ModelManager:
             inference=s.effective_inference_concurrency,
         )
         configure_allocator()
+        configure_openmp()
         # The server's own objects (modules, app, settings) live as long as the process: move
         # them out of the collector's generations so a full collection during a model load
         # does not walk them (measured: 10 MB cold loads 1.5x faster).
