@@ -17,7 +17,8 @@ first alternates too, so neither always runs right after the other's disk writes
   load, inference; the rest is overhead).
 
 Each repetition uses fresh object keys, so every request is truly cold. Full mode repeats 9
-times at 1 MB, 5 at 10 MB and 3 at 100 MB (medians); quick mode once.
+times at 1 MB and 5 at 10 and 100 MB (medians; 100 MB loads swing most from run to run on a
+shared machine); quick mode once.
 
     python -m bench.cold [--quick]
 """
@@ -45,7 +46,7 @@ def repetitions(size_mb: float, quick: bool) -> int:
     """Runs per model and size: more where one run is short and noise weighs most."""
     if quick:
         return 1
-    return 9 if size_mb < 5 else 5 if size_mb < 50 else 3
+    return 9 if size_mb < 5 else 5
 
 
 def raw_cold(url: str, key: str, kind: str, workdir: Path, keep: list[Any]) -> dict[str, float]:
