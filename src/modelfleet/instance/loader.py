@@ -2,13 +2,14 @@
 
 A model's footprint is the largest of the process RSS growth during its load, the growth of the
 bytes malloc has handed out (which sees memory the load took from heap pages an earlier unload
-freed, where the RSS does not grow; a load of 256 KiB or more takes the "before" figure from the
-end of the last load unless an unload freed memory since, see
-:class:`~modelfleet.instance.pools.AllocationMark`), the handler's own figure and the size of
-its files. The growth figures are only trusted when they can be the model's: not when another
-load ran at the same time, and not when the load imported a framework (that growth stays with
-the process after the model goes; it is reported separately so the instance can raise its RSS
-high-water mark by it).
+freed, where the RSS does not grow; a load of 256 KiB or more takes the "before" figure from
+the end of the last load unless an unload freed memory since, see
+:class:`~modelfleet.instance.pools.AllocationMark`), the handler's own figure and the size of its
+files. The
+growth figures are only trusted when they can be the model's: not when another load ran at the
+same time, and not when the load imported a framework (that growth stays with the process after
+the model goes; it is reported separately so the instance can raise its RSS high-water mark by
+it).
 
 Neither growth figure sees most of a small model: CPython serves objects of up to 512 bytes from
 its own arenas, which malloc does not count and which an unload leaves mapped for the next load
