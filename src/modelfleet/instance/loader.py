@@ -2,10 +2,7 @@
 
 A model's footprint is the largest of the process RSS growth during its load, the growth of the
 bytes malloc has handed out (which sees memory the load took from heap pages an earlier unload
-freed, where the RSS does not grow; a load of 256 KiB or more takes the "before" figure from
-the end of the last load unless an unload freed memory since, see
-:class:`~modelfleet.instance.pools.AllocationMark`), the handler's own figure and the size of its
-files. The
+freed, where the RSS does not grow), the handler's own figure and the size of its files. The
 growth figures are only trusted when they can be the model's: not when another load ran at the
 same time, and not when the load imported a framework (that growth stays with the process after
 the model goes; it is reported separately so the instance can raise its RSS high-water mark by
@@ -35,12 +32,7 @@ from modelfleet.errors import ModelError, ModelLoadError, ValidationError
 from modelfleet.handlers import load_model
 from modelfleet.handlers.base import LoadedModel
 from modelfleet.handlers.isolation import ROOT_PACKAGE
-from modelfleet.instance.pools import (
-    AllocationMark,
-    OverlapTracker,
-    allocated_bytes,
-    current_rss,
-)
+from modelfleet.instance.pools import OverlapTracker, allocated_bytes, current_rss
 
 
 class Loaded(NamedTuple):
@@ -55,28 +47,16 @@ class Loaded(NamedTuple):
 class Loader:
     """Loads models with a handler (detected, or the one configured) and sizes them."""
 
-    def __init__(
-        self,
-        *,
-        handler: str | None,
-        walk_trees: bool = True,
-        allocation: AllocationMark | None = None,
-    ) -> None:
+    def __init__(self, *, handler: str | None, walk_trees: bool = True) -> None:
         self._handler = handler
         self._walk_trees = walk_trees
         self._overlaps = OverlapTracker()
-        # malloc's figure before a load: kept from the last load until an unload frees memory
-        self.allocation = allocation or AllocationMark()
 
     def load(self, name: str, url: Path, disk_bytes: int, snapshot: Path | None = None) -> Loaded:
         """Load ``url`` as ``name`` (blocking), from its ``snapshot`` if it has a usable one."""
         modules_before = len(sys.modules)
         with self._overlaps.track() as overlap:
-            # malloc's figure from the last load when this one is big enough for the bytes
-            # allocated in between not to matter (see AllocationMark), measured now otherwise
-            small = disk_bytes < WALK_BELOW
-            allocated_before = allocated_bytes() if small else self.allocation.before()
-            rss_before = current_rss()
+            rss_before, allocated_before = current_rss(), allocated_bytes()
             started = time.perf_counter()
             try:
                 model = load_model(
@@ -92,7 +72,7 @@ class Loader:
                 raise ModelLoadError(f"Model '{name}' failed to load: {exc}") from exc
             load_s = time.perf_counter() - started
             grown = current_rss() - rss_before
-            allocated = self.allocation.after() - allocated_before
+            allocated = allocated_bytes() - allocated_before
         imported = 0
         if _imported_shared(modules_before):
             imported, grown, allocated = max(grown, 0), 0, 0

@@ -102,11 +102,7 @@ class ModelManager:
             changed=self._update_gauges,
         )
         self._watcher: asyncio.Task[None] | None = None
-        self.loader = Loader(
-            handler=settings.handler,
-            walk_trees=settings.walk_trees,
-            allocation=self.pressure.allocation,
-        )
+        self.loader = Loader(handler=settings.handler, walk_trees=settings.walk_trees)
         self.runner = Runner(
             inline_max_s=settings.inline_inference_ms / 1000.0,
             pools=lambda: self.pools,

@@ -153,33 +153,6 @@ def allocated_bytes() -> int:
     return int(info.uordblks + info.hblkhd)
 
 
-class AllocationMark:
-    """:func:`allocated_bytes` as of the end of the last load, kept while nothing was freed.
-
-    glibc's ``mallinfo2`` walks every free chunk of every arena: 0.015 ms on a fresh heap, 0.86
-    ms after a few 100 MB forests had loaded (their parse left many free chunks), and a load
-    measured it twice. A load takes its "before" figure from here instead, unless an unload
-    freed memory since the mark was set (then it is measured again); transient allocations by
-    requests in between are freed by the time they matter.
-    """
-
-    def __init__(self) -> None:
-        self._value: int | None = None
-
-    def freed(self) -> None:
-        """Memory was freed (an unload): the next load measures its "before" afresh."""
-        self._value = None
-
-    def before(self) -> int:
-        value = self._value
-        return allocated_bytes() if value is None else value
-
-    def after(self) -> int:
-        """Measure now, and keep it as the next load's "before"."""
-        value = self._value = allocated_bytes()
-        return value
-
-
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_BYTES = 1024 * 1024
 _M_ARENA_MAX = -8

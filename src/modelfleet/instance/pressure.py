@@ -19,7 +19,7 @@ import gc
 import time
 from collections.abc import Callable
 
-from modelfleet.instance.pools import AllocationMark, current_rss
+from modelfleet.instance.pools import current_rss
 
 CHECK_INTERVAL_S = 1.0
 _FULL_COLLECT_INTERVAL_S = 5.0
@@ -37,7 +37,6 @@ class MemoryPressure:
         self._last_collect = 0.0
         self._freed_at: float | None = None  # when memory was last freed and not yet trimmed
         self.freeze_wanted = False  # a framework was imported since the last gc.freeze
-        self.allocation = AllocationMark()  # what loads measure their malloc growth from
 
     def start(self) -> None:
         """Set the mark from the RSS now (unless it was configured)."""
@@ -74,7 +73,6 @@ class MemoryPressure:
     def freed(self) -> None:
         """A model's memory was freed (its heap pages are kept for the next load for now)."""
         self._freed_at = time.monotonic()
-        self.allocation.freed()
 
     def trim_due(self, excess: int) -> bool:
         """Whether to hand freed heap pages back to the OS now: the RSS is above the mark (a trim
