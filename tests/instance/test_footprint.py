@@ -145,3 +145,28 @@ def test_the_walk_survives_awkward_objects() -> None:
     holder = _Holder([_Awkward(), later, 0.5])
     assert small_object_bytes(holder) > 0
     unset = 1.5  # fills the closure's cell
+
+
+def test_a_wide_graph_is_walked_only_up_to_the_bound() -> None:
+    """The bound holds however many children one object has: a million floats in one list are
+    not all looked at (nor copied)."""
+    wide = {"x": [float(i) for i in range(1_000_000)]}
+    assert small_object_bytes(wide) <= 5_001 * 24 + 1_000
+
+
+def test_shared_builtins_and_loggers_are_not_counted() -> None:
+    import logging
+
+    bare = small_object_bytes(_Holder(None))
+    assert small_object_bytes(_Holder([len, print, logging.getLogger("modelfleet")])) < bare + 200
+
+
+def test_a_walk_that_goes_wrong_returns_what_it_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another thread may change a dict while the walk iterates it (RuntimeError): the size is
+    an estimate, so the load goes on with what was counted."""
+
+    def changed(*_: object) -> list[object]:
+        raise RuntimeError("dictionary changed size during iteration")
+
+    monkeypatch.setattr(loader_mod.gc, "get_referents", changed)
+    assert small_object_bytes(_Holder(None)) > 0  # the holder itself, counted before the error

@@ -35,7 +35,8 @@ def test_overlapping_sections_both_know() -> None:
 def test_openmp_workers_sleep_when_idle_unless_told_otherwise(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "restored-after-the-test")  # so delenv is undone
+    monkeypatch.delenv("OMP_WAIT_POLICY")
     configure_openmp()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")

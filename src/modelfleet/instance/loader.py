@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import logging
 import sys
 import time
 import types
@@ -33,6 +34,8 @@ from modelfleet.handlers import load_model
 from modelfleet.handlers.base import LoadedModel
 from modelfleet.handlers.isolation import ROOT_PACKAGE
 from modelfleet.instance.pools import OverlapTracker, allocated_bytes, current_rss
+
+logger = logging.getLogger(__name__)
 
 
 class Loaded(NamedTuple):
@@ -81,7 +84,7 @@ class Loader:
         declared = model.size_bytes()
         size = max(grown, allocated, declared or 0, disk_bytes, 1)
         if declared is None and size < WALK_BELOW:
-            size = max(size, allocated + small_object_bytes(model))
+            size = max(size, max(allocated, 0) + small_object_bytes(model))
         return Loaded(model, size, load_s, imported)
 
 
@@ -93,39 +96,48 @@ _MAX_VISITS = 5_000  # bounds the walk (~0.5 ms)
 def small_object_bytes(root: object) -> int:
     """Bytes of the objects of at most 512 bytes reachable from ``root``, the model's own.
 
-    Classes and modules are shared, so the walk does not enter them; nor a function's globals
-    (a closure's cells are walked), nor dict keys (attribute names, interned and shared).
-    Stops after ``_MAX_VISITS`` objects.
+    Classes, modules, builtin functions and loggers are shared, so the walk does not enter them;
+    nor a function's globals (a closure's cells are walked), nor dict keys (attribute names,
+    interned and shared). At most ``_MAX_VISITS`` objects are looked at, however wide the graph.
+    An estimate: what goes wrong while walking (a dict another thread changes) ends the walk
+    with what it has counted.
     """
     seen = {id(root)}
     stack = [root]
-    total = visits = 0
-    while stack and visits < _MAX_VISITS:
-        obj = stack.pop()
-        visits += 1
-        kind = type(obj)  # not obj.__class__, which a proxy may compute
-        try:
-            size = sys.getsizeof(obj, 0)
-        except Exception:  # a model's own __sizeof__ that fails: not worth failing its load
-            size = 0
-        if size <= _SMALL_OBJECT:
-            total += size
-        children: Iterable[object]
-        if kind is dict:
-            children = cast(dict[object, object], obj).values()
-        elif kind is types.FunctionType:
-            cells = cast(types.FunctionType, obj).__closure__ or ()
-            children = [cell.cell_contents for cell in cells if _filled(cell)]
-        else:
-            children = gc.get_referents(obj)
-        for child in children:
-            if id(child) not in seen and not issubclass(type(child), _SHARED):
-                seen.add(id(child))
-                stack.append(child)
+    total = 0
+    try:
+        while stack:
+            obj = stack.pop()
+            kind = type(obj)  # not obj.__class__, which a proxy may compute
+            try:
+                size = sys.getsizeof(obj, 0)
+            except Exception:  # a model's own __sizeof__ that fails
+                size = 0
+            if size <= _SMALL_OBJECT:
+                total += size
+            room = _MAX_VISITS - len(seen)
+            if room <= 0:
+                continue  # count what is queued, queue nothing more
+            children: Iterable[object]
+            if kind is dict:
+                children = cast(dict[object, object], obj).values()
+            elif kind is list or kind is tuple:
+                children = cast(list[object], obj)  # iterated in place, not copied
+            elif kind is types.FunctionType:
+                cells = cast(types.FunctionType, obj).__closure__ or ()
+                children = [cell.cell_contents for cell in cells if _filled(cell)]
+            else:
+                children = gc.get_referents(obj)
+            for child in itertools.islice(children, room):
+                if id(child) not in seen and not issubclass(type(child), _SHARED):
+                    seen.add(id(child))
+                    stack.append(child)
+    except Exception:
+        logger.debug("walking a model's objects stopped early", exc_info=True)
     return total
 
 
-_SHARED = (type, types.ModuleType)
+_SHARED = (type, types.ModuleType, types.BuiltinFunctionType, logging.Logger)
 
 
 def _filled(cell: types.CellType) -> bool:
