@@ -158,3 +158,28 @@ def test_idle_copies_keep_the_latest_holder_and_old_entries_are_forgotten(
     assert all(not held for held in router._held.values())  # nothing used for an hour
     router.forget_instance(copy)
     assert copy not in router._held
+
+
+def test_a_copy_idle_longer_than_the_forget_time_is_still_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--copy-idle-timeout may exceed the hour after which the router forgets unused models:
+    an idle copy is reported (and unloaded) before it is forgotten."""
+    instances = fleet(3)
+    router = Router({"v": list(instances)})
+    clock = {"now": 1_000.0}
+    monkeypatch.setattr(router_mod.time, "monotonic", lambda: clock["now"])
+    home = router.candidates("m", list(instances))[0]
+    call(router, "m")
+    home.in_flight = 10
+    clock["now"] += 1
+    copy = call(router, "m")
+    assert copy != home.instance_id
+    home.in_flight = 0
+    idle_s = 2 * router_mod._FORGET_AFTER_S
+    reported = []
+    for _ in range(40):  # the app checks every few seconds; here every 5 minutes
+        clock["now"] += 300
+        call(router, "m")  # the home keeps serving it
+        reported += router.idle_copies(idle_s)
+    assert reported == [("m", copy)]

@@ -215,19 +215,25 @@ class Router:
         once: set[str] = set()
         shared: set[str] = set()  # models held by two instances or more
         for held in self._held.values():
-            stale = [model for model, used in held.items() if now - used > _FORGET_AFTER_S]
-            for model in stale:  # bounded memory: the instance evicted it by now anyway
-                del held[model]
             shared |= once & held.keys()
             once |= held.keys()
+        holders: dict[str, list[tuple[float, str]]] = {model: [] for model in shared}
+        for instance_id, held in self._held.items():
+            for model in shared & held.keys():
+                holders[model].append((held[model], instance_id))
         idle = []
-        for model in shared:
-            holders = {iid: held[model] for iid, held in self._held.items() if model in held}
-            latest = max(holders, key=holders.__getitem__)
-            for instance_id, used in holders.items():
+        for model, uses in holders.items():
+            latest = max(uses)[1]
+            for used, instance_id in uses:
                 if instance_id != latest and now - used > idle_s:
                     del self._held[instance_id][model]
                     idle.append((model, instance_id))
+        # Bounded memory: what an instance has not served for long is forgotten (it evicted
+        # the model by now anyway); never before an idle copy of it would have been reported.
+        forget_after = max(_FORGET_AFTER_S, 2 * idle_s)
+        for held in self._held.values():
+            for model in [m for m, used in held.items() if now - used > forget_after]:
+                del held[model]
         return idle
 
     def _note_queueing(self, target_model: str, result: InvokeResult) -> None:
