@@ -6,7 +6,7 @@ first alternates too, so neither always runs right after the other's disk writes
 
 - **raw**: what a script does by hand — obstore get streamed to a file, tarfile extract,
   framework load, one predict — in this warmed-up process, which keeps each model it loads
-  until the comparison of that kind and size ends, as a server keeps its models. (Before
+  until the end of the run, as the server keeps its models. (Before
   2026-11-25 each raw run freed its model and the next one reused that heap instead of faulting
   fresh pages in, which no server that keeps its models loaded can do: a 1 MB XGBoost booster
   loaded in 1.0 ms that way against 1.9 ms when the earlier ones stay loaded. A fresh process
@@ -156,11 +156,16 @@ def upload(s3: Any, kinds: list[str], reps: dict[float, int]) -> tuple[Keys, dic
 
 
 def compare(
-    http: httpx.Client, url: str, tmp: str, kind: str, keys: list[tuple[str, str]]
+    http: httpx.Client,
+    url: str,
+    tmp: str,
+    kind: str,
+    keys: list[tuple[str, str]],
+    kept: list[Any],
 ) -> dict[str, Any]:
-    """Raw steps and modelfleet on each pair of keys, the order alternating; the medians."""
+    """Raw steps and modelfleet on each pair of keys, the order alternating; the medians. The
+    raw side's models are appended to ``kept``."""
     raws, fleets = [], []
-    kept: list[Any] = []  # the raw side's models stay loaded, as the server's do
     for rep, (raw_key, fleet_key) in enumerate(keys):
         if rep % 2:
             fleets.append(fleet_cold(http, fleet_key))
@@ -218,11 +223,12 @@ def main() -> None:
                 with tempfile.TemporaryDirectory(dir=tmp) as work:
                     raw_cold(url, f"raw/warm-{kind}/model.tar.gz", kind, Path(work), [])
                 fleet_cold(http, f"warm-{kind}/model.tar.gz")
+            kept: list[Any] = []  # the raw side keeps its models to the end, as the server does
             for kind in kinds:
                 for size in sizes:
                     pairs = [keys[kind, size, rep] for rep in range(reps[size])]
                     row = {"model": kind, "artifact_mb": round(sizes_mb[kind, size], 1)}
-                    rows.append(row | compare(http, url, tmp, kind, pairs))
+                    rows.append(row | compare(http, url, tmp, kind, pairs, kept))
     print_table(rows, COLUMNS, title="Cold path (medians); ratio = modelfleet / raw")
     params = {"sizes_mb": sizes, "kinds": kinds}
     params["repetitions"] = {f"{k:g} MB": n for k, n in reps.items()}
