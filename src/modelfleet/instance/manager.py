@@ -38,12 +38,7 @@ from modelfleet.errors import (
 from modelfleet.handlers.detect import INFERENCE_PY
 from modelfleet.instance.downloader import Downloader
 from modelfleet.instance.loader import Loaded, Loader, folder_size
-from modelfleet.instance.pools import (
-    Pools,
-    configure_allocator,
-    configure_openmp,
-    run_blocking,
-)
+from modelfleet.instance.pools import Pools, configure_allocator, configure_openmp, run_blocking
 from modelfleet.instance.pressure import MemoryPressure
 from modelfleet.instance.runner import Runner
 from modelfleet.instance.snapshots import Snapshotter
