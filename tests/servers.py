@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,18 @@ from modelfleet.config import Settings
 from modelfleet.endpoint.app import EndpointServer
 
 START_TIMEOUT_S = 60.0
+#: how long a test waits for state it expects (an instance up, a copy unloaded): it only bounds a
+#: hang, since on an idle machine these waits end within seconds and a loaded one is not a bug
+PATIENCE_S = 120.0
+
+
+def wait_until(condition: Callable[[], bool], what: str, *, poll_s: float = 0.05) -> None:
+    """Poll observable state until ``condition()`` holds; fail after ``PATIENCE_S``."""
+    deadline = time.monotonic() + PATIENCE_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {PATIENCE_S:.0f} s waiting for {what}")
+        time.sleep(poll_s)
 
 
 def free_port() -> int:
@@ -180,3 +192,34 @@ def keep_invoking(
             statuses.append(response.status_code)
             index += 1
             time.sleep(pause_s)
+
+
+@contextlib.contextmanager
+def invoking(
+    url: str,
+    models: list[str],
+    body: bytes,
+    statuses: list[int],
+    *,
+    clients: int = 1,
+    pause_s: float = 0.0,
+) -> Iterator[None]:
+    """``clients`` threads running :func:`keep_invoking` for the body of the ``with``."""
+    stop = threading.Event()
+    threads = [
+        threading.Thread(
+            target=keep_invoking,
+            args=(url, models, body, statuses, stop),
+            kwargs={"pause_s": pause_s},
+            name=f"test-client-{index}",
+        )
+        for index in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)

@@ -98,6 +98,12 @@ def main() -> None:
 )
 @click.option("--eviction-policy", help="Eviction policy (lrfu; lru = SageMaker).")
 @click.option(
+    "--revalidate-interval",
+    type=float,
+    help="Seconds between checks of loaded models against the source (default 0: only when "
+    "a model is loaded from the disk cache).",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),

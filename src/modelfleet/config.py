@@ -204,6 +204,11 @@ class Settings(BaseSettings):
     allow_http: bool = False
     """Allow plain-http object-store endpoints that are not loopback."""
 
+    revalidate_interval: float = Field(default=0.0, ge=0.0)
+    """Seconds between checks of the loaded models against the model source (one metadata
+    request each): a changed or deleted artifact leaves memory and the next request loads the
+    new version. 0 (default): a model is checked only when it is loaded from the disk cache."""
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.rss_high_water is not None and self.rss_high_water < self.memory_limit:

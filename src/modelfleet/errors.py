@@ -27,6 +27,7 @@ framework.
     ├── ModelNotLoadedError             instance contract: no such loaded model (404)
     ├── ModelAlreadyLoadedError         instance contract: model already loaded (409)
     ├── SourceError                     the model source failed (timeouts, access denied)
+    ├── CacheInUseError                 the disk cache folder is held by another live server
     └── ServiceUnavailableError         nothing can take the request now (503)
 """
 
@@ -144,6 +145,10 @@ class ModelAlreadyLoadedError(ModelfleetError):
     def __init__(self, model_name: str) -> None:
         super().__init__(f"Model '{model_name}' is already loaded.")
         self.model_name = model_name
+
+
+class CacheInUseError(ModelfleetError):
+    """Start-up: another live server holds the disk cache folder (the message names it)."""
 
 
 class SourceError(ModelfleetError):

@@ -65,6 +65,20 @@ class Metrics:
         self.model_downloads = counter(
             "modelfleet_model_downloads", "Artifacts downloaded from the model source."
         )
+        self.model_revalidations = counter(
+            "modelfleet_model_revalidations",
+            "Cached artifacts checked against the model source (one HEAD) before a load from "
+            "disk or by --revalidate-interval.",
+        )
+        self.model_changed = counter(
+            "modelfleet_model_changed",
+            "Revalidations that found a new version in the source (downloaded again).",
+        )
+        self.model_stale_serves = counter(
+            "modelfleet_model_stale_serves",
+            "Loads from the disk cache whose revalidation failed because the source could not "
+            "be reached: the cached copy was served (stale-if-error).",
+        )
         self.snapshot_loads = counter(
             "modelfleet_model_snapshot_loads",
             "Loads read from a load snapshot in the disk cache instead of the artifact.",

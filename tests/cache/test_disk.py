@@ -9,13 +9,15 @@ import pytest
 from modelfleet.cache.disk import DiskCache, DiskEntry, tree_size
 from modelfleet.errors import DiskFullError
 
+LOCK_BYTES = 32  # what the cache counts for its lock file
+
 
 def download(cache: DiskCache, key: str, size: int, *, etag: str = "e1") -> Path:
     cache.reserve(key, size)
     staging = cache.staging_dir()
     (staging / "artifact" / "model.bin").write_bytes(b"x" * size)
     entry = cache.commit(key, staging, etag=etag)
-    cache.unpin(key)
+    cache.unpin(entry)
     return entry.model_dir
 
 
@@ -25,18 +27,18 @@ def test_commit_publishes_and_counts(tmp_path: Path) -> None:
     model_dir = download(cache, "a/model.tar.gz", 300)
     assert (model_dir / "model.bin").stat().st_size == 300
     # The budget counts every byte of the entry, metadata included.
-    on_disk = tree_size(tmp_path / "models")
-    assert 300 < on_disk <= cache.used_bytes < 300 + 200
+    on_disk = tree_size(tmp_path)  # the lock file included
+    assert 300 < on_disk <= cache.used_bytes < 300 + 300
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_lru_unpinned_entries_are_deleted_to_stay_in_budget(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path, 1000)
     cache.start()
-    first = download(cache, "a", 400)
-    download(cache, "b", 400)
+    first = download(cache, "a", 300)
+    download(cache, "b", 300)
     cache.get("a")  # a is now more recent than b
-    download(cache, "c", 400)
+    download(cache, "c", 300)
     assert sorted(cache.keys()) == ["a", "c"]
     assert first.exists()
     assert tree_size(tmp_path / "models") <= 1000
@@ -46,11 +48,12 @@ def test_pinned_entries_survive_and_full_disk_is_a_clear_error(tmp_path: Path) -
     cache = DiskCache(tmp_path, 1000)
     cache.start()
     download(cache, "a", 500)
-    cache.pin("a")
+    pinned = cache.pin("a")
+    assert pinned is not None
     with pytest.raises(DiskFullError, match="held by models in use"):
         cache.reserve("b", 600)
     assert "a" in cache
-    cache.unpin("a")
+    cache.unpin(pinned)
     cache.reserve("b", 600)
     assert "a" not in cache
 
@@ -72,6 +75,8 @@ def test_restart_reindexes_and_sweeps_orphans(tmp_path: Path) -> None:
     junk = tmp_path / "models" / "not-an-entry"
     junk.mkdir()
 
+    cache.close()
+
     again = DiskCache(tmp_path, 1000)
     again.start()
     assert sorted(again.keys()) == ["a", "b"]
@@ -87,12 +92,13 @@ def test_remove_respects_pins(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path, 1000)
     cache.start()
     model_dir = download(cache, "a", 10)
-    cache.pin("a")
+    pinned = cache.pin("a")
+    assert pinned is not None
     assert cache.remove("a") is False
-    cache.unpin("a")
+    cache.unpin(pinned)
     assert cache.remove("a") is True
     assert not model_dir.exists()
-    assert cache.used_bytes == 0
+    assert cache.used_bytes == LOCK_BYTES
 
 
 def test_recommit_replaces_the_old_entry(tmp_path: Path) -> None:
@@ -103,13 +109,15 @@ def test_recommit_replaces_the_old_entry(tmp_path: Path) -> None:
     entry = cache.get("a")
     assert entry is not None
     assert entry.etag == "v2"
-    assert cache.used_bytes == entry.size_bytes >= 200
+    assert cache.used_bytes == entry.size_bytes + LOCK_BYTES
+    assert entry.size_bytes >= 200
     assert len(cache) == 1
 
 
 def on_disk(root: Path, cache: DiskCache) -> int:
-    """What the cache should count for the files under ``root``: 32 bytes of slack an entry."""
-    return tree_size(root / "models") + 32 * len(cache)
+    """What the cache should count for the files under ``root``: 32 bytes of slack an entry,
+    and the lock file."""
+    return tree_size(root / "models") + 32 * len(cache) + LOCK_BYTES
 
 
 def one_entry(root: Path, budget: int, size: int) -> tuple[DiskCache, DiskEntry]:
@@ -128,7 +136,7 @@ def writer(size: int) -> list[bytes]:
 
 
 def test_a_snapshot_takes_free_room_only_and_goes_with_its_entry(tmp_path: Path) -> None:
-    cache, entry = one_entry(tmp_path, 1000, 300)
+    cache, entry = one_entry(tmp_path, 1200, 300)
     used = cache.used_bytes
     assert cache.add_snapshot(entry, writer(200))
     assert entry.snapshot_path.read_bytes() == b"h" * 10 + b"s" * 190
@@ -139,7 +147,7 @@ def test_a_snapshot_takes_free_room_only_and_goes_with_its_entry(tmp_path: Path)
     # No room for b's snapshot without evicting a: it is not written, a stays.
     entry_b = cache.get("b")
     assert entry_b is not None
-    assert not cache.add_snapshot(entry_b, writer(1000 - cache.used_bytes + 1))
+    assert not cache.add_snapshot(entry_b, writer(1200 - cache.used_bytes + 1))
     assert sorted(cache.keys()) == ["a", "b"]
     assert not entry_b.snapshot_path.exists()
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -168,6 +176,7 @@ def test_snapshots_are_reindexed_and_can_be_dropped(tmp_path: Path) -> None:
     cache, entry = one_entry(tmp_path, 10_000, 300)
     assert cache.add_snapshot(entry, writer(200))
     used = cache.used_bytes
+    cache.close()
     again = DiskCache(tmp_path, 10_000)
     again.start()
     reindexed = again.get("a")
@@ -183,6 +192,7 @@ def test_an_instance_without_snapshots_deletes_them_at_start(tmp_path: Path) -> 
     cache, entry = one_entry(tmp_path, 10_000, 300)
     assert cache.add_snapshot(entry, writer(200))
     used = cache.used_bytes
+    cache.close()
     again = DiskCache(tmp_path, 10_000)
     again.start(keep_snapshots=False)
     reindexed = again.get("a")

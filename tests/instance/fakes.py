@@ -69,6 +69,7 @@ class FakeSource:
     """A model source whose artifacts are ``sizes[name]`` bytes of one file."""
 
     uri = "fake://"
+    identity = "fake://"
 
     def __init__(self, sizes: dict[str, int], archives: set[str] | None = None) -> None:
         self.sizes = sizes
@@ -90,6 +91,7 @@ class FakeSource:
         max_bytes: int,
         max_files: int,
         before_write: Any = None,
+        reserve: Any = None,
     ) -> ArtifactInfo:
         info = self.stat(target_model)
         if before_write is not None:

@@ -31,29 +31,28 @@ def invoke(url: str, target: str) -> httpx.Response:
     )
 
 
-def test_restart_serves_models_on_disk_without_downloading(tmp_path: Path) -> None:
+def test_a_restart_does_not_serve_models_deleted_from_the_source(tmp_path: Path) -> None:
+    """(Unchanged models are served from disk after a restart: tests/endpoint/test_cache_trust.)"""
     source = make_source(tmp_path / "source", 3)
     settings = Settings(model_source=str(source), cache_dir=tmp_path / "cache")
-    answers = {}
     with thread_server(settings) as first:
         for i in range(3):
-            response = invoke(first.url, f"model-{i}/model.tar.gz")
-            assert response.status_code == 200
-            answers[i] = response.content
+            assert invoke(first.url, f"model-{i}/model.tar.gz").status_code == 200
         assert (
             metric(httpx.get(f"{first.url}/metrics").text, "modelfleet_model_downloads_total") == 3
         )
-    # Take the artifacts out of the source: only the disk cache can answer now.
+    # Take the artifacts out of the source: a restart must not serve what the source deleted.
     for i in range(3):
         (source / f"model-{i}" / "model.tar.gz").unlink()
     with thread_server(settings) as second:
         for i in range(3):
             response = invoke(second.url, f"model-{i}/model.tar.gz")
-            assert response.status_code == 200, response.text
-            assert response.content == answers[i]
+            assert response.status_code == 400, response.text
+            assert "Could not find model" in response.json()["message"]
         text = httpx.get(f"{second.url}/metrics").text
         assert metric(text, "modelfleet_model_downloads_total") == 0
-        assert metric(text, "modelfleet_model_loading_time_seconds_count") == 3
+        assert metric(text, "modelfleet_model_loading_time_seconds_count") == 0
+        assert second.manager.disk.keys() == []
 
 
 def test_model_cache_disabled_unloads_and_deletes_after_each_call(tmp_path: Path) -> None:

@@ -15,18 +15,18 @@ async def test_rss_excess_evicts_just_enough_idle_models(
     harness: Harness, make_manager: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = FakeSource({f"m{i}": 10 for i in range(5)})
-    for i in range(5):
-        harness.model_sizes[f"m{i}"] = 100
-    manager = await make_manager(source, memory_limit=10_000, eviction_policy="lru")
+    for i in range(5):  # (well above the few hundred bytes of an artifact's metadata)
+        harness.model_sizes[f"m{i}"] = 1_000
+    manager = await make_manager(source, memory_limit=100_000, eviction_policy="lru")
     for i in range(5):
         await invoke(manager, f"m{i}")
     assert len(manager.memory) == 5
-    manager.pressure.high_water = 1_000
-    monkeypatch.setattr(pressure_mod, "current_rss", lambda: 1_250)  # 250 bytes over
+    manager.pressure.high_water = 10_000
+    monkeypatch.setattr(pressure_mod, "current_rss", lambda: 12_500)  # 2,500 bytes over
     evicted = await manager.enforce_rss()
-    assert evicted == 3  # 3 x 100 bytes cover the 250-byte excess; two models stay
+    assert evicted == 3  # 3 x 1,000 bytes cover the 2,500-byte excess; two models stay
     assert sorted(manager.memory) == ["m3", "m4"]  # the least recently used went first
-    monkeypatch.setattr(pressure_mod, "current_rss", lambda: 900)  # under the mark
+    monkeypatch.setattr(pressure_mod, "current_rss", lambda: 9_000)  # under the mark
     assert await manager.enforce_rss() == 0
     assert len(manager.memory) == 2
 

@@ -41,6 +41,7 @@ import logging
 import os
 import tarfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, BinaryIO, Self
@@ -98,11 +99,17 @@ def safe_extract(
     max_bytes: int,
     max_files: int,
     mode: str = "r|gz",
+    reserve: Callable[[int], None] | None = None,
 ) -> int:
     """Unpack the tar stream ``fileobj`` into the empty folder ``dest``; return bytes written.
 
     ``mode`` is ``"r|gz"`` (gzip-compressed, the default) or ``"r|"`` (plain tar). The stream is
     read sequentially and never seeked, so it may be a network download.
+
+    ``reserve`` is called before each file (or hard link) is created with the bytes the
+    folder's files will then count in all (a hard link counts its target's size again, as a
+    folder walk does): the disk cache grows its reservation there, and whatever it raises
+    stops the extraction before the file is written.
 
     Raises:
         ArtifactError: the archive is corrupt, truncated, unsafe, or over a limit.
@@ -120,7 +127,7 @@ def safe_extract(
             raise ValueError(f"extraction folder {root} must be empty")
 
     gunzip = _GzipReader(fileobj) if mode == "r|gz" else None
-    extractor = _Extractor(root, max_bytes=max_bytes, max_files=max_files)
+    extractor = _Extractor(root, max_bytes=max_bytes, max_files=max_files, reserve=reserve)
     try:
         with tarfile.open(
             fileobj=gunzip if gunzip is not None else fileobj,
@@ -233,10 +240,19 @@ class _GzipReader(io.RawIOBase):
 class _Extractor:
     """Creates one archive member at a time under ``root``, enforcing the module's rules."""
 
-    def __init__(self, root: Path, *, max_bytes: int, max_files: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_bytes: int,
+        max_files: int,
+        reserve: Callable[[int], None] | None = None,
+    ) -> None:
         self._root = root
         self._max_bytes = max_bytes
         self._max_files = max_files
+        self._reserve = reserve
+        self._accounted = 0  # bytes announced to ``reserve`` so far
         self._kinds: dict[str, str] = {}  # relative path -> "folder" | "file" | "symbolic link"
         self.entries = 0
         self.bytes_written = 0
@@ -300,6 +316,7 @@ class _Extractor:
                 f"member {member.name!r} of {member.size} bytes."
             )
         self._count(member.name)
+        self._announce(member.size)
         source = archive.extractfile(member)
         if source is None:  # pragma: no cover - extractfile returns a reader for regular files
             raise _unsafe(member.name, "its data cannot be read")
@@ -323,7 +340,14 @@ class _Extractor:
                 "earlier from this archive",
             )
         self._count(member.name)
+        self._announce(os.stat(self._root.joinpath(*target), follow_symlinks=False).st_size)
         os.link(self._root.joinpath(*target), path, follow_symlinks=False)
+
+    def _announce(self, size: int) -> None:
+        """Tell ``reserve`` that ``size`` more bytes are about to be counted on disk."""
+        self._accounted += size
+        if self._reserve is not None:
+            self._reserve(self._accounted)
 
 
 def _check_type(member: tarfile.TarInfo) -> None:

@@ -19,6 +19,7 @@ import collections
 import logging
 import math
 import time
+from collections.abc import Callable
 
 from modelfleet.backends.local import DRAINING, LocalBackend, RemoteInstance
 from modelfleet.config import Settings
@@ -32,7 +33,14 @@ _PREWARM_MODELS = 20
 class Autoscaler:
     """Scales one variant's instances (see the module doc)."""
 
-    def __init__(self, router: Router, variant: str, backend: LocalBackend) -> None:
+    def __init__(
+        self,
+        router: Router,
+        variant: str,
+        backend: LocalBackend,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.router = router
         self.variant = variant
         self.backend = backend
@@ -40,7 +48,8 @@ class Autoscaler:
         self._last_seen = 0
         self._scaled_out_at = -math.inf
         self._scaled_at = -math.inf
-        self._started = time.monotonic()
+        self._clock = clock  # monotonic seconds; tests pass their own
+        self._started = clock()
 
     @property
     def settings(self) -> Settings:
@@ -80,7 +89,7 @@ class Autoscaler:
         return count, wanted, per_minute
 
     async def evaluate(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         count, wanted, per_minute = self.desired(now)
         s = self.settings
         if wanted > count and now - self._scaled_out_at >= s.scale_out_cooldown:

@@ -3,7 +3,10 @@
 One call of :meth:`Downloader.download` is one download: the manager's single flight makes sure
 no two run for the same target model. The whole step runs on a download thread and asks the
 source once: its answer's size reserves room on disk before the first byte is written (no
-separate metadata request). When artifacts of loaded models hold the disk budget, the manager's
+separate metadata request), and an archive's reservation grows before each member is written.
+A device that is really full (ENOSPC: a small file system under a generous budget) makes it
+delete every unpinned artifact and try once more, then fail with a DiskFullError naming the
+folder and its free space. When artifacts of loaded models hold the disk budget, the manager's
 ``make_room`` coroutine unloads an idle model (which unpins its artifact) and the reservation
 is tried again.
 """
@@ -12,18 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from modelfleet.cache.disk import DiskCache, DiskEntry
+from modelfleet.cache.disk import DiskCache, DiskEntry, is_disk_full
 from modelfleet.config import Settings
 from modelfleet.errors import DiskFullError
 from modelfleet.instance.pools import run_blocking
 from modelfleet.metrics import Metrics
 from modelfleet.source import ArtifactInfo, ModelSource
+
+logger = logging.getLogger(__name__)
 
 MakeRoom = Callable[[], Coroutine[Any, Any, bool]]
 
@@ -58,8 +64,41 @@ class Downloader:
     def _fetch_and_commit(
         self, target_model: str, loop: asyncio.AbstractEventLoop, make_room: MakeRoom
     ) -> DiskEntry:
+        """One download, tried again once if the device was full (after deleting every
+        unpinned entry); a second full device is a DiskFullError naming the folder."""
+        try:
+            return self._fetch_once(target_model, loop, make_room)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            freed = self.disk.free_unpinned()
+            logger.warning(
+                "no space left on the device of %s while downloading %s: deleted %d bytes of "
+                "unpinned artifacts, trying once more",
+                self.disk.root,
+                target_model,
+                freed,
+            )
+        try:
+            return self._fetch_once(target_model, loop, make_room)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            free = shutil.disk_usage(self.disk.root).free
+            raise DiskFullError(
+                f"No space left on the device of the disk cache {self.disk.root} "
+                f"({free} bytes free) for '{target_model}', even after deleting every "
+                "artifact not in use; free space there or lower --disk-limit."
+            ) from exc
+
+    def _fetch_once(
+        self, target_model: str, loop: asyncio.AbstractEventLoop, make_room: MakeRoom
+    ) -> DiskEntry:
         def reserve(info: ArtifactInfo) -> None:
             self._reserve(target_model, info, loop, make_room)
+
+        def grow(total: int) -> None:
+            self._hold(target_model, total, loop, make_room)
 
         staging = self.disk.staging_dir()
         try:
@@ -69,11 +108,15 @@ class Downloader:
                 max_bytes=self._max_bytes,
                 max_files=self._max_files,
                 before_write=reserve,
+                reserve=grow,
             )
-            return self.disk.commit(target_model, staging, etag=fetched.etag)
+            return self.disk.commit(
+                target_model, staging, etag=fetched.etag, source_size=fetched.size
+            )
         except BaseException:
             with contextlib.suppress(OSError):
                 shutil.rmtree(staging)
+            self.disk.release(target_model)
             raise
 
     def _reserve(
@@ -83,21 +126,31 @@ class Downloader:
         loop: asyncio.AbstractEventLoop,
         make_room: MakeRoom,
     ) -> None:
-        """Reserve disk room for ``info`` (on the download thread, before any byte is written)."""
+        """Reserve disk room for ``info`` (on the download thread, before any byte is written).
+
+        A file or folder is reserved at its size. An archive is reserved at its compressed
+        size, and the reservation grows while it is unpacked, before each member is written
+        (``grow``): a gzip bomb can never write past the budget.
+        """
         if info.size > self._disk_limit:  # can never fit: fail before evicting anything
             raise DiskFullError(
                 f"Artifact '{target_model}' is {info.size} bytes but the disk cache budget is "
                 f"{self._disk_limit} bytes."
             )
-        estimate = info.size
-        if self.source.is_archive(target_model):
-            # Archives unpack to more than they weigh: reserve up to twice the object's size,
-            # as far as unpinned room allows; the true size is charged at commit.
-            room = self._disk_limit - self.disk.pinned_bytes
-            estimate = max(info.size, min(2 * info.size, room))
+        self._hold(target_model, info.size, loop, make_room)
+
+    def _hold(
+        self,
+        target_model: str,
+        total: int,
+        loop: asyncio.AbstractEventLoop,
+        make_room: MakeRoom,
+    ) -> None:
+        """Grow the download's reservation to ``total`` bytes, unloading idle models whose
+        artifacts hold the room if need be (on the download thread)."""
         while True:
             try:
-                self.disk.reserve(target_model, estimate)
+                self.disk.reserve(target_model, total)
                 return
             except DiskFullError:
                 # Unloading runs on the event loop; this thread waits for its verdict.

@@ -30,6 +30,7 @@ from modelfleet.config import ModelCacheSetting, Settings
 from modelfleet.errors import (
     ModelAlreadyLoadedError,
     ModelError,
+    ModelNotFoundError,
     ModelNotLoadedError,
     ModelNotReadyError,
     OutOfMemoryError,
@@ -40,6 +41,7 @@ from modelfleet.instance.downloader import Downloader
 from modelfleet.instance.loader import Loaded, Loader, folder_size
 from modelfleet.instance.pools import Pools, configure_allocator, configure_openmp, run_blocking
 from modelfleet.instance.pressure import MemoryPressure
+from modelfleet.instance.revalidator import Revalidator
 from modelfleet.instance.runner import Runner
 from modelfleet.instance.snapshots import Snapshotter
 from modelfleet.instance.state import (
@@ -73,7 +75,8 @@ class ModelManager:
         self.settings = settings
         self.source = source
         self.metrics = metrics
-        self.disk = DiskCache(settings.cache_dir, settings.disk_limit)
+        self.disk = DiskCache(settings.cache_dir, settings.disk_limit, source=source.identity)
+        self.revalidator = Revalidator(source=source, disk=self.disk, metrics=metrics)
         self.downloader = Downloader(settings, source=source, disk=self.disk, metrics=metrics)
         self.memory: MemoryCache[Resident] = MemoryCache(
             settings.memory_limit, make_policy(settings.eviction_policy), clock=clock
@@ -97,6 +100,7 @@ class ModelManager:
             changed=self._update_gauges,
         )
         self._watcher: asyncio.Task[None] | None = None
+        self._revalidating: asyncio.Task[None] | None = None
         self.loader = Loader(handler=settings.handler, walk_trees=settings.walk_trees)
         self.runner = Runner(
             inline_max_s=settings.inline_inference_ms / 1000.0,
@@ -132,12 +136,17 @@ class ModelManager:
         self._watcher = asyncio.create_task(
             self.unloader.watch_rss(), name="modelfleet-rss-watcher"
         )
+        if s.revalidate_interval > 0:
+            self._revalidating = asyncio.create_task(
+                self._revalidate_loaded(s.revalidate_interval), name="modelfleet-revalidate"
+            )
         self._update_gauges()
 
     async def stop(self) -> None:
         """Cancel loads in progress, finish background unloads, unload every model."""
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for watcher in (self._watcher, self._revalidating):
+            if watcher is not None:
+                watcher.cancel()
         flights = [f.task for f in self._pending.values() if f.task is not None]
         for task in flights:
             task.cancel()
@@ -149,6 +158,7 @@ class ModelManager:
             if entry is not None:
                 await self.unloader.unload(entry, delete_files=not self._cache_enabled)
         if self._pools is not None:
+            await run_blocking(self.pools.load, self.disk.close)
             self._pools.shutdown()
 
     @property
@@ -254,6 +264,8 @@ class ModelManager:
 
     async def _load_from_source(self, target_model: str) -> Entry:
         disk_entry = self.disk.pin(target_model)
+        if disk_entry is not None:
+            disk_entry = await self._revalidated(target_model, disk_entry)
         if disk_entry is None:
             disk_entry = await self._download(target_model)
         try:
@@ -265,12 +277,70 @@ class ModelManager:
                 disk_entry=disk_entry,
             )
         except BaseException as exc:
-            self.disk.unpin(target_model)
+            self.disk.unpin(disk_entry)
             # An unloadable artifact is deleted so a fixed upload is fetched afresh; one that
             # only lacked memory room stays on disk for the next try.
             if isinstance(exc, ModelError) or not self._cache_enabled:
                 await run_blocking(self.pools.load, self.disk.remove, target_model)
             raise
+
+    async def _revalidated(self, target_model: str, disk_entry: DiskEntry) -> DiskEntry | None:
+        """``disk_entry`` (pinned) if it may be loaded; None (unpinned) if it must be
+        downloaded again. A model gone from the source leaves the disk too."""
+        try:
+            fresh = await run_blocking(
+                self.pools.download, self.revalidator.loadable, target_model, disk_entry
+            )
+        except BaseException as exc:
+            self.disk.unpin(disk_entry)
+            if isinstance(exc, ModelNotFoundError):
+                await run_blocking(self.pools.load, self.disk.remove, target_model)
+            raise
+        if fresh:
+            return disk_entry
+        self.disk.unpin(disk_entry)
+        return None
+
+    async def _revalidate_loaded(self, interval_s: float) -> None:
+        """Every ``interval_s``, check each loaded model against the source; retire changed
+        or deleted ones (the next request loads the new version)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            for name in list(self.memory):
+                entry = self.memory.entry(name)
+                disk_entry = entry.value.disk if entry is not None else None
+                if entry is None or disk_entry is None:
+                    continue
+                try:
+                    current = await run_blocking(
+                        self.pools.download,
+                        functools.partial(self.revalidator.current, stale_ok=True),
+                        name,
+                        disk_entry,
+                    )
+                except ModelNotFoundError:
+                    current = False
+                except Exception:  # pragma: no cover - the check must survive anything
+                    logger.exception("revalidating %s failed", name)
+                    continue
+                if not current:
+                    await self._retire(name, entry)
+
+    async def _retire(self, name: str, entry: Entry) -> None:
+        """Take ``entry`` out of memory now and unload it once its calls are done; its bytes
+        stay counted until then."""
+        if self.memory.entry(name) is not entry:
+            return
+        self.memory.pop(name)
+        held = f"{name}\0retired"
+        self.memory.reserve(held, entry.size_bytes)  # the room it just left: evicts nothing
+        try:
+            while entry.pins > 0:
+                await self._drained.setdefault(name, asyncio.Event()).wait()
+            await self.unloader.unload(entry)
+        finally:
+            self.memory.release(held)
+            self._signal_room()
 
     async def _download(self, target_model: str) -> DiskEntry:
         self._states[target_model] = ModelState.DOWNLOADING
@@ -320,7 +390,7 @@ class ModelManager:
                 raise
             model = loaded.model
             try:
-                resident = Resident(model, url, from_source)
+                resident = Resident(model, url, from_source, disk=disk_entry)
                 victims = await self._with_room(
                     lambda: self.memory.admit(name, resident, loaded.size, cost_s=loaded.load_s)
                 )

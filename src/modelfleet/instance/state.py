@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from modelfleet.cache.disk import DiskEntry
 from modelfleet.cache.memory import MemoryEntry
 from modelfleet.handlers.base import LoadedModel, Prediction
 
@@ -38,6 +39,7 @@ class Resident:
     model: LoadedModel
     url: Path
     from_source: bool
+    disk: DiskEntry | None = None  # the disk-cache entry it was loaded from, pinned by it
     latency_ewma_s: float = 0.0
     calls: int = 0
     inline: bool = False  # fast enough to run on the event loop (see instance/runner.py)

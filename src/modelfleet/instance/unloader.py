@@ -50,14 +50,15 @@ class Unloader:
         """Unload an entry already removed from the memory tier."""
         started = time.perf_counter()
         pool = self._pools().load
-        from_source = entry.value.from_source
+        disk_entry = entry.value.disk
         await run_blocking(pool, close_model, entry.value.model)
         entry.value = None  # type: ignore[assignment]  # drop the last reference
         if self._pressure.collect_due():  # models with reference cycles need a collection
             await run_blocking(pool, gc.collect)
         self._pressure.freed()
-        if from_source:
-            self._disk.unpin(entry.key)
+        if disk_entry is not None:
+            self._disk.unpin(disk_entry)
+            await run_blocking(pool, self._disk.empty_trash)  # a replaced version's files
             if delete_files:
                 await run_blocking(pool, self._disk.remove, entry.key)
         self._metrics.model_unloading_time.observe(time.perf_counter() - started)

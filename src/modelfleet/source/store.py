@@ -104,6 +104,12 @@ class ModelSource:
         """The source URI as given."""
         return self._uri
 
+    @property
+    def identity(self) -> str:
+        """What names this source's objects (scheme, endpoint, bucket and prefix, or the
+        resolved folder): two sources with the same identity hold the same objects."""
+        return self._stores.identity
+
     def __repr__(self) -> str:
         return f"ModelSource({self._uri!r}, timeout_s={self._timeout_s}, retries={self._retries})"
 
@@ -147,6 +153,7 @@ class ModelSource:
         max_bytes: int,
         max_files: int,
         before_write: Callable[[ArtifactInfo], None] | None = None,
+        reserve: Callable[[int], None] | None = None,
     ) -> ArtifactInfo:
         """Download ``target_model`` into the empty existing folder ``dest``.
 
@@ -157,7 +164,9 @@ class ModelSource:
         ``before_write`` is called once with the artifact's size and ETag as soon as the
         source has answered and before any byte is written (to reserve disk room, say): one
         round trip instead of a :meth:`stat` followed by the download. If it raises, nothing
-        is written and the error propagates.
+        is written and the error propagates. ``reserve`` is called while an archive is
+        unpacked, before each file is written, with the bytes its files will then count in
+        all (see :func:`~modelfleet.cache.unpack.safe_extract`).
 
         Raises:
             InvalidTargetModelError, ModelNotFoundError, SourceError: as :meth:`stat`.
@@ -176,7 +185,7 @@ class ModelSource:
             info = ArtifactInfo(key, result.meta["size"], result.meta["e_tag"], "file")
             if before_write is not None:
                 before_write(info)
-            written = self._fetch_object(key, result, Path(dest), max_bytes, max_files)
+            written = self._fetch_object(key, result, Path(dest), max_bytes, max_files, reserve)
         logger.debug(
             "fetched %r (%s, %d bytes written) from %s in %.3f s",
             key,
@@ -188,12 +197,20 @@ class ModelSource:
         return info
 
     def _fetch_object(
-        self, key: str, result: GetResult, dest: Path, max_bytes: int, max_files: int
+        self,
+        key: str,
+        result: GetResult,
+        dest: Path,
+        max_bytes: int,
+        max_files: int,
+        reserve: Callable[[int], None] | None,
     ) -> int:
         mode = archive_mode(key)
         if mode is not None:
             reader = io.BufferedReader(_ChunkReader(self._chunks(key, result)), CHUNK_BYTES)
-            return safe_extract(reader, dest, max_bytes=max_bytes, max_files=max_files, mode=mode)
+            return safe_extract(
+                reader, dest, max_bytes=max_bytes, max_files=max_files, mode=mode, reserve=reserve
+            )
         _check_limits(
             key, files=1, size=result.meta["size"], max_files=max_files, max_bytes=max_bytes
         )

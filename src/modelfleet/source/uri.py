@@ -64,6 +64,9 @@ class SourceStores:
     data: ObjectStore
     kind: str
     """``"local"`` or ``"s3"``."""
+    identity: str
+    """What names the source's objects: ``file://<resolved folder>``, or
+    ``s3://<endpoint or "aws">/<bucket>/<prefix>`` (the disk cache keys entries by it)."""
 
 
 def open_stores(
@@ -134,7 +137,7 @@ def _local_stores(uri: str, folder: Path) -> SourceStores:
         store = LocalStore(root)
     except ObstoreBaseError as exc:  # pragma: no cover - the folder was just checked
         raise SourceError(f"Invalid model source {uri!r}: {error_detail(exc)}") from exc
-    return SourceStores(metadata=store, data=store, kind="local")
+    return SourceStores(metadata=store, data=store, kind="local", identity=f"file://{root}")
 
 
 def _s3_stores(
@@ -207,7 +210,9 @@ def _s3_stores(
         )
     except (ObstoreBaseError, ValueError) as exc:
         raise SourceError(f"Invalid model source {uri!r}: {error_detail(exc)}") from exc
-    return SourceStores(metadata=metadata, data=data, kind="s3")
+    where = config.get("endpoint") or "aws"
+    identity = f"s3://{where}/{bucket}/{prefix}"
+    return SourceStores(metadata=metadata, data=data, kind="s3", identity=identity)
 
 
 def _check_endpoint(uri: str, endpoint: str, *, allow_http: bool) -> bool:
