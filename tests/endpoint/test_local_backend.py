@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests.artifacts import features, sklearn_artifact, train_sklearn
-from tests.servers import ProcessServer, metric, process_server
+from tests.servers import PATIENCE_S, ProcessServer, metric, process_server, wait_until
 
 N_FEATURES = 4
 MODELS = [f"m{i}/model.tar.gz" for i in range(9)]
@@ -57,7 +57,7 @@ def fleet(source: Path, tmp_path: Path, count: int) -> Iterator[ProcessServer]:
             yield server
             seen.update(i["pid"] for i in instances(server))
     finally:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + PATIENCE_S
         while not all(gone(pid) for pid in seen) and time.monotonic() < deadline:
             time.sleep(0.05)
         left = [pid for pid in seen if not gone(pid)]
@@ -87,6 +87,7 @@ def served(instance: dict[str, Any]) -> float:
     )
 
 
+@pytest.mark.slow
 def test_each_model_is_loaded_by_one_instance(source: Path, tmp_path: Path) -> None:
     with fleet(source, tmp_path, 3) as server, httpx.Client(base_url=server.url) as http:
         listed = instances(server)
@@ -141,6 +142,7 @@ def test_each_model_is_loaded_by_one_instance(source: Path, tmp_path: Path) -> N
         ]
 
 
+@pytest.mark.slow
 def test_errors_from_an_instance_keep_their_shape(source: Path, tmp_path: Path) -> None:
     with fleet(source, tmp_path, 2) as server, httpx.Client(base_url=server.url) as http:
         missing = invoke(http, "nope/model.tar.gz")
@@ -163,6 +165,7 @@ def test_errors_from_an_instance_keep_their_shape(source: Path, tmp_path: Path) 
         assert bare.status_code == 200, bare.text
 
 
+@pytest.mark.slow
 def test_a_killed_instance_fails_no_request_and_comes_back(source: Path, tmp_path: Path) -> None:
     with fleet(source, tmp_path, 3) as server:
         with httpx.Client(base_url=server.url) as http:
@@ -197,12 +200,12 @@ def test_a_killed_instance_fails_no_request_and_comes_back(source: Path, tmp_pat
         assert len(statuses) == 1000
         assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def restarted() -> bool:
             now = instances(server)[int(victim["id"])]
-            if now["state"] == "up" and now["pid"] != victim["pid"]:
-                break
-            time.sleep(0.1)
+            return bool(now["state"] == "up" and now["pid"] != victim["pid"])
+
+        wait_until(restarted, "the killed instance to be restarted")
+        now = instances(server)[int(victim["id"])]
         assert now["restarts"] == 1
         assert now["state"] == "up"
         assert now["pid"] != victim["pid"]
@@ -212,6 +215,7 @@ def test_a_killed_instance_fails_no_request_and_comes_back(source: Path, tmp_pat
         assert served(now) > 0  # the restarted instance takes its models back
 
 
+@pytest.mark.slow
 def test_boto3_against_a_fleet_with_models_in_s3(
     s3_bucket: tuple[Any, str], aws_env: str, tmp_path: Path
 ) -> None:
@@ -287,6 +291,7 @@ def holders(server: ProcessServer, model: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_a_hot_model_is_copied_and_the_copies_go_away(tmp_path: Path) -> None:
     from tests.artifacts import inference_py_artifact
 
@@ -315,21 +320,33 @@ def test_a_hot_model_is_copied_and_the_copies_go_away(tmp_path: Path) -> None:
 
                 await asyncio.gather(*(worker() for _ in range(concurrency)))
 
-        asyncio.run(drive(600, 24))
+        def loaded_by() -> int:
+            """Instances that loaded the model: a count that never falls (the holders do, as
+            soon as a copy has been idle for the 1 s --copy-idle-timeout)."""
+            name = "modelfleet_model_loading_time_seconds_count"
+            return sum(1 for i in instances(server) if instance_metric(i, name) > 0)
+
+        # Demand beyond one instance (24 clients; 4 inference threads an instance) spreads the
+        # model over more instances: more rounds until it has, if the machine is slow.
+        for _ in range(10):
+            asyncio.run(drive(300, 24))
+            if loaded_by() >= 2:
+                break
         assert set(statuses) == {200}
-        assert len(holders(server, model)) >= 2  # the demand spread it over more instances
+        assert loaded_by() >= 2
 
         with httpx.Client(base_url=server.url) as http:  # a trickle: one instance is enough
-            deadline = time.monotonic() + 30
-            while len(holders(server, model)) > 1 and time.monotonic() < deadline:
+
+            def one_holder_left() -> bool:
                 response = http.post(
                     "/endpoints/default/invocations",
                     content=b"x",
                     headers={"X-Amzn-SageMaker-Target-Model": model},
                 )
                 assert response.status_code == 200
-                time.sleep(0.2)
-        assert len(holders(server, model)) == 1
+                return len(holders(server, model)) == 1
+
+            wait_until(one_holder_left, "the idle copies to be unloaded", poll_s=0.2)
 
 
 def test_admin_view_of_the_in_process_instance(source: Path, tmp_path: Path) -> None:
@@ -367,6 +384,7 @@ def output_fn(prediction, accept):
 """
 
 
+@pytest.mark.slow
 def test_a_request_that_kills_its_instance_is_retried_once_not_everywhere(
     tmp_path: Path,
 ) -> None:
@@ -381,19 +399,25 @@ def test_a_request_that_kills_its_instance_is_retried_once_not_everywhere(
         headers = {"X-Amzn-SageMaker-Target-Model": "killer/model.tar.gz"}
         url = "/endpoints/default/invocations"
         assert http.post(url, content=b"fine", headers=headers).status_code == 200
+        first_pids = [i["pid"] for i in instances(server)]
         deadly = http.post(url, content=b"die", headers=headers)
         assert deadly.status_code == 503
         assert deadly.json()["__type"] == "ServiceUnavailable"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def two_restarted() -> bool:
             listed = instances(server)
-            if all(i["state"] == "up" for i in listed):
-                break
-            time.sleep(0.1)
-        assert sum(i["restarts"] for i in listed) == 2  # the first try and one retry
+            return sum(i["restarts"] for i in listed) >= 2 and all(
+                i["state"] == "up" for i in listed
+            )
+
+        # The router answers before its supervisor has seen the deaths: wait for the restarts.
+        wait_until(two_restarted, "the two killed instances to be restarted")
+        assert sum(i["restarts"] for i in instances(server)) == 2  # the first try and one retry
+        assert sum(1 for pid in first_pids if not gone(pid)) == 1  # the third was never sent it
         assert http.post(url, content=b"fine", headers=headers).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_hung_instance_is_killed_and_restarted(source: Path, tmp_path: Path) -> None:
     args = ["--model-source", str(source), "--cache-dir", str(tmp_path / "cache")]
     args += ["--instances", "2", "--log-level", "warning"]
@@ -410,12 +434,13 @@ def test_a_hung_instance_is_killed_and_restarted(source: Path, tmp_path: Path) -
         try:
             # requests that reach it wait until it is killed, then go elsewhere
             statuses = [invoke(http, model).status_code for model in MODELS]
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+
+            def restarted() -> bool:
                 now = instances(server)[0]
-                if now["state"] == "up" and now["pid"] != victim["pid"]:
-                    break
-                time.sleep(0.1)
+                return bool(now["state"] == "up" and now["pid"] != victim["pid"])
+
+            wait_until(restarted, "the hung instance to be killed and restarted")
+            now = instances(server)[0]
         finally:
             if not gone(victim["pid"]):
                 os.kill(victim["pid"], signal.SIGKILL)

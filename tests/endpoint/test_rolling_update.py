@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.artifacts import features, sklearn_artifact
-from tests.servers import keep_invoking, process_server
+from tests.servers import invoking, process_server, wait_until
+
+pytestmark = pytest.mark.slow  # real `modelfleet serve` processes
 
 ROW = ",".join(f"{v:.4f}" for v in features(1, 1, 4)[0]).encode()
 MODELS = [f"m{i}/model.tar.gz" for i in range(4)]
@@ -42,11 +43,7 @@ def test_a_rolling_update_under_load_fails_no_request(tmp_path: Path) -> None:
     config = tmp_path / "fleet.toml"
     config.write_text(config_text(source, tmp_path / "cache", "256MiB", 2))
     statuses: list[int] = []
-    stop = threading.Event()
     with process_server(["--config", str(config)], log=tmp_path / "server.log") as server:
-
-        def drive() -> None:
-            keep_invoking(server.url, MODELS, ROW, statuses, stop)
 
         def view() -> list[dict[str, object]]:
             listed: list[dict[str, object]] = httpx.get(f"{server.url}/admin/instances").json()[
@@ -54,30 +51,24 @@ def test_a_rolling_update_under_load_fails_no_request(tmp_path: Path) -> None:
             ]
             return listed
 
-        before = {i["pid"] for i in view()}
-        clients = [threading.Thread(target=drive) for _ in range(4)]
-        for client in clients:
-            client.start()
-        time.sleep(1.0)
-        config.write_text(config_text(source, tmp_path / "cache", "128MiB", 3))
-        os.kill(server.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        def rolled_out() -> bool:
             now = view()
-            if len(now) == 3 and all(
+            return len(now) == 3 and all(
                 i["state"] == "up" and i.get("memory_limit_bytes") == 128 * 1024**2 for i in now
-            ):
-                break
-            time.sleep(0.2)
-        time.sleep(0.5)  # some traffic on the new instances
-        stop.set()
-        for client in clients:
-            client.join(30)
+            )
+
+        before = {i["pid"] for i in view()}
+        with invoking(server.url, MODELS, ROW, statuses, clients=4):
+            wait_until(lambda: len(statuses) >= 100, "traffic before the update")
+            config.write_text(config_text(source, tmp_path / "cache", "128MiB", 3))
+            os.kill(server.pid, signal.SIGHUP)
+            wait_until(rolled_out, "the rolling update")
+            served_before = len(statuses)
+            wait_until(lambda: len(statuses) >= served_before + 100, "traffic after the update")
         after = view()
     assert len(after) == 3
     assert all(i["memory_limit_bytes"] == 128 * 1024**2 for i in after)
     assert not before & {i["pid"] for i in after}  # every instance was replaced
-    assert len(statuses) > 100
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
 
 

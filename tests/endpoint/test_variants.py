@@ -68,6 +68,7 @@ def test_config_errors_say_where(tmp_path: Path, text: str, message: str) -> Non
         load_config(write(tmp_path, text), {})
 
 
+@pytest.mark.slow
 def test_weighted_variants_and_the_target_variant_header(tmp_path: Path) -> None:
     source = tmp_path / "source"
     (source / "m").mkdir(parents=True)

@@ -22,6 +22,7 @@ REQUESTS = {
 }
 
 
+@pytest.mark.slow  # trains and loads every example, torch included
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_examples_are_deterministic_and_serve(tmp_path: Path) -> None:
     targets = create_examples(tmp_path / "source")

@@ -17,6 +17,8 @@ import pytest
 from tests.artifacts import inference_py_artifact
 from tests.servers import metric, process_server
 
+pytestmark = pytest.mark.slow  # real `modelfleet serve` processes
+
 MIB = 1024 * 1024
 WEIGHTS_MIB = 4
 INFERENCE = """
