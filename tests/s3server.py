@@ -91,15 +91,30 @@ class StatusServer(ThreadingHTTPServer):
 
 
 class SilentServer:
-    """A socket that completes TCP handshakes (the kernel's backlog) and never answers."""
+    """A server that accepts connections, counts them, and never answers nor closes them."""
 
     def __init__(self) -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.bind((HOST, 0))
         self._socket.listen(64)
+        self._socket.settimeout(0.05)  # how often the accepting thread looks at ``_stop``
         self.url = f"http://{HOST}:{self._socket.getsockname()[1]}"
+        self.connections = 0
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="silent-server")
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except TimeoutError:
+                continue
+            self._held.append(connection)
+            self.connections += 1
 
     def __enter__(self) -> SilentServer:
+        self._thread.start()
         return self
 
     def __exit__(
@@ -108,4 +123,8 @@ class SilentServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._stop.set()
+        self._thread.join()
+        for connection in self._held:
+            connection.close()
         self._socket.close()

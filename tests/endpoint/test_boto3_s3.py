@@ -21,7 +21,7 @@ from botocore.config import Config
 
 from modelfleet.config import Settings
 from tests.artifacts import inference_py_artifact, sklearn_artifact
-from tests.servers import ThreadServer, metric, thread_server
+from tests.servers import ThreadServer, metric, thread_server, wait_until
 
 CSV_ROW = ",".join(str(float(i)) for i in range(10))
 
@@ -121,10 +121,16 @@ def test_boto3_raises_model_not_ready_while_a_slow_load_continues(
     s3_models: tuple[Any, str], tmp_path: Path
 ) -> None:
     s3, bucket = s3_models
-    code = {
+    release = tmp_path / "release-the-load"
+    code = {  # the load goes on until the test creates ``release`` (a bound only on a hang)
         "inference.py": (
-            "import time\n\n"
-            "def model_fn(model_dir):\n    time.sleep(1.5)\n    return 7\n\n"
+            "import os, time\n\n"
+            "def model_fn(model_dir):\n"
+            "    deadline = time.monotonic() + 120\n"
+            f"    while not os.path.exists({str(release)!r}):\n"
+            "        assert time.monotonic() < deadline, 'never released'\n"
+            "        time.sleep(0.01)\n"
+            "    return 7\n\n"
             "def predict_fn(data, model):\n    return [model]\n"
         )
     }
@@ -136,16 +142,19 @@ def test_boto3_raises_model_not_ready_while_a_slow_load_continues(
         client = runtime_client(srv.url)
         with pytest.raises(client.exceptions.ModelNotReadyException):
             invoke(client, "slow/model.tar.gz")
-        # The load goes on without the caller: within a bounded number of tries it answers.
-        for _ in range(100):
+        release.touch()
+        # The load went on without the caller: it answers once the load is done.
+        answers: list[Any] = []
+
+        def answered() -> bool:
             try:
-                answer = invoke(client, "slow/model.tar.gz")
-                break
+                answers.append(invoke(client, "slow/model.tar.gz"))
             except client.exceptions.ModelNotReadyException:
-                continue
-        else:
-            pytest.fail("the slow model never became ready")
-        assert json.loads(answer["Body"].read()) == [7]
+                return False
+            return True
+
+        wait_until(answered, "the slow model to become ready", poll_s=0)
+        assert json.loads(answers[0]["Body"].read()) == [7]
         text = httpx.get(f"{srv.url}/metrics").text
         assert metric(text, "modelfleet_model_loading_time_seconds_count") == 1
 
