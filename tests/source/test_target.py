@@ -5,7 +5,6 @@ from __future__ import annotations
 import posixpath
 import random
 import string
-import time
 
 import pytest
 
@@ -114,15 +113,6 @@ def test_agrees_with_a_reference_on_random_names() -> None:
         else:
             accepted = True
         assert accepted == _reference(name), repr(name)
-
-
-def test_validation_is_fast() -> None:
-    names = [f"customer-{index}/model-{index}.tar.gz" for index in range(20_000)]
-    started = time.perf_counter()
-    for name in names:
-        validate(name)
-    # About a microsecond each; the bound only catches an accidental slow path.
-    assert time.perf_counter() - started < 2.0
 
 
 @pytest.mark.parametrize(
