@@ -64,17 +64,22 @@ class Downloader:
     def _fetch_and_commit(
         self, target_model: str, loop: asyncio.AbstractEventLoop, make_room: MakeRoom
     ) -> DiskEntry:
-        """One download, tried again once if the device was full (after deleting every
-        unpinned entry); a second full device is a DiskFullError naming the folder."""
+        """One download, tried again once if the device was full (after deleting unpinned
+        artifacts, and unloading idle models for theirs, worth what the download had reserved);
+        a second full device is a DiskFullError naming the folder and its free space."""
         try:
             return self._fetch_once(target_model, loop, make_room)
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
+            needed = self.disk.reserved(target_model)
+            self.disk.release(target_model)
             freed = self.disk.free_unpinned()
+            while freed < needed and asyncio.run_coroutine_threadsafe(make_room(), loop).result():
+                freed += self.disk.free_unpinned()
             logger.warning(
                 "no space left on the device of %s while downloading %s: deleted %d bytes of "
-                "unpinned artifacts, trying once more",
+                "artifacts not in use, trying once more",
                 self.disk.root,
                 target_model,
                 freed,
@@ -87,8 +92,8 @@ class Downloader:
             free = shutil.disk_usage(self.disk.root).free
             raise DiskFullError(
                 f"No space left on the device of the disk cache {self.disk.root} "
-                f"({free} bytes free) for '{target_model}', even after deleting every "
-                "artifact not in use; free space there or lower --disk-limit."
+                f"({free} bytes free) for '{target_model}', even after deleting the artifacts "
+                "not in use; free space there or lower --disk-limit."
             ) from exc
 
     def _fetch_once(
@@ -116,7 +121,6 @@ class Downloader:
         except BaseException:
             with contextlib.suppress(OSError):
                 shutil.rmtree(staging)
-            self.disk.release(target_model)
             raise
 
     def _reserve(

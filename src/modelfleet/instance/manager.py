@@ -5,10 +5,10 @@ loop. Per model at most one download and one load run at a time: callers share o
 :class:`Flight` (single flight); different models load in parallel up to the pools' limits.
 Memory and disk are byte-budgeted caches (:mod:`modelfleet.cache`).
 
-Pins are the one safety rule: a model is pinned in memory (and its artifact on disk) while any
-call uses it, from before its first await until its inference thread has returned, and a fresh
-model arrives pinned once for every caller that waited for it. Nothing pinned is ever evicted,
-unloaded or deleted.
+Pins are the one safety rule (:mod:`modelfleet.instance.pins` keeps it): a model is pinned in
+memory (and its artifact on disk) while any call uses it, from before its first await until its
+inference thread has returned, and a fresh model arrives pinned once for every caller that
+waited for it. Nothing pinned is ever evicted, unloaded or deleted.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from modelfleet.errors import (
 from modelfleet.handlers.detect import INFERENCE_PY
 from modelfleet.instance.downloader import Downloader
 from modelfleet.instance.loader import Loaded, Loader, folder_size
+from modelfleet.instance.pins import Pins
 from modelfleet.instance.pools import Pools, configure_allocator, configure_openmp, run_blocking
 from modelfleet.instance.pressure import MemoryPressure
 from modelfleet.instance.revalidator import Revalidator
@@ -109,6 +110,7 @@ class ModelManager:
             metrics=metrics,
         )
         self._room = asyncio.Event()
+        self.pins = Pins(on_idle=self._idle)
         self.snapshots = Snapshotter(
             disk=self.disk,
             pools=lambda: self.pools,
@@ -181,7 +183,7 @@ class ModelManager:
         entry = self.memory.get(target_model)
         hit = entry is not None
         if entry is not None:
-            entry.pins += 1
+            self.pins.take(entry)
             self.hits += 1
             self.metrics.model_cache_hit.inc()
         else:
@@ -201,8 +203,7 @@ class ModelManager:
             if flight is None:
                 entry = self.memory.get(target_model)
                 if entry is not None:
-                    entry.pins += 1
-                    return entry
+                    return self.pins.take(entry)
                 flight = self._launch(target_model, self._load_from_source(target_model))
             assert flight.task is not None
             flight.waiters += 1
@@ -228,8 +229,7 @@ class ModelManager:
             # Joined after admission: pin it ourselves if it is still there, else load again.
             entry = self.memory.get(target_model)
             if entry is not None:
-                entry.pins += 1
-                return entry
+                return self.pins.take(entry)
         raise ModelNotReadyError(f"Model '{target_model}' was evicted repeatedly while loading.")
 
     def _launch(self, name: str, load: Coroutine[Any, Any, Entry]) -> Flight:
@@ -252,15 +252,17 @@ class ModelManager:
             self.unloader.discard(flight.entry)  # every caller gave up: nobody will use it
 
     def _release(self, entry: Entry) -> None:
-        entry.pins -= 1
-        if entry.pins == 0:
-            self._signal_room()
-            self.snapshots.released(entry.key)
-            drained = self._drained.pop(entry.key, None)
-            if drained is not None:
-                drained.set()
-            if not self._cache_enabled:
-                self.unloader.discard(entry)
+        self.pins.release(entry)
+
+    def _idle(self, entry: Entry) -> None:
+        """``entry``'s last pin was released."""
+        self._signal_room()
+        self.snapshots.released(entry.key)
+        drained = self._drained.pop(entry.key, None)
+        if drained is not None:
+            drained.set()
+        if not self._cache_enabled:
+            self.unloader.discard(entry)
 
     async def _load_from_source(self, target_model: str) -> Entry:
         disk_entry = self.disk.pin(target_model)
@@ -403,8 +405,7 @@ class ModelManager:
             assert entry is not None
             flight = self._pending.get(name)
             if flight is not None:
-                entry.pins += flight.waiters
-                flight.prepins, flight.entry = flight.waiters, entry
+                self.pins.take_for_waiters(entry, flight)
             self._loaded(entry, loaded, disk_entry, dropped=snapshot is not None)
             await asyncio.shield(self.unloader.unload_all(victims))
             self._update_gauges()
@@ -517,7 +518,7 @@ class ModelManager:
         entry = self.memory.get(name)
         if entry is None:
             raise ModelNotLoadedError(name)
-        entry.pins += 1
+        self.pins.take(entry)
         self.metrics.model_cache_hit.inc()
         return await self.runner.run(entry, body, content_type, accept, custom_attributes, True)
 
