@@ -77,7 +77,8 @@ def load_model(
     match, and deleted when it can't be used.
 
     Raises :class:`~modelfleet.errors.ModelLoadError` (or its subclass
-    :class:`~modelfleet.errors.MissingExtraError`) when the folder holds no loadable model.
+    :class:`~modelfleet.errors.MissingExtraError`) when the folder holds no loadable model, or
+    when loading it raised anything, ``SystemExit`` from a pickle included.
     """
     model_dir = Path(model_dir)
     if snapshot is not None:
@@ -94,7 +95,7 @@ def load_model(
             model = module.load(model_dir, model_id=model_id)
     except ModelError:
         raise
-    except Exception as exc:
+    except BaseException as exc:  # sys.exit() in a pickle is the model's failure too
         raise ModelLoadError(
             f"The {name} handler could not load model {model_id}: {type(exc).__name__}: {exc}"
         ) from exc
@@ -132,7 +133,7 @@ def _restore(
         model: LoadedModel = module.load_snapshot(
             payload, model_dir, model_id=model_id, walk_trees=walk_trees
         )
-    except Exception as exc:
+    except BaseException as exc:  # as the artifact's load: SystemExit included
         return _discard(path, model_id, exc)
     model.restored = True
     return model

@@ -5,7 +5,9 @@ Each framework module (``sklearn``, ``xgboost``, ``lightgbm``, ``onnx``, ``torch
 toolkit defaults, its own ``encode``. Framework errors raised while predicting become
 :class:`~modelfleet.errors.ModelInvocationError` with original status 400, as the SageMaker
 XGBoost container answers "Unable to evaluate payload provided" with a 400: with a standard model
-file, a failing prediction almost always means a request of the wrong shape.
+file, a failing prediction almost always means a request of the wrong shape. A prediction that
+raised ``SystemExit`` or ``KeyboardInterrupt`` (a pickled estimator's own code) is a
+``ModelInvocationError`` too, with original status 500.
 """
 
 from __future__ import annotations
@@ -78,12 +80,12 @@ class ArrayModel(LoadedModel):
             prediction = self.predict(features)
         except ModelError:
             raise
-        except Exception as exc:
+        except BaseException as exc:  # a pickled estimator's code may call sys.exit()
             logger.debug("Prediction failed for %s", self.model_id, exc_info=True)
             raise ModelInvocationError(
                 f"{self.handler_name} prediction failed for model {self.model_id}: "
                 f"{type(exc).__name__}: {first_line(exc)}",
-                original_status_code=400,
+                original_status_code=400 if isinstance(exc, Exception) else 500,
             ) from exc
         payload, answered = self.encode(prediction, kind)
         return Prediction(body=payload, content_type=answered)

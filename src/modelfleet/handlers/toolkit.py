@@ -20,7 +20,9 @@ Differences, on purpose: ``model_fn`` and ``predict_fn`` (or ``transform_fn``) a
 load time, where the toolkit fails at the first request; calls into one model's code are
 serialized, as a toolkit worker serves one request at a time, unless ``inference.py`` sets
 ``MODELFLEET_THREAD_SAFE = True``. The module and its helpers are imported in a private namespace
-(:mod:`.isolation`).
+(:mod:`.isolation`). Whatever the model's code raises, ``SystemExit`` (``sys.exit()``) and
+``KeyboardInterrupt`` included, fails the load (:class:`~modelfleet.errors.ModelLoadError`) or
+the request (:class:`~modelfleet.errors.ModelInvocationError`), never the server.
 """
 
 from __future__ import annotations
@@ -165,12 +167,13 @@ class Functions:
 
 
 def _run(function: HandlerFunction, context: RequestContext | None, *args: Any) -> Any:
-    """Call user code at invocation time, turning its failures into ``ModelInvocationError``."""
+    """Call user code at invocation time, turning its failures into ``ModelInvocationError``:
+    any ``BaseException``, so that ``sys.exit()`` fails the request, not the server."""
     try:
         return function(context, *args)
     except ModelError:
         raise
-    except Exception as exc:
+    except BaseException as exc:
         logger.debug("inference.py %s raised", function.name, exc_info=True)
         raise ModelInvocationError(
             f"inference.py {function.name} failed: {type(exc).__name__}: {first_line(exc)}",
@@ -275,7 +278,7 @@ def _load_call(
         return function(context, *args)
     except ModelError:
         raise
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the model's failure
         hint = ""
         if isinstance(exc, KeyError | ModuleNotFoundError):
             missing = exc.name if isinstance(exc, ModuleNotFoundError) else exc.args[0]
@@ -292,7 +295,7 @@ def _load_call(
 def _import_entry(namespace: ModelNamespace) -> ModuleType:
     try:
         return namespace.import_module(_ENTRY_MODULE)
-    except Exception as exc:
+    except BaseException as exc:  # an import that calls sys.exit() fails the load only
         raise ModelLoadError(
             f"Could not import code/inference.py: {type(exc).__name__}: {first_line(exc)}"
         ) from exc

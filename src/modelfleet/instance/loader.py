@@ -14,6 +14,14 @@ to reuse. For models that measure under ``WALK_BELOW`` and whose handler gives n
 own, the loader therefore walks the model's object graph and adds the bytes of its small objects
 (a 10-feature LogisticRegression is ~1 KB on disk and ~2.8 KB in memory, 2 KB of it in small
 objects).
+
+A load that fails gives its memory back before its error leaves the load thread: what the
+failure shows of the model's code is logged, the frames of its traceback (whose locals hold what
+the load had built, a 300 MB array for instance) are cleared and the exception chain is cut, and
+a full collection and a heap trim follow (:func:`failed_load`). Otherwise the error's traceback,
+held by the load's task in a reference cycle, kept that memory until the next full collection,
+minutes later. Whatever the model's code raises, ``SystemExit`` and ``KeyboardInterrupt``
+included, is its failure: a :class:`~modelfleet.errors.ModelLoadError` (424).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import itertools
 import logging
 import sys
 import time
+import traceback
 import types
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,9 +40,15 @@ from typing import NamedTuple, cast
 from modelfleet.cache.disk import tree_size
 from modelfleet.errors import ModelError, ModelLoadError, ValidationError
 from modelfleet.handlers import load_model
+from modelfleet.handlers.arraymodel import first_line
 from modelfleet.handlers.base import LoadedModel
 from modelfleet.handlers.isolation import ROOT_PACKAGE
-from modelfleet.instance.pools import OverlapTracker, allocated_bytes, current_rss
+from modelfleet.instance.pools import (
+    OverlapTracker,
+    allocated_bytes,
+    current_rss,
+    release_memory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +76,7 @@ class Loader:
         with self._overlaps.track() as overlap:
             rss_before, allocated_before = current_rss(), allocated_bytes()
             started = time.perf_counter()
+            failure: ModelError | None = None
             try:
                 model = load_model(
                     url,
@@ -69,10 +85,11 @@ class Loader:
                     walk_trees=self._walk_trees,
                     snapshot=snapshot,
                 )
-            except ModelError:
-                raise
-            except Exception as exc:
-                raise ModelLoadError(f"Model '{name}' failed to load: {exc}") from exc
+            except BaseException as exc:  # SystemExit too: it would stop the event loop
+                failure = failed_load(name, exc)
+            if failure is not None:  # raised outside the handler: no context to chain
+                release_memory(collect=True)
+                raise failure
             load_s = time.perf_counter() - started
             grown = current_rss() - rss_before
             allocated = allocated_bytes() - allocated_before
@@ -86,6 +103,47 @@ class Loader:
         if declared is None and size < WALK_BELOW:
             size = max(size, max(allocated, 0) + small_object_bytes(model))
         return Loaded(model, size, load_s, imported)
+
+
+def failed_load(name: str, exc: BaseException) -> ModelError:
+    """The error for the failed load of ``name``, with the memory ``exc`` held let go.
+
+    Logs the traceback of what failed (the model's code, or the framework) first; then clears
+    the frames of every traceback in the exception's chain and cuts the chain, so that nothing
+    the load built stays reachable from the error that propagates.
+    """
+    error = exc if isinstance(exc, ModelError) else None
+    cause = exc if error is None else (exc.__cause__ or exc.__context__)
+    if cause is not None:
+        logger.info(
+            "model %s failed to load:\n%s",
+            name,
+            "".join(traceback.format_exception(cause)).rstrip(),
+        )
+    release_frames(exc)
+    if error is None:
+        error = ModelLoadError(
+            f"Model '{name}' failed to load: {type(exc).__name__}: {first_line(exc)}"
+        )
+    error.__cause__ = error.__context__ = None
+    return error
+
+
+def release_frames(exc: BaseException) -> None:
+    """Clear the locals of the finished frames in the tracebacks of ``exc`` and of the
+    exceptions chained to it, and drop those tracebacks."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)  # skips the frames still running
+        current.__traceback__ = None
+        stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
 
 
 WALK_BELOW = 256 * 1024  # bigger models: their small objects are ~1% of what they measure

@@ -45,11 +45,33 @@ class Pools:
 async def run_blocking(
     pool: ThreadPoolExecutor, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
 ) -> T:
-    """Run ``fn`` on ``pool`` and await its result without blocking the event loop."""
+    """Run ``fn`` on ``pool`` and await its result without blocking the event loop.
+
+    What ``fn`` raises that is not an :class:`Exception` (``SystemExit``, ``KeyboardInterrupt``)
+    comes back as a :class:`WorkerExitError`: awaited, the exception itself would leave the
+    awaiting task and stop the event loop, and every model with it. Model code is caught
+    earlier, as the model's failure (:mod:`modelfleet.instance.loader`,
+    :mod:`modelfleet.instance.runner`); this is the net for everything else.
+    """
     loop = asyncio.get_running_loop()
     if kwargs:
-        return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
-    return await loop.run_in_executor(pool, fn, *args)
+        return await loop.run_in_executor(pool, _contained, functools.partial(fn, *args, **kwargs))
+    return await loop.run_in_executor(pool, _contained, fn, *args)
+
+
+class WorkerExitError(RuntimeError):
+    """A call on a worker pool raised ``SystemExit``, ``KeyboardInterrupt`` or another
+    ``BaseException`` that is not an ``Exception`` (a bug: an InternalFailure)."""
+
+
+def _contained(fn: Callable[..., T], *args: Any) -> T:
+    try:
+        return fn(*args)
+    except Exception:
+        raise
+    except BaseException as exc:
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        raise WorkerExitError(f"{name} raised {type(exc).__name__}: {exc}") from exc
 
 
 class Overlap:

@@ -6,6 +6,12 @@ sub-millisecond models the thread hop costs more than the model (about a quarter
 throughput of a small forest), while the loop is held no longer than it would be by parsing the
 request. A model that slows down, or that holds the loop longer than its CPU time showed (it
 sleeps or waits), goes back to the pool (:meth:`~modelfleet.instance.state.Resident.observe`).
+
+Either way, what the model raises that is not an :class:`Exception` (its code called
+``sys.exit()``, or raised ``KeyboardInterrupt``) and got past its handler is the model's
+failure, a :class:`~modelfleet.errors.ModelInvocationError` (424): on the event loop it would
+stop the server, and from a pool thread the loop that awaits it (the pool's side of this is
+:func:`~modelfleet.instance.pools.run_blocking`'s :class:`WorkerExitError`).
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from modelfleet.errors import ModelInvocationError
 from modelfleet.handlers.base import Prediction
-from modelfleet.instance.pools import Pools, run_blocking
+from modelfleet.instance.pools import Pools, WorkerExitError, run_blocking
 from modelfleet.instance.state import Entry, InvokeResult
 from modelfleet.metrics import Metrics
 
@@ -65,6 +72,10 @@ class Runner:
                 prediction, cpu_s, wall_s = resident.timed_invoke(
                     body, content_type, accept, custom_attributes
                 )
+            except Exception:
+                raise
+            except BaseException as exc:  # SystemExit here would stop the event loop
+                raise _exited(exc) from exc
             finally:
                 self._release(entry)
         else:
@@ -86,6 +97,10 @@ class Runner:
                 # The worker thread runs on: keep the pin until it returns.
                 call.add_done_callback(lambda done: self._release_after(entry, done))
                 raise
+            except WorkerExitError as exc:  # the model's code exited on the pool thread
+                self._off_pool(entry)
+                cause = exc.__cause__ or exc
+                raise _exited(cause) from cause
             except BaseException:
                 self._off_pool(entry)
                 raise
@@ -108,3 +123,9 @@ class Runner:
         if not done.cancelled():
             done.exception()  # retrieved: the caller is gone
         self._off_pool(entry)
+
+
+def _exited(exc: BaseException) -> ModelInvocationError:
+    return ModelInvocationError(
+        f"The model's code raised {type(exc).__name__} ({exc!r}) while serving a request."
+    )
