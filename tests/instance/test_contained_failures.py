@@ -164,3 +164,29 @@ async def test_run_blocking_never_lets_an_exit_reach_the_event_loop() -> None:
         assert isinstance(caught.value.__cause__, SystemExit)
         assert await run_blocking(pool, lambda: 7) == 7
     await asyncio.sleep(0)  # the loop still runs
+
+
+class SizeofExits:
+    """A model object whose ``__sizeof__`` calls ``sys.exit()`` (the loader's size walk asks)."""
+
+    def __sizeof__(self) -> int:
+        import sys
+
+        sys.exit(9)
+
+
+class HoldsSizeofExits(Exits):
+    def __init__(self) -> None:
+        super().__init__()
+        self.part = SizeofExits()
+
+
+def test_the_size_walk_survives_model_objects_that_exit(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import modelfleet.instance.loader as loader_mod
+
+    monkeypatch.setattr(loader_mod, "load_model", lambda *args, **kwargs: HoldsSizeofExits())
+    loaded = Loader(handler=None).load("m", Path(model_folder(tmp_path, "m")), 10)
+    assert isinstance(loaded.model, HoldsSizeofExits)
+    assert loaded.size >= 10

@@ -169,7 +169,7 @@ def small_object_bytes(root: object) -> int:
             kind = type(obj)  # not obj.__class__, which a proxy may compute
             try:
                 size = sys.getsizeof(obj, 0)
-            except Exception:  # a model's own __sizeof__ that fails
+            except BaseException:  # a model's own __sizeof__ that fails (or calls sys.exit)
                 size = 0
             if size <= _SMALL_OBJECT:
                 total += size
@@ -190,7 +190,7 @@ def small_object_bytes(root: object) -> int:
                 if id(child) not in seen and not issubclass(type(child), _SHARED):
                     seen.add(id(child))
                     stack.append(child)
-    except Exception:
+    except BaseException:  # model code (a __sizeof__ or a proxy) may raise anything
         logger.debug("walking a model's objects stopped early", exc_info=True)
     return total
 
