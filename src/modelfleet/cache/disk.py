@@ -75,6 +75,7 @@ _LOCK_BYTES = 32  # what ``lock`` may hold: a PID and a newline, or "clean"
 _META_SLACK = 32  # the entry's size counts its meta.json plus this
 _CRC_CHUNK = 1 << 20
 _DELETE_WAIT_S = 1.0
+_MAX_ROOM_ROUNDS = 100  # rounds of evicting when other downloads keep taking the room
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,20 +585,24 @@ class DiskCache:
     def _make_room(self, size_bytes: int, *, what: str, token: str) -> None:
         """Grow ``token``'s reservation to ``size_bytes``, deleting unpinned entries if needed.
 
-        Choosing the victims and charging the room happen under one lock, so two downloads can
-        never both take the last free bytes; if the victims cannot make room, none is deleted.
-        While other entries' files are still being deleted, it waits for them (their bytes are
-        counted until they are gone).
+        Victims are chosen and taken out of the index under one lock, and only if together
+        they make the room: otherwise nothing is deleted and DiskFullError says what holds the
+        budget. Their bytes stay counted until their files are gone; then the room is charged
+        (again under the lock, so two downloads can never both take the last free bytes). The
+        count of the folder, and so the folder, never exceeds the budget.
         """
         if size_bytes > self.budget_bytes - _LOCK_BYTES:
             raise DiskFullError(
                 f"Artifact '{what}' needs {size_bytes} bytes but the disk cache budget is "
                 f"{self.budget_bytes} bytes."
             )
-        with self._lock:
-            while True:
+        for _ in range(_MAX_ROOM_ROUNDS):
+            with self._lock:
                 held = self._reserved.get(token, 0)
                 need = self._total() - held + size_bytes - self.budget_bytes
+                if need <= 0:
+                    self._reserved[token] = max(held, size_bytes)
+                    return
                 doomed: list[DiskEntry] = []
                 for entry in self._entries.values():
                     if need <= 0:
@@ -605,18 +610,21 @@ class DiskCache:
                     if entry.pins == 0:
                         need -= entry.size_bytes
                         doomed.append(entry)
-                if need <= 0:
-                    break
-                if self._deleting == 0:
-                    pinned = sum(e.size_bytes for e in self._entries.values() if e.pins > 0)
-                    raise DiskFullError(
-                        f"Disk cache full: artifact '{what}' needs {size_bytes} bytes, "
-                        f"{pinned} of {self.budget_bytes} bytes are held by models in use."
-                    )
-                self._gone.wait(_DELETE_WAIT_S)  # other deletions will free room
-            self._doom(doomed)
-            self._reserved[token] = max(held, size_bytes)
-        self._delete(doomed)
+                if need > 0:
+                    if self._deleting == 0:
+                        pinned = sum(e.size_bytes for e in self._entries.values() if e.pins > 0)
+                        raise DiskFullError(
+                            f"Disk cache full: artifact '{what}' needs {size_bytes} bytes, "
+                            f"{pinned} of {self.budget_bytes} bytes are held by models in use."
+                        )
+                    self._gone.wait(_DELETE_WAIT_S)  # other deletions will free room
+                    continue
+                self._doom(doomed)
+            self._delete(doomed)
+        raise DiskFullError(
+            f"Disk cache busy: artifact '{what}' could not get {size_bytes} bytes while other "
+            "downloads took the room; retry."
+        )
 
     def _doom(self, doomed: list[DiskEntry]) -> None:
         """Take ``doomed`` out of the index; their bytes stay counted until deleted (lock held)."""
