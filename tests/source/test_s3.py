@@ -56,12 +56,11 @@ def test_server_errors_are_retried_then_reported(
         assert server.requests == 3  # the first try and two retries
 
 
-@pytest.mark.slow  # real timeouts
 @pytest.mark.timeout(120)  # bounds a hang: without its timeout a try waits forever
 def test_silent_server_times_out_each_try_then_gives_up(
     aws_env: str, monkeypatch: pytest.MonkeyPatch, dest: Path
 ) -> None:
-    timeout_s, retries = 0.5, 1
+    timeout_s, retries = 0.25, 1
     with SilentServer() as server:
         monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
         source = ModelSource("s3://bucket/prefix", timeout_s=timeout_s, retries=retries)
