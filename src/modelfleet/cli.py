@@ -97,6 +97,17 @@ def main() -> None:
     "(default: on).",
 )
 @click.option("--eviction-policy", help="Eviction policy (lrfu; lru = SageMaker).")
+@click.option("--max-header-size", help="Largest request line plus headers, e.g. 64KiB (431).")
+@click.option("--max-header-count", type=int, help="Most headers in one request (100; 431).")
+@click.option("--header-timeout", type=float, help="Seconds for a request's headers (10; 408).")
+@click.option("--body-timeout", type=float, help="Seconds for a request's body (60; 408).")
+@click.option("--keep-alive-timeout", type=float, help="Seconds an idle connection stays open (5).")
+@click.option(
+    "--max-connections",
+    type=int,
+    help="Most open connections; at the cap the longest idle is closed (default: ulimit -n "
+    "less max(64, 1/8 of it)).",
+)
 @click.option(
     "--revalidate-interval",
     type=float,
@@ -134,11 +145,11 @@ def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
     import uvicorn
 
     from modelfleet.endpoint.app import create_app
+    from modelfleet.listener import ClientLimits, listener_config
 
     app = create_app(settings, endpoints, config_file=config_file, overrides=given)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False
-    )
+    limits = ClientLimits.from_settings(settings)
+    config = listener_config(app, limits, host=settings.host, port=settings.port)
     uvicorn.Server(config).run()
 
 
@@ -287,6 +298,7 @@ def instance(
     import uvicorn
 
     from modelfleet.instance.server import SETTINGS_ENV, create_instance_app
+    from modelfleet.listener import ClientLimits, listener_config
 
     _configure_logging(log_level)
     raw = os.environ.get(SETTINGS_ENV)
@@ -304,8 +316,10 @@ def instance(
 
         threading.Thread(target=watch_parent, name="modelfleet-parent-watch", daemon=True).start()
     app = create_instance_app(settings, instance_id=instance_id, variant=variant)
-    # Keep idle router connections longer than the router does (backends/local.py: 60 s).
-    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_keep_alive=75)
+    # The client limits hold here too (only the router connects), except that idle router
+    # connections are kept longer than the router keeps them (backends/local.py: 60 s).
+    limits = ClientLimits.from_settings(settings).with_keep_alive(75.0)
+    config = listener_config(app, limits)
     # Not uvicorn's ``fd=``: it takes the descriptor for a Unix socket, and the event loop then
     # leaves Nagle's algorithm on for these TCP connections (40 ms per request, measured).
     listener = socket.socket(fileno=fd)

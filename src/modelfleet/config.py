@@ -209,6 +209,26 @@ class Settings(BaseSettings):
     request each): a changed or deleted artifact leaves memory and the next request loads the
     new version. 0 (default): a model is checked only when it is loaded from the disk cache."""
 
+    # -- client limits (modelfleet.listener; both the serve and the instance listeners)
+    max_header_size: ByteSize = Field(default=parse_size("64KiB"), ge=1024)
+    """Largest request line plus headers; past it the client gets 431 and is disconnected."""
+
+    max_header_count: PositiveInt = 100
+    """Most headers in one request; past it the client gets 431 and is disconnected."""
+
+    header_timeout: PositiveFloat = 10.0
+    """Seconds a request's headers may take from its first byte (408, then closed)."""
+
+    body_timeout: PositiveFloat = 60.0
+    """Seconds a request's whole body may take after its headers (408, then closed)."""
+
+    keep_alive_timeout: PositiveFloat = 5.0
+    """Seconds a connection with no request in progress stays open (a new one included)."""
+
+    max_connections: PositiveInt | None = None
+    """Most open client connections; at the cap a new one closes the longest idle. Default and
+    ceiling: the descriptor limit (``ulimit -n``) less max(64, 1/8 of it)."""
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.rss_high_water is not None and self.rss_high_water < self.memory_limit:

@@ -9,6 +9,7 @@ traceback sent.
 
 from __future__ import annotations
 
+import http
 import json
 import logging
 import uuid
@@ -58,6 +59,15 @@ INSTANCE_ERRORS: tuple[tuple[type[ModelfleetError], int, str], ...] = (
 )
 
 
+# What the listener (modelfleet.listener) answers by itself, before any app sees the request:
+# reason -> (HTTP status, SageMaker-style error code). The connection is closed after it.
+LISTENER_ERRORS: dict[str, tuple[int, str]] = {
+    "headers-too-large": (431, "ValidationError"),
+    "timeout": (408, "RequestTimeout"),  # botocore retries this code
+    "no-room": (503, "ServiceUnavailable"),
+}
+
+
 def new_request_id() -> str:
     return str(uuid.uuid4())
 
@@ -97,6 +107,45 @@ def error_response(
         headers=headers,
         media_type="application/json",
     )
+
+
+def listener_error(reason: str, message: str) -> bytes:
+    """A whole HTTP/1.1 error answer for ``reason`` of :data:`LISTENER_ERRORS`, in the shape of
+    :func:`error_response` (JSON body, ``x-amzn-ErrorType``, a request id), with
+    ``connection: close``."""
+    status, code = LISTENER_ERRORS[reason]
+    body = json.dumps({"__type": code, "message": message}).encode()
+    head = [
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        f"x-amzn-ErrorType: {code}",
+        f"x-amzn-RequestId: {new_request_id()}",
+        "connection: close",
+    ]
+    if status == 503:
+        head.append("Retry-After: 1")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+def client_gone(request_id: str) -> Response:
+    """What a handler returns when its client went away before the body was read, or was cut off
+    by the listener's body timeout (Starlette's ``ClientDisconnect``): not a failure of the
+    server, so logged at debug level without a traceback; the caller counts it apart
+    (``client_disconnects``). The response is never sent."""
+    logger.debug("client went away before its request body was read (request %s)", request_id)
+    return Response(b"", status_code=499)  # nginx's "client closed request"
+
+
+def utf8_header(value: str, name: str) -> str:
+    """A header value read as UTF-8, as boto3 sends non-ASCII text (``café/model.tar.gz``);
+    Starlette decodes header bytes as Latin-1. Bytes that are not UTF-8 are a ValidationError."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError(f"The {name} header is not valid UTF-8.") from None
 
 
 async def read_body(request: Request, limit_bytes: int) -> bytes:

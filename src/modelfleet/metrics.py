@@ -54,6 +54,11 @@ class Metrics:
         self.invocation_5xx_errors = counter(
             "modelfleet_invocation_5xx_errors", "Invocations answered 5xx (Invocation5XXErrors)."
         )
+        self.client_disconnects = counter(
+            "modelfleet_client_disconnects",
+            "Requests whose client went away, or was cut off by the body timeout, before its "
+            "body was read; counted apart from Invocations and the 4XX/5XX errors.",
+        )
         self.model_cache_hit = counter(
             "modelfleet_model_cache_hit",
             "Invocations whose model was already loaded (ModelCacheHit = 1).",

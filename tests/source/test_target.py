@@ -11,12 +11,16 @@ import pytest
 from modelfleet.errors import InvalidTargetModelError, ValidationError
 from modelfleet.source import MAX_TARGET_MODEL_LENGTH, archive_mode, is_archive
 from modelfleet.source import validate_target_model as validate
+from modelfleet.source.target import MAX_SEGMENT_BYTES
 
 GOOD = [
     "model.tar.gz",
     "customer-17/model.tar.gz",
     "a",
-    "a" * MAX_TARGET_MODEL_LENGTH,
+    ("a" * 200 + "/") * 4 + "a" * 220,  # 1,024 characters in segments of at most 220
+    "a" * MAX_SEGMENT_BYTES,
+    "é" * (MAX_SEGMENT_BYTES // 2),  # 254 bytes in UTF-8
+    "x/" + "模" * (MAX_SEGMENT_BYTES // 3),  # 255 bytes in UTF-8
     "a/b/c/d/e/f.onnx",
     "with space.pkl",
     " leading and trailing ",
@@ -38,6 +42,10 @@ GOOD = [
 BAD = [
     ("", "empty"),
     ("a" * (MAX_TARGET_MODEL_LENGTH + 1), "1025 characters"),
+    ("a" * MAX_TARGET_MODEL_LENGTH, "1024 bytes long"),
+    ("a" * (MAX_SEGMENT_BYTES + 1), "256 bytes long"),
+    ("ok/" + "é" * 128 + "/m.tar.gz", "256 bytes long"),
+    ("🙂" * 64, "256 bytes long"),
     ("/abs/model.tar.gz", "relative"),
     ("/", "relative"),
     ("a//b", "empty segments"),
@@ -98,6 +106,8 @@ def _reference(name: str) -> bool:
     if len(name) >= 2 and name[1] == ":" and name[0] in string.ascii_letters:
         return False
     segments = name.split("/")
+    if any(len(segment.encode()) > MAX_SEGMENT_BYTES for segment in segments):
+        return False
     return posixpath.normpath(name) == name and ".." not in segments and "." not in segments
 
 
@@ -106,6 +116,26 @@ def test_agrees_with_a_reference_on_random_names() -> None:
     alphabet = ["a", "B", "z", "/", "/", ".", ".", "\\", ":", " ", "\x00", "\n", "é", "-", "_"]
     for _ in range(20_000):
         name = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        try:
+            validate(name)
+        except InvalidTargetModelError:
+            accepted = False
+        else:
+            accepted = True
+        assert accepted == _reference(name), repr(name)
+
+
+def test_lengths_agree_with_the_reference_on_long_names() -> None:
+    """Names near the limits: 1 to 4 bytes a character, segments around 255 bytes."""
+    rng = random.Random(20261203)
+    for _ in range(2_000):
+        segments = [
+            "".join(rng.choice(["a", "é", "模", "🙂"]) for _ in range(rng.randint(1, 270)))
+            for _ in range(rng.randint(1, 6))
+        ]
+        name = "/".join(segments)[: rng.randint(1, MAX_TARGET_MODEL_LENGTH + 5)].strip("/")
+        if not name or "//" in name:
+            continue
         try:
             validate(name)
         except InvalidTargetModelError:

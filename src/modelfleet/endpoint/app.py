@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -30,11 +30,13 @@ from modelfleet.backends.local import InstanceFullError, InstanceUnreachableErro
 from modelfleet.config import Settings
 from modelfleet.edge import (
     RUNTIME_ERRORS,
+    client_gone,
     error_response,
     new_request_id,
     read_body,
     request_id_var,
     target_model_var,
+    utf8_header,
 )
 from modelfleet.endpoint.autoscale import Autoscaler
 from modelfleet.endpoint.router import DEFAULT_VARIANT, Router
@@ -42,10 +44,9 @@ from modelfleet.endpoint.variants import EndpointConfig, VariantConfig, load_con
 from modelfleet.errors import UnknownEndpointError, ValidationError
 from modelfleet.instance.app import instance_routes, ping_route
 from modelfleet.metrics import CONTENT_TYPE, Metrics
+from modelfleet.source import validate_target_model
 
 logger = logging.getLogger(__name__)
-
-_TARGET_MODEL_MAX = 1024
 
 
 @dataclass
@@ -200,8 +201,9 @@ class EndpointServer:
                     "This is a multi-model endpoint: the X-Amzn-SageMaker-Target-Model "
                     "header (TargetModel) is required."
                 )
-            if not 0 < len(target) <= _TARGET_MODEL_MAX:
-                raise ValidationError("TargetModel must be 1 to 1024 characters.")
+            # Checked up front: a name no source can hold is the client's error (400), never
+            # a source failure (503) that clients would retry.
+            target = validate_target_model(utf8_header(target, "X-Amzn-SageMaker-Target-Model"))
             target_model_var.set(target)
             body = await read_body(request, self.settings.max_body_size)
             routed = await endpoint.router.invoke(
@@ -212,6 +214,10 @@ class EndpointServer:
                 custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"),
                 target_variant=headers.get("x-amzn-sagemaker-target-variant"),
             )
+        except ClientDisconnect:
+            if metrics is not None:
+                metrics.client_disconnects.inc()
+            return client_gone(request_id)
         except Exception as exc:
             response = error_response(exc, RUNTIME_ERRORS, request_id=request_id)
             variant = getattr(exc, "variant", None)

@@ -13,6 +13,11 @@ The defaults follow the SageMaker inference toolkit's ``default_input_fn`` and
   toolkit, object arrays are refused on both sides (``allow_pickle=False``): a request must never
   make the server unpickle.
 
+A body nested too deeply to decode (``[[[[...]]]]``: JSON past the interpreter's recursion
+limit, ~1,000 levels; an ``.npy`` header whose expression nests past the parser's limits) is the
+client's error, a :class:`~modelfleet.errors.ValidationError` (400) whatever the model, never a
+RecursionError (500). ``.npy`` headers are limited to 10,000 bytes, as numpy limits them.
+
 Media types are compared without their parameters (``text/csv; charset=utf-8`` is ``text/csv``)
 and case-insensitively. A missing ``Accept`` or ``*/*`` answers JSON. These functions are on the
 hot path: small CSV payloads are parsed in pure Python (``np.genfromtxt`` costs ~30 µs for one row)
@@ -31,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from modelfleet.errors import ModelInvocationError, UnsupportedContentTypeError
+from modelfleet.errors import ModelInvocationError, UnsupportedContentTypeError, ValidationError
 
 CSV = "text/csv"
 JSON = "application/json"
@@ -48,6 +53,7 @@ UTF8_TYPES = frozenset({CSV, JSON})
 _WILDCARDS = {ANY: JSON, "application/*": JSON, "text/*": CSV}
 _NPY_MAGIC = b"\x93NUMPY"
 _LARGE_CSV_BYTES = 64 * 1024
+_MAX_NPY_HEADER_BYTES = 10_000  # numpy.lib.format's own limit on what it will parse
 _NAN = math.nan
 
 Array = npt.NDArray[Any]
@@ -63,6 +69,14 @@ def bad_payload(content_type: str, exc: BaseException | str) -> ModelInvocationE
     """The error for a body that does not parse as its declared content type (400 inside)."""
     return ModelInvocationError(
         f"The request body is not valid {content_type}: {exc}", original_status_code=400
+    )
+
+
+def too_deep(content_type: str) -> ValidationError:
+    """The error for a body nested deeper than its decoder can go (400, not a model error)."""
+    return ValidationError(
+        f"The request body is nested too deeply to decode as {content_type}: arrays or objects "
+        "inside one another for about a thousand levels or more. Send flat rows of features."
     )
 
 
@@ -168,6 +182,8 @@ def _json_array(data: bytes | str) -> Array:
         return np.array(json.loads(data))
     except (ValueError, TypeError) as exc:
         raise bad_payload(JSON, exc) from exc
+    except RecursionError:  # json's C scanner counts nesting against the recursion limit
+        raise too_deep(JSON) from None
 
 
 @lru_cache(maxsize=256)
@@ -193,10 +209,14 @@ def _npy_array(data: bytes | str) -> Array:
         size, start = int.from_bytes(raw[8:12], "little"), 12
     else:
         raise bad_payload(NPY, f"unknown .npy format version {major}")
+    if size > _MAX_NPY_HEADER_BYTES:
+        raise bad_payload(NPY, f"a header of {size} bytes (the limit is {_MAX_NPY_HEADER_BYTES})")
     try:
         dtype, fortran, shape = _npy_header(raw[start : start + size])
     except (ValueError, SyntaxError, TypeError) as exc:
         raise bad_payload(NPY, exc) from exc
+    except (RecursionError, MemoryError):  # ast's parser on a deeply nested expression
+        raise too_deep(NPY) from None
     if dtype.hasobject:
         raise bad_payload(NPY, "object arrays are refused (they would need pickle)")
     count = math.prod(shape)

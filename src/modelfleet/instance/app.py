@@ -27,17 +27,19 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelfleet.edge import (
     INSTANCE_ERRORS,
+    client_gone,
     error_response,
     new_request_id,
     read_body,
     request_id_var,
     target_model_var,
+    utf8_header,
 )
 from modelfleet.errors import ModelfleetError, ModelTooLargeError, ValidationError
 from modelfleet.instance.manager import ModelManager
@@ -57,6 +59,9 @@ def _contract(
             return await fn(request, manager)
         except ModelfleetError as exc:
             return error_response(exc, INSTANCE_ERRORS, request_id=request_id)
+        except ClientDisconnect:
+            manager.metrics.client_disconnects.inc()
+            return client_gone(request_id)
         except Exception as exc:
             return error_response(exc, INSTANCE_ERRORS, request_id=request_id)
 
@@ -142,6 +147,7 @@ async def _invoke(request: Request, manager: ModelManager) -> Response:
     target = request.headers.get("x-amzn-sagemaker-target-model")
     if not target:
         raise ValidationError("The X-Amzn-SageMaker-Target-Model header is required.")
+    target = utf8_header(target, "X-Amzn-SageMaker-Target-Model")  # the router sends UTF-8
     target_model_var.set(target)
     body = await read_body(request, manager.settings.max_body_size)
     try:

@@ -8,7 +8,12 @@ invocation, before anything touches a file or the network, and accepts only name
   character; spaces and non-ASCII letters are fine),
 - relative: no leading ``/``, no Windows drive (``C:``), no backslash at all,
 - normalized: segments separated by single ``/``, none of them empty (``a//b``, a trailing ``/``),
-  ``.`` or ``..``.
+  ``.`` or ``..``,
+- made of segments of at most 255 bytes in UTF-8, the longest file name of the usual file
+  systems (``NAME_MAX``), which a folder source maps segments to.
+
+A name past a length limit is the client's error (400): refused here, it never reaches the
+source, which would fail with "file name too long" and be reported as an outage (503).
 
 One name maps to one object or folder and to one cache entry: ``m`` and ``m/`` or ``./m`` are not
 two spellings of the same model, only ``m`` is accepted.
@@ -23,6 +28,7 @@ from modelfleet.errors import InvalidTargetModelError
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
+    "MAX_SEGMENT_BYTES",
     "MAX_TARGET_MODEL_LENGTH",
     "archive_mode",
     "is_archive",
@@ -31,6 +37,9 @@ __all__ = [
 
 MAX_TARGET_MODEL_LENGTH = 1024
 """Longest accepted target model, in characters (SageMaker's limit)."""
+
+MAX_SEGMENT_BYTES = 255
+"""Longest accepted segment (between two ``/``) of a target model, in UTF-8 bytes."""
 
 ARCHIVE_SUFFIXES: dict[str, str] = {".tar.gz": "r|gz", ".tgz": "r|gz", ".tar": "r|"}
 """Key suffixes unpacked on fetch, with the tarfile stream mode each needs."""
@@ -73,6 +82,13 @@ def validate_target_model(name: str) -> str:
     for segment in name.split("/"):
         if segment in ("", ".", ".."):
             raise _reject(name, _segment_reason(segment))
+        # 4 bytes a character at most: only a segment this long can exceed the limit in bytes
+        if len(segment) * 4 > MAX_SEGMENT_BYTES and len(segment.encode()) > MAX_SEGMENT_BYTES:
+            raise _reject(
+                name,
+                f"a segment ('{segment[:20]}...') is {len(segment.encode())} bytes long in UTF-8,"
+                f" the limit is {MAX_SEGMENT_BYTES}",
+            )
     return name
 
 
