@@ -24,6 +24,9 @@ class InProcessInstance:
     def available(self) -> bool:
         return True
 
+    async def ping(self) -> bool:
+        return True  # it lives as long as the router's process
+
     async def invoke(
         self,
         target_model: str,

@@ -8,9 +8,11 @@ talks to the instances over pooled keep-alive HTTP connections (:mod:`.remote`).
 
 Supervision: a crashed instance is marked down at once (its in-flight requests fail over to
 another instance), restarted after a backoff (0.5 s, doubling to 10 s, reset after 30 s up),
-and takes traffic again once ``/ping`` answers. An instance that stops answering ``/ping`` is
-marked down until it answers again. Each instance also exits by itself when the router's
-process disappears (it watches its parent), so a killed router leaves no orphans.
+and takes traffic again once ``/ping`` answers. An instance that stops answering ``/ping`` (to
+its watcher, or to the router before a retry) is marked down until it answers again, and
+killed if it was up and stays silent for ``hang_timeout``: it is hung. Each instance also
+exits by itself when the router's process disappears (it watches its parent), so a killed
+router leaves no orphans.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import aiohttp
 from modelfleet.backends.remote import (
     DOWN,
     DRAINING,
+    PING_TIMEOUT,
     STARTING,
     UP,
     InstanceFullError,
@@ -310,11 +313,12 @@ class LocalBackend:
         (the supervisor restarts it) when it was up and has failed for ``hang_timeout``."""
         assert self._session is not None
         instance = child.instance
-        timeout = aiohttp.ClientTimeout(total=5.0)
         down_since: float | None = None
+        was_up = False  # this process answered once: from then on, silence may be a hang
         while True:
             try:
-                async with self._session.get(f"{instance.url}/ping", timeout=timeout) as response:
+                url = f"{instance.url}/ping"
+                async with self._session.get(url, timeout=PING_TIMEOUT) as response:
                     healthy = response.status == 200
             except (aiohttp.ClientError, TimeoutError):
                 healthy = False
@@ -324,8 +328,9 @@ class LocalBackend:
             if healthy and instance.state != UP:
                 logger.info("instance %s up at %s", instance.instance_id, instance.url)
             if healthy:
-                instance.state, down_since = UP, None
-            elif instance.state == UP:
+                instance.state, down_since, was_up = UP, None, True
+            elif was_up and down_since is None:
+                # the router may have marked it down first (a ping before a retry failed)
                 instance.state, down_since = DOWN, time.monotonic()
             elif (
                 down_since is not None

@@ -10,6 +10,7 @@ a router at ~650 requests/s.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from urllib.parse import quote
@@ -27,12 +28,14 @@ from modelfleet.instance.state import InvokeResult
 
 UP, STARTING, DOWN, DRAINING = "up", "starting", "down", "draining"
 _PASSED_HEADERS = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")
+#: a /ping not answered within this is a failed one (health watcher and failover alike)
+PING_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 
 
 class InstanceUnreachableError(ServiceUnavailableError):
     """The instance did not answer: try another one. ``sent``: the request had reached it
     (the connection dropped or timed out mid-request), so it may be what broke the instance,
-    and it is retried once at most."""
+    and it is retried once at most, on an instance that answers ``/ping`` first."""
 
     def __init__(self, message: str, *, sent: bool) -> None:
         super().__init__(message)
@@ -57,11 +60,25 @@ class RemoteInstance:
     def __init__(self, instance_id: str, url: str) -> None:
         self.instance_id = instance_id
         self.url = url
+        self._left_up = asyncio.Event()  # set while not up: a pending ping() gives up at once
+        self._state = ""
         self.state = STARTING
         self.pid: int | None = None
         self.in_flight = 0
         self.restarts = 0
         self.session: aiohttp.ClientSession | None = None  # set by LocalBackend.start
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._state = state
+        if state == UP:
+            self._left_up.clear()
+        else:
+            self._left_up.set()
 
     def available(self) -> bool:
         return self.state == UP
@@ -114,6 +131,35 @@ class RemoteInstance:
                 queued=reply.get("x-modelfleet-queued") == "1",
             )
         raise _error_from(self.instance_id, status, answer, reply.get("x-amzn-errortype", ""))
+
+    async def ping(self) -> bool:
+        """Whether the instance answers ``/ping`` now; one that does not is marked down (its
+        health watcher marks it up again when it answers).
+
+        The answer is False as soon as the instance is marked down meanwhile (its exit was
+        seen): a ping sent to a process being killed can wait in the listening socket's
+        backlog, which the router keeps open, until the replacement answers it seconds later.
+        """
+        answered = asyncio.ensure_future(self._answers_ping())
+        left_up = asyncio.ensure_future(self._left_up.wait())
+        try:
+            await asyncio.wait((answered, left_up), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            answered.cancel()
+            left_up.cancel()
+        if answered.done() and not answered.cancelled() and answered.result():
+            return True
+        if self.state == UP:
+            self.state = DOWN
+        return False
+
+    async def _answers_ping(self) -> bool:
+        assert self.session is not None, "LocalBackend.start() was not called"
+        try:
+            async with self.session.get(f"{self.url}/ping", timeout=PING_TIMEOUT) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
     async def loaded_models(self) -> list[str]:
         """The target models loaded on the instance now (empty if it cannot say)."""

@@ -25,8 +25,11 @@ home only when that instance is far busier than the average, because a spill to 
 that does not hold the model costs a load there (with 1.25, as in bounded-load consistent
 hashing, the end-to-end Zipf benchmark's 2-instance hit ratio fell from 0.48 to 0.36). A
 request that finds its instance unreachable or full (507) moves to the next candidate;
-inference is idempotent. With the ``inprocess`` backend there is one instance and the choice is
-trivial.
+inference is idempotent. A request that an instance dropped (it got no answer: the instance
+died or hung while holding it) is tried once more, on the next candidate that answers ``/ping``
+(one killed at the same moment is skipped, so several instances dying at once fail no request
+while one is up); dropped twice, it is what kills instances, and it fails. With the
+``inprocess`` backend there is one instance and the choice is trivial.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ class Instance(Protocol):
     in_flight: int
 
     def available(self) -> bool: ...
+
+    async def ping(self) -> bool:
+        """Whether the instance answers now (asked before a request's last allowed try)."""
+        ...
 
     async def invoke(
         self,
@@ -287,6 +294,11 @@ class Router:
         for instance in candidates:
             if failure is not None and not instance.available():
                 continue  # went down or started draining meanwhile
+            if dropped == _MAX_DROPPED and not await instance.ping():
+                # A drop on this one would be the last: first make sure it is alive. One
+                # killed at the same moment as the instance that dropped the request (or
+                # dying of the same cause) answers nothing, and is skipped.
+                continue
             try:
                 result = await instance.invoke(
                     target_model,
