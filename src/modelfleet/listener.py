@@ -29,9 +29,14 @@ their descriptors. h11 also costs ~80 us a request more than httptools on this m
 but not the idle-first eviction, and would change the whole stack. So this subclasses uvicorn's
 httptools protocol; the overrides are the parser callbacks and ``data_received``.
 
-Timeouts are checked by one sweep per listener (every ``min(1 s, shortest timeout / 4)``)
+Timeouts are checked by one sweep per listener (every ``min(1 s, shortest timeout / 4)``; a
+cut comes one to two sweeps after its deadline, never for a stall of the server's own loop)
 instead of a timer per request: the hot path only stores a deadline and moves the connection
-between two dicts (idle, reading).
+between two dicts (idle, reading). Measured with a fake transport (one keep-alive connection,
+a 19-byte CSV POST with 6 headers, uvloop, 21 interleaved rounds of 20,000 requests, two runs
+on a busy 2-core VM): uvicorn's protocol 15.1 and 18.3 us a request (medians), this one 17.7
+and 21.5, so +2.7 to +3.2 us, against ~300 us or more of server CPU for a whole warm request.
+The first version, with a per-header ``on_header`` count and ``super()`` calls, cost +6 us.
 """
 
 from __future__ import annotations
@@ -130,63 +135,60 @@ class ConnectionTable:
 
     def __init__(self, limits: ClientLimits) -> None:
         self.limits = limits
-        self._open: set[LimitedHttpToolsProtocol] = set()
-        self._idle: dict[LimitedHttpToolsProtocol, float] = {}  # -> idle since; oldest first
-        self._reading: dict[LimitedHttpToolsProtocol, None] = {}  # deadline on the connection
+        # The protocol updates these on its hot path, without a method call:
+        self.open: set[LimitedHttpToolsProtocol] = set()
+        self.idle_since: dict[LimitedHttpToolsProtocol, float] = {}  # oldest first
+        self.reading: dict[LimitedHttpToolsProtocol, None] = {}  # deadline on the connection
         self._sweeper: asyncio.TimerHandle | None = None
+        self._swept_at = 0.0
 
     def __len__(self) -> int:
-        return len(self._open)
+        return len(self.open)
 
     def admit(self, conn: LimitedHttpToolsProtocol) -> bool:
         """Take a new connection, closing the longest-idle one at the cap; False: no room."""
-        if len(self._open) >= self.limits.max_connections:
-            if not self._idle:
+        if len(self.open) >= self.limits.max_connections:
+            if not self.idle_since:
                 return False
-            victim = next(iter(self._idle))
-            logger.debug("at %d connections: closing the longest idle", len(self._open))
+            victim = next(iter(self.idle_since))
+            logger.debug("at %d connections: closing the longest idle", len(self.open))
             self.forget(victim)
             victim.transport.close()
-        self._open.add(conn)
-        self._idle[conn] = conn.loop.time()
+        self.open.add(conn)
+        self.idle_since[conn] = conn.loop.time()
         if self._sweeper is None:
+            self._swept_at = conn.loop.time()
             self._schedule(conn.loop)
         return True
 
     def forget(self, conn: LimitedHttpToolsProtocol) -> None:
-        self._open.discard(conn)
-        self._idle.pop(conn, None)
-        self._reading.pop(conn, None)
-
-    def reading(self, conn: LimitedHttpToolsProtocol) -> None:
-        self._idle.pop(conn, None)
-        self._reading[conn] = None
-
-    def done_reading(self, conn: LimitedHttpToolsProtocol) -> None:
-        self._reading.pop(conn, None)
-
-    def idle(self, conn: LimitedHttpToolsProtocol) -> None:
-        if conn in self._open:
-            self._idle[conn] = conn.loop.time()
+        self.open.discard(conn)
+        self.idle_since.pop(conn, None)
+        self.reading.pop(conn, None)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweeper = loop.call_later(self.limits.sweep_interval_s, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        idle_before = now - self.limits.keep_alive_timeout_s
+        """Close what passed its deadline *before the previous sweep*: since then the loop has
+        read every socket at least once, so a deadline missed while the server itself was
+        stalled (a long GC, a starved CPU) is never blamed on the client, whose bytes may be
+        waiting unread. A cut comes one to two sweep intervals after its deadline."""
+        now, cutoff = loop.time(), self._swept_at
+        idle_before = cutoff - self.limits.keep_alive_timeout_s
         expired = []
-        for conn, since in self._idle.items():  # oldest first: stop at the first one in time
+        for conn, since in self.idle_since.items():  # oldest first: stop at the first one in time
             if since > idle_before:
                 break
             expired.append(conn)
         for conn in expired:
             self.forget(conn)
             conn.transport.close()
-        for conn in [c for c in self._reading if c.overdue(now)]:
+        for conn in [c for c in self.reading if c.overdue(cutoff)]:
             conn.timed_out()
+        self._swept_at = now
         self._sweeper = None
-        if self._open:
+        if self.open:
             self._schedule(loop)
 
 
@@ -202,7 +204,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = _Phase.BETWEEN
         self._deadline = math.inf
         self._header_bytes = 0  # fed to the parser since the last request's headers ended
-        self._header_count = 0
 
     # -- connection
 
@@ -221,21 +222,34 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
-        if phase is _Phase.BODY:
-            self._feed(data)
-            return
-        if phase is _Phase.REFUSED:
-            return  # drained and dropped until the close
-        limit = self._limits.max_header_bytes
-        room = limit - self._header_bytes
-        if len(data) <= room:
+        if phase is not _Phase.BODY:
+            if phase is _Phase.REFUSED:
+                return  # drained and dropped until the close
+            room = self._limits.max_header_bytes - self._header_bytes
+            if len(data) > room:
+                self._past_allowance(data, room)
+                return
             self._header_bytes += len(data)
-            self._feed(data)
-            return
-        # Past the allowance: feed what fits; the rest only if the headers ended in it.
-        self._header_bytes = limit
+        # uvicorn's data_received, inlined (this is the hot path), except for the answers to
+        # a refusal (431, not 400) and the log level of an invalid request (clients can send
+        # anything: debug).
+        if self.timeout_keep_alive_task is not None:
+            self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._parse_error(exc)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    def _past_allowance(self, data: bytes, room: int) -> None:
+        """Feed what fits of the header allowance; the rest only if the headers ended in it."""
+        limit = self._limits.max_header_bytes
         if room > 0:
-            self._feed(data[:room])
+            self.data_received(data[:room])  # fits: the count reaches the limit
         if self._phase is _Phase.REFUSED or self.transport.is_closing():
             return
         if self._header_bytes >= limit:  # not reset by on_headers_complete: still in headers
@@ -243,72 +257,66 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.data_received(data[room:])
 
-    def _feed(self, data: bytes) -> None:
-        """uvicorn's ``data_received``, except that a refusal answers 431 (not 400) and an
-        invalid request is logged at debug level (clients can send anything)."""
-        self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadersRefusedError):
-                limit = self._limits.max_header_count
-                self._refuse("headers-too-large", f"The request has more than {limit} headers.")
-                return
-            logger.debug("invalid HTTP request: %s", exc)
-            self.send_400_response("Invalid HTTP request received.")
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+    def _parse_error(self, exc: httptools.HttpParserError) -> None:
+        if isinstance(exc.__context__, _HeadersRefusedError):
+            limit = self._limits.max_header_count
+            self._refuse("headers-too-large", f"The request has more than {limit} headers.")
+            return
+        logger.debug("invalid HTTP request: %s", exc)
+        self.send_400_response("Invalid HTTP request received.")
 
-    # -- parser callbacks
+    # -- parser callbacks (each runs once a request: kept to a few attribute stores, and the
+    # base class called directly, ~0.1 us less than super() on Python 3.11)
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         self._phase = _Phase.HEADERS
-        self._header_count = 0
         self._deadline = self.loop.time() + self._limits.header_timeout_s
-        self.table.reading(self)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self._limits.max_header_count:
-            raise _HeadersRefusedError
-        super().on_header(name, value)
+        table = self.table
+        table.idle_since.pop(self, None)
+        table.reading[self] = None
 
     def on_headers_complete(self) -> None:
+        # The count is checked here, not per header: the byte allowance already bounds what
+        # the headers hold, and an override of on_header cost ~0.3 us a header.
+        if len(self.headers) > self._limits.max_header_count:
+            raise _HeadersRefusedError  # stops the parser; data_received answers 431
         self._phase = _Phase.BODY
         self._header_bytes = 0
         self._deadline = self.loop.time() + self._limits.body_timeout_s
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
         self._phase = _Phase.BETWEEN
         self._deadline = math.inf
-        self.table.done_reading(self)
-        super().on_message_complete()
-        self._idle_if_done()
+        self.table.reading.pop(self, None)
+        HttpToolsProtocol.on_message_complete(self)
+        if self.cycle.response_complete:  # answered before the body ended (say, too large)
+            self._idle_if_done()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        HttpToolsProtocol.on_response_complete(self)
         self._idle_if_done()
 
     def _idle_if_done(self) -> None:
-        """Idle: nothing being parsed, no request queued, the last response sent."""
+        """Idle: nothing being parsed, and the last request parsed is answered (so none is
+        queued behind it)."""
         if (
             self._phase is _Phase.BETWEEN
-            and not self.pipeline
-            and (self.cycle is None or self.cycle.response_complete)
+            and self.cycle.response_complete
             and not self.transport.is_closing()
+            and self in self.table.open
         ):
-            self.table.idle(self)
+            idle = self.table.idle_since
+            idle.pop(self, None)  # to the end: the dict's order is the order of going idle
+            idle[self] = self.loop.time()
 
     # -- limits
 
-    def overdue(self, now: float) -> bool:
-        """Past its deadline, and the client's fault: the server was not holding it back."""
-        if now < self._deadline:
+    def overdue(self, cutoff: float) -> bool:
+        """Past its deadline at ``cutoff``, and the client's fault: the server was not holding
+        it back."""
+        if cutoff < self._deadline:
             return False
         if self._phase is _Phase.REFUSED:
             return True
@@ -342,7 +350,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, reason: str, message: str) -> None:
         """Answer ``reason`` (edge.LISTENER_ERRORS), then drain input for a moment and close."""
         self._phase = _Phase.REFUSED
-        self.table.reading(self)  # swept at the deadline below
+        self.table.idle_since.pop(self, None)
+        self.table.reading[self] = None  # swept at the deadline below
         self._deadline = self.loop.time() + _LINGER_S
         if self.transport.is_closing():
             return
