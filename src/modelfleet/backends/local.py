@@ -44,6 +44,7 @@ from modelfleet.backends.remote import (
     RemoteInstance,
     RolloutError,
 )
+from modelfleet.cache.disk import FolderLock
 from modelfleet.config import Settings
 from modelfleet.instance.server import SETTINGS_ENV
 
@@ -108,6 +109,7 @@ class LocalBackend:
         self._next_index = 0
         self.scaling = asyncio.Lock()  # one scaling action at a time (autoscaler, reload)
         self.on_removed: list[Callable[[str], None]] = []
+        self._root_lock = FolderLock(Path(settings.cache_dir))
         # The router routes over this very list: instances added or removed show at once.
         self.instances: list[RemoteInstance] = []
         for _ in range(settings.instances):
@@ -222,7 +224,14 @@ class LocalBackend:
             await asyncio.to_thread(shutil.rmtree, child.cache_dir, True)
 
     async def start(self) -> None:
-        """Start every instance; return once each answers ``/ping`` (or failed to start)."""
+        """Start every instance; return once each answers ``/ping`` (or failed to start).
+
+        Raises:
+            CacheInUseError: another live server holds the instances' cache folder.
+        """
+        # One live fleet per cache folder: the instances' folders are numbered from 0 in
+        # every run, so a second fleet would share them (each instance also locks its own).
+        self._root_lock.acquire()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S),
             # An instance answers 429 at invoke_timeout: one silent for much longer is hung.
@@ -264,6 +273,7 @@ class LocalBackend:
             child.sock.close()
         if self._session is not None:
             await self._session.close()
+        self._root_lock.release()
 
     async def _terminate(self, child: _Child) -> None:
         process = child.process

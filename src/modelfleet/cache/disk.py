@@ -168,6 +168,55 @@ def _foreign_key(folder: str) -> str:
     return "\0" + folder
 
 
+class FolderLock:
+    """An exclusive ``flock`` on ``<folder>/lock`` for one live process (a server's disk cache,
+    or the root of a fleet's instance folders). The kernel drops it when the process dies,
+    even by SIGKILL, so a crash never leaves a stale lock. The file holds the owner's PID, and
+    what :meth:`release` was given when the last owner stopped."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._fd: int | None = None
+
+    def acquire(self) -> str:
+        """Take the lock (creating the folder); return what the previous owner left in it.
+
+        Raises:
+            CacheInUseError: another live process holds it.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, _LOCK_BYTES, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise CacheInUseError(
+                f"The disk cache folder {self.folder} is in use by another modelfleet server "
+                f"(PID {holder or 'unknown'}); give each server its own --cache-dir."
+            ) from None
+        previous = os.pread(fd, _LOCK_BYTES, 0).decode(errors="replace")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return previous
+
+    def release(self, mark: str | None = None) -> None:
+        """Release the lock, leaving ``mark`` in the file if given (synced before release)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if mark is not None:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, mark.encode(), 0)
+                os.fsync(fd)
+        except OSError:
+            logger.warning("could not write to the lock of %s", self.folder, exc_info=True)
+        finally:
+            os.close(fd)  # releases the flock
+
+
 class DiskCache:
     """Unpacked artifacts of one model source under a byte budget, least recently used
     unpinned ones deleted first.
@@ -200,7 +249,7 @@ class DiskCache:
         self._trash: list[tuple[Path, int]] = []  # retired entries' folders, moved aside
         self._suspect: set[str] = set()  # folders not verified since an unclean stop
         self._on_evict = on_evict
-        self._lock_fd: int | None = None
+        self._folder_lock = FolderLock(root)
 
     # -- start and stop ------------------------------------------------------------------------
     def start(self, *, keep_snapshots: bool = True) -> None:
@@ -211,8 +260,9 @@ class DiskCache:
         Raises:
             CacheInUseError: another live server holds the folder.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        clean = self._take_lock()
+        previous = self._folder_lock.acquire()
+        has_entries = self._models.is_dir() and any(self._models.iterdir())
+        clean = previous == _CLEAN or (not previous and not has_entries)
         self._models.mkdir(exist_ok=True)
         self._tmp.mkdir(exist_ok=True)
         for orphan in self._tmp.iterdir():
@@ -262,39 +312,10 @@ class DiskCache:
     def close(self) -> None:
         """Mark the folder cleanly stopped (after syncing what this run wrote) and release
         its lock."""
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is None:
-            return
         try:
             os.sync()  # "clean" must not reach the disk before the artifacts do
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, _CLEAN.encode(), 0)
-            os.fsync(fd)
-        except OSError:
-            logger.warning("could not mark the disk cache %s clean", self.root, exc_info=True)
         finally:
-            os.close(fd)  # releases the flock
-
-    def _take_lock(self) -> bool:
-        """Lock the folder for this process; whether the previous server stopped cleanly."""
-        path = self.root / _LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, _LOCK_BYTES, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise CacheInUseError(
-                f"The disk cache folder {self.root} is in use by another modelfleet server "
-                f"(PID {holder or 'unknown'}); give each server its own --cache-dir."
-            ) from None
-        previous = os.pread(fd, _LOCK_BYTES, 0).decode(errors="replace")
-        has_entries = self._models.is_dir() and any(self._models.iterdir())
-        clean = previous == _CLEAN or (not previous and not has_entries)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-        return clean
+            self._folder_lock.release(_CLEAN)
 
     def _read_entry(
         self, path: Path, *, keep_snapshot: bool
