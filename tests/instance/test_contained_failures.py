@@ -20,6 +20,7 @@ from modelfleet.errors import ModelInvocationError, ModelLoadError
 from modelfleet.handlers.base import LoadedModel, Prediction
 from modelfleet.instance.loader import Loader
 from modelfleet.instance.pools import WorkerExitError, run_blocking
+from modelfleet.instance.unloader import close_model
 from tests.instance.fakes import FakeSource, Harness, invoke, model_folder
 
 
@@ -190,3 +191,22 @@ def test_the_size_walk_survives_model_objects_that_exit(
     loaded = Loader(handler=None).load("m", Path(model_folder(tmp_path, "m")), 10)
     assert isinstance(loaded.model, HoldsSizeofExits)
     assert loaded.size >= 10
+
+
+def test_a_close_that_exits_does_not_fail_the_unload() -> None:
+    class ExitsOnClose(LoadedModel):
+        handler_name = "fake"
+
+        def invoke(
+            self,
+            body: bytes,
+            content_type: str | None,
+            accept: str | None,
+            custom_attributes: str | None = None,
+        ) -> Prediction:
+            raise AssertionError("not called")
+
+        def close(self) -> None:
+            raise SystemExit(5)
+
+    close_model(ExitsOnClose())  # logged, not raised

@@ -129,8 +129,9 @@ class Unloader:
 
 
 def close_model(model: LoadedModel) -> None:
-    """Close ``model``, logging (not raising) what its ``close`` raises."""
+    """Close ``model``, logging (not raising) what its ``close`` raises: ``SystemExit`` or
+    ``KeyboardInterrupt`` from model code included, which must not fail an unload."""
     try:
         model.close()
-    except Exception:
+    except BaseException:
         logger.exception("closing a model failed")
