@@ -11,7 +11,9 @@ with ``@serve.multiplexed`` in its defaults (``ray-default``) and its documented
 configuration (``ray-best``), and MLServer with mlserver-sklearn (``mlserver-default``: one
 parallel worker; ``mlserver-best``: inference in the server process). Models: a scikit-learn
 ``LogisticRegression`` (serving overhead dominates) and a 10-tree ``RandomForestRegressor``.
-Every figure is also shown as a ratio to ``bare`` measured in the same run. MLServer is sent the
+Every figure is also shown as a ratio to ``bare`` measured in the same run. ``cpu_us`` is the
+server process's CPU time (user + system) per request: what a change costs the server, and
+steadier than throughput on a busy machine. MLServer is sent the
 same row as a V2 inference request (JSON, ``FP64``, shape [1, 10]) instead of CSV.
 
 Full mode runs two rounds over all systems (interleaved, 4 s per measurement) and keeps each
@@ -35,6 +37,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+import psutil
 
 from bench import servers
 from bench.common import parser, print_table, write_results
@@ -209,6 +212,19 @@ class Profiler:
         return {c: round(n * scale, 1) for c, n in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
+WARMUP_REQUESTS = 100
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the server process ``pid`` has used so far.
+
+    Per request, this is what a change costs the server, and it moves far less than throughput
+    when the shared machine is busy (throughput runs of one build spread by up to 60% here).
+    """
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def measure_once(
     bench: Bench, system: str, duration_s: float, profile: bool = False
 ) -> list[dict[str, Any]]:
@@ -225,16 +241,20 @@ def measure_once(
                 spy = None
                 if profile and concurrency == max(CONCURRENCIES):
                     spy = Profiler(t.pid, bench.work / f"{system}-{model}.txt", duration_s)
+                cpu_s = server_cpu_s(t.pid)
                 figures = servers.run_loadgen(
                     t.url,
                     concurrency=concurrency,
                     duration_s=duration_s,
                     headers=t.headers,
                     body_file=t.body_file,
-                    warmup=100,
+                    warmup=WARMUP_REQUESTS,
                 )
+                cpu_s = server_cpu_s(t.pid) - cpu_s
                 rows.append({"system": system, "model": model, "concurrency": concurrency})
                 rows[-1].update(figures)
+                served = int(figures["ok"]) + WARMUP_REQUESTS
+                rows[-1]["cpu_us"] = round(cpu_s * 1e6 / max(served, 1), 1)
                 if spy is not None:
                     rows[-1]["profile_us"] = spy.summary(int(figures["ok"]))
                 print(
@@ -279,7 +299,8 @@ def measure(
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Throughput ratio and p50 difference to ``bare`` of the same model and concurrency."""
+    """Throughput and server-CPU ratios and the p50 difference to ``bare`` of the same model
+    and concurrency."""
     bare = {(r["model"], r["concurrency"]): r for r in rows if r.get("system") == "bare"}
     for row in rows:
         base = bare.get((row.get("model"), row.get("concurrency")))
@@ -287,6 +308,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             continue
         row["vs_bare"] = row["throughput"] / base["throughput"] if base["throughput"] else None
         row["p50_vs_bare_ms"] = row["p50_ms"] - base["p50_ms"]
+        if row.get("cpu_us") and base.get("cpu_us"):
+            row["cpu_vs_bare"] = row["cpu_us"] / base["cpu_us"]
 
 
 def print_profiles(rows: list[dict[str, Any]]) -> None:
@@ -335,7 +358,8 @@ def main() -> None:
     ]
     add_ratios(rows)
     columns = ["system", "model", "concurrency", "throughput", "p50_ms", "p99_ms"]
-    columns += ["vs_bare", "p50_vs_bare_ms", "spread", "errors", "unavailable"]
+    columns += ["vs_bare", "p50_vs_bare_ms", "cpu_us", "cpu_vs_bare", "spread", "errors"]
+    columns += ["unavailable"]
     print_table(rows, columns, title="Warm path: 1 row, 10 features, closed loop")
     if args.profile:
         print_profiles(rows)

@@ -225,3 +225,69 @@ def test_a_snapshot_that_cannot_be_deleted_still_leaves_the_budget(tmp_path: Pat
     entry.snapshot_path.mkdir()  # unlink() now raises IsADirectoryError, an OSError
     cache.drop_snapshot(entry)
     assert (entry.snapshot_bytes, cache.used_bytes) == (0, used)
+
+
+def crash(cache: DiskCache) -> None:
+    """What a SIGKILL leaves: the lock dropped by the kernel, the PID still in the file."""
+    cache._folder_lock.release()
+
+
+def torn(root: Path, key: str) -> DiskCache:
+    """A cache whose entry ``key`` was cut short by a crash, started again (unclean)."""
+    cache = DiskCache(root, 10_000, source="file:///src")
+    cache.start()
+    model_dir = download(cache, key, 100)
+    (model_dir / "model.bin").write_bytes(b"\0" * 100)  # same size, zero-filled pages
+    crash(cache)
+    again = DiskCache(root, 10_000, source="file:///src")
+    again.start()
+    return again
+
+
+def test_a_torn_entry_leaves_the_index_even_if_its_download_then_fails(tmp_path: Path) -> None:
+    cache = torn(tmp_path, "m")
+    entry = cache.pin("m")
+    assert entry is not None
+    assert cache.verify(entry) is False  # the manager unpins it and downloads again ...
+    cache.unpin(entry)
+    cache.empty_trash()
+    # ... and if that download fails, the torn files are not there to be trusted next time.
+    assert cache.pin("m") is None
+    assert cache.used_bytes == on_disk(tmp_path, cache)
+
+
+def test_entries_left_unverified_stay_suspect_after_a_clean_stop(tmp_path: Path) -> None:
+    cache = torn(tmp_path, "m")
+    cache.close()  # this run never loaded "m": it stops without calling it clean
+    again = DiskCache(tmp_path, 10_000, source="file:///src")
+    again.start()
+    entry = again.pin("m")
+    assert entry is not None
+    assert again.verify(entry) is False
+
+
+def test_a_whole_entry_passes_verification_once_and_the_stop_is_clean(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 10_000, source="file:///src")
+    cache.start()
+    download(cache, "m", 100)
+    crash(cache)
+    again = DiskCache(tmp_path, 10_000, source="file:///src")
+    again.start()
+    entry = again.pin("m")
+    assert entry is not None
+    assert again.verify(entry) is True
+    again.unpin(entry)
+    again.close()
+    assert (tmp_path / "lock").read_text() == "clean\n"
+
+
+def test_a_restart_with_a_lower_budget_trims_the_folder_at_once(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 10_000)
+    cache.start()
+    for key in ("a", "b", "c"):
+        download(cache, key, 1000)
+    cache.close()
+    smaller = DiskCache(tmp_path, 2_000)
+    smaller.start()
+    assert smaller.keys() == ["c"]  # the least recently used went first
+    assert tree_size(tmp_path) <= smaller.used_bytes <= 2_000

@@ -78,7 +78,7 @@ class FakeSource:
     def is_archive(self, target_model: str) -> bool:
         return target_model in self.archives
 
-    def stat(self, target_model: str) -> ArtifactInfo:
+    def stat(self, target_model: str, *, probe: bool = False) -> ArtifactInfo:
         if target_model not in self.sizes:
             raise ModelNotFoundError(target_model)
         return ArtifactInfo(target_model, self.sizes[target_model], "etag", "file")

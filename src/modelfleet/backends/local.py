@@ -110,6 +110,7 @@ class LocalBackend:
         self.scaling = asyncio.Lock()  # one scaling action at a time (autoscaler, reload)
         self.on_removed: list[Callable[[str], None]] = []
         self._root_lock = FolderLock(Path(settings.cache_dir))
+        self._root_previous = ""  # what the lock said before: put back at stop
         # The router routes over this very list: instances added or removed show at once.
         self.instances: list[RemoteInstance] = []
         for _ in range(settings.instances):
@@ -231,7 +232,7 @@ class LocalBackend:
         """
         # One live fleet per cache folder: the instances' folders are numbered from 0 in
         # every run, so a second fleet would share them (each instance also locks its own).
-        self._root_lock.acquire()
+        self._root_previous = self._root_lock.acquire()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S),
             # An instance answers 429 at invoke_timeout: one silent for much longer is hung.
@@ -273,7 +274,8 @@ class LocalBackend:
             child.sock.close()
         if self._session is not None:
             await self._session.close()
-        self._root_lock.release()
+        # A single server's "clean" (or a crashed one's PID) stays what it was.
+        self._root_lock.release(self._root_previous)
 
     async def _terminate(self, child: _Child) -> None:
         process = child.process

@@ -250,6 +250,7 @@ class DiskCache:
         self._suspect: set[str] = set()  # folders not verified since an unclean stop
         self._on_evict = on_evict
         self._folder_lock = FolderLock(root)
+        self._started = False
 
     # -- start and stop ------------------------------------------------------------------------
     def start(self, *, keep_snapshots: bool = True) -> None:
@@ -296,6 +297,11 @@ class DiskCache:
                 self._used += entry.size_bytes
                 if not clean:
                     self._suspect.add(entry.folder)
+        # A lower budget than the last run's, or other sources' entries: back within it now.
+        self._make_room(0, what="(start)", token="\0start")
+        self.release("\0start")
+        with self._lock:
+            self._started = True
         if found or foreign:
             logger.info(
                 "disk cache %s re-indexed %d artifacts (%d of other model sources), %d bytes%s",
@@ -310,12 +316,17 @@ class DiskCache:
             )
 
     def close(self) -> None:
-        """Mark the folder cleanly stopped (after syncing what this run wrote) and release
-        its lock."""
+        """Release the folder's lock, marking it cleanly stopped (after syncing what this run
+        wrote) if the start completed and every entry left from an unclean stop was verified;
+        otherwise the next start verifies them again."""
+        with self._lock:
+            clean = self._started and not self._suspect
+            self._started = False
         try:
-            os.sync()  # "clean" must not reach the disk before the artifacts do
+            if clean:
+                os.sync()  # "clean" must not reach the disk before the artifacts do
         finally:
-            self._folder_lock.release(_CLEAN)
+            self._folder_lock.release(_CLEAN if clean else None)
 
     def _read_entry(
         self, path: Path, *, keep_snapshot: bool
@@ -429,6 +440,11 @@ class DiskCache:
             whole = False
         with self._lock:
             self._suspect.discard(entry.folder)
+            if not whole and self._entries.get(entry.target_model) is entry:
+                # Out of the index now, so a failed download cannot leave it to be trusted
+                # later; its files go to the trash at its last unpin.
+                del self._entries[entry.target_model]
+                entry.retired = True
         if not whole:
             logger.warning(
                 "disk-cache entry of %s does not match its manifest (torn by a crash): "
@@ -457,6 +473,11 @@ class DiskCache:
         with self._lock:
             self._reserved.pop(token, None)
 
+    @property
+    def capacity_bytes(self) -> int:
+        """The most one entry or download can ever hold: the budget less the lock file."""
+        return self.budget_bytes - _LOCK_BYTES
+
     def reserved(self, token: str) -> int:
         """Bytes held now for ``token``."""
         with self._lock:
@@ -468,13 +489,22 @@ class DiskCache:
         with self._lock:
             return sum(e.size_bytes for e in self._entries.values() if e.pins > 0)
 
-    def free_unpinned(self) -> int:
-        """Delete every unpinned entry (the device is full); the bytes freed."""
+    def free_unpinned(self, needed_bytes: int) -> int:
+        """Delete unpinned entries, least recently used first (other sources' first of all),
+        until ``needed_bytes`` are freed or none is left (the device is full); the bytes
+        freed."""
+        doomed: list[DiskEntry] = []
+        freed = 0
         with self._lock:
-            doomed = [e for e in self._entries.values() if e.pins == 0]
+            for entry in self._entries.values():
+                if freed >= needed_bytes:
+                    break
+                if entry.pins == 0:
+                    doomed.append(entry)
+                    freed += entry.size_bytes
             self._doom(doomed)
         self._delete(doomed)
-        return sum(e.size_bytes for e in doomed)
+        return freed
 
     def commit(
         self,
@@ -491,35 +521,32 @@ class DiskCache:
         ``etag`` and ``source_size`` are the object's version in the source. The reservation
         ``token`` (default ``target_model``) becomes the entry's true size in one step: if the
         files and metadata outgrow it, the difference is reserved first (DiskFullError if it
-        cannot be, with the staging folder deleted and nothing else changed).
+        cannot be: nothing changed, and the caller may make room and commit again). On any
+        failure ``staging`` is left for the caller to delete.
         """
         token = target_model if token is None else token
-        try:
-            files = _manifest(staging / _ARTIFACT)
-            version = Version(etag, source_size)
-            meta: dict[str, Any] = {
-                "source": self.source,
-                "target_model": target_model,
-                "etag": etag,
-                "source_size": source_size,
-                "size_bytes": 0,
-                "files": files,
-            }
-            artifact_bytes = sum(size for _, size, _ in files)
-            # The entry's size counts its metadata file too, so the folder stays in budget
-            # (twice: the size's own digits are part of the file).
-            size = 0
-            for _ in range(2):
-                size = meta["size_bytes"] = artifact_bytes + len(json.dumps(meta)) + _META_SLACK
-            self._make_room(size, what=target_model, token=token)
-            (staging / _META).write_text(json.dumps(meta))
-            # A new folder for every publish: a download of the version already on disk (one
-            # that failed verification) never lands on the files of the entry it replaces.
-            folder = f"{_digest(self.source, target_model, version)}-{uuid.uuid4().hex[:8]}"
-            os.replace(staging, self._models / folder)
-        except BaseException:
-            _remove_tree(staging)
-            raise
+        files = _manifest(staging / _ARTIFACT)
+        version = Version(etag, source_size)
+        meta: dict[str, Any] = {
+            "source": self.source,
+            "target_model": target_model,
+            "etag": etag,
+            "source_size": source_size,
+            "size_bytes": 0,
+            "files": files,
+        }
+        artifact_bytes = sum(size for _, size, _ in files)
+        # The entry's size counts its metadata file too, so the folder stays in budget
+        # (twice: the size's own digits are part of the file).
+        size = 0
+        for _ in range(2):
+            size = meta["size_bytes"] = artifact_bytes + len(json.dumps(meta)) + _META_SLACK
+        self._make_room(size, what=target_model, token=token)
+        (staging / _META).write_text(json.dumps(meta))
+        # A new folder for every publish: a download of the version already on disk (one
+        # that failed verification) never lands on the files of the entry it replaces.
+        folder = f"{_digest(self.source, target_model, version)}-{uuid.uuid4().hex[:8]}"
+        os.replace(staging, self._models / folder)
         entry = DiskEntry(target_model, self._models, folder, size, pins=1)
         with self._lock:
             self._reserved.pop(token, None)

@@ -344,8 +344,14 @@ class _Extractor:
         os.link(self._root.joinpath(*target), path, follow_symlinks=False)
 
     def _announce(self, size: int) -> None:
-        """Tell ``reserve`` that ``size`` more bytes are about to be counted on disk."""
+        """Tell ``reserve`` that ``size`` more bytes are about to be counted on disk (hard links
+        count again, so they are held to ``max_bytes`` here too)."""
         self._accounted += size
+        if self._accounted > self._max_bytes:
+            raise ArtifactError(
+                f"Archive unpacks to more than {self._max_bytes} bytes (the limit), counting "
+                "each hard link as a copy of its file."
+            )
         if self._reserve is not None:
             self._reserve(self._accounted)
 

@@ -74,9 +74,9 @@ class Downloader:
                 raise
             needed = self.disk.reserved(target_model)
             self.disk.release(target_model)
-            freed = self.disk.free_unpinned()
+            freed = self.disk.free_unpinned(needed)
             while freed < needed and asyncio.run_coroutine_threadsafe(make_room(), loop).result():
-                freed += self.disk.free_unpinned()
+                freed += self.disk.free_unpinned(needed - freed)
             logger.warning(
                 "no space left on the device of %s while downloading %s: deleted %d bytes of "
                 "artifacts not in use, trying once more",
@@ -115,9 +115,14 @@ class Downloader:
                 before_write=reserve,
                 reserve=grow,
             )
-            return self.disk.commit(
-                target_model, staging, etag=fetched.etag, source_size=fetched.size
-            )
+            while True:
+                try:
+                    return self.disk.commit(
+                        target_model, staging, etag=fetched.etag, source_size=fetched.size
+                    )
+                except DiskFullError:  # the metadata did not fit: as for the files
+                    if not asyncio.run_coroutine_threadsafe(make_room(), loop).result():
+                        raise
         except BaseException:
             with contextlib.suppress(OSError):
                 shutil.rmtree(staging)
@@ -151,7 +156,13 @@ class Downloader:
         make_room: MakeRoom,
     ) -> None:
         """Grow the download's reservation to ``total`` bytes, unloading idle models whose
-        artifacts hold the room if need be (on the download thread)."""
+        artifacts hold the room if need be (on the download thread). What can never fit
+        unloads nothing."""
+        if total > self.disk.capacity_bytes:
+            raise DiskFullError(
+                f"Artifact '{target_model}' needs {total} bytes but the disk cache budget is "
+                f"{self.disk.budget_bytes} bytes."
+            )
         while True:
             try:
                 self.disk.reserve(target_model, total)

@@ -42,7 +42,7 @@ from modelfleet.instance.loader import Loaded, Loader, folder_size
 from modelfleet.instance.pins import Pins
 from modelfleet.instance.pools import Pools, configure_allocator, configure_openmp, run_blocking
 from modelfleet.instance.pressure import MemoryPressure
-from modelfleet.instance.revalidator import Revalidator
+from modelfleet.instance.revalidator import Revalidator, Verdict
 from modelfleet.instance.runner import Runner
 from modelfleet.instance.snapshots import Snapshotter
 from modelfleet.instance.state import (
@@ -102,6 +102,9 @@ class ModelManager:
         )
         self._watcher: asyncio.Task[None] | None = None
         self._revalidating: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        # swapped out (by id), unloaded once their calls are done
+        self._retired: dict[int, Entry] = {}
         self.loader = Loader(handler=settings.handler, walk_trees=settings.walk_trees)
         self.runner = Runner(
             inline_max_s=settings.inline_inference_ms / 1000.0,
@@ -146,9 +149,10 @@ class ModelManager:
 
     async def stop(self) -> None:
         """Cancel loads in progress, finish background unloads, unload every model."""
-        for watcher in (self._watcher, self._revalidating):
+        for watcher in (self._watcher, self._revalidating, *self._background):
             if watcher is not None:
                 watcher.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         flights = [f.task for f in self._pending.values() if f.task is not None]
         for task in flights:
             task.cancel()
@@ -159,6 +163,9 @@ class ModelManager:
             entry = self.memory.pop(key)
             if entry is not None:
                 await self.unloader.unload(entry, delete_files=not self._cache_enabled)
+        for entry in list(self._retired.values()):  # swapped out while calls still used them
+            del self._retired[id(entry)]
+            await self.unloader.unload(entry)
         if self._pools is not None:
             await run_blocking(self.pools.load, self.disk.close)
             self._pools.shutdown()
@@ -279,7 +286,7 @@ class ModelManager:
                 disk_entry=disk_entry,
             )
         except BaseException as exc:
-            self.disk.unpin(disk_entry)
+            self._unpin_unless_admitted(target_model, disk_entry)
             # An unloadable artifact is deleted so a fixed upload is fetched afresh; one that
             # only lacked memory room stays on disk for the next try.
             if isinstance(exc, ModelError) or not self._cache_enabled:
@@ -291,7 +298,7 @@ class ModelManager:
         downloaded again. A model gone from the source leaves the disk too."""
         try:
             fresh = await run_blocking(
-                self.pools.download, self.revalidator.loadable, target_model, disk_entry
+                self.pools.check, self.revalidator.loadable, target_model, disk_entry
             )
         except BaseException as exc:
             self.disk.unpin(disk_entry)
@@ -301,48 +308,91 @@ class ModelManager:
         if fresh:
             return disk_entry
         self.disk.unpin(disk_entry)
+        await run_blocking(self.pools.load, self.disk.empty_trash)  # a torn entry's files
         return None
 
     async def _revalidate_loaded(self, interval_s: float) -> None:
-        """Every ``interval_s``, check each loaded model against the source; retire changed
-        or deleted ones (the next request loads the new version)."""
+        """Every ``interval_s``, check each loaded model against the source (one at a time, on
+        the check pool). A changed one is swapped for its new version: the new version is
+        downloaded and loaded while the old one keeps answering, then takes its place, and the
+        old one is unloaded once its calls are done. A deleted one leaves memory at once. A
+        source that cannot be asked changes nothing."""
         while True:
             await asyncio.sleep(interval_s)
             for name in list(self.memory):
                 entry = self.memory.entry(name)
                 disk_entry = entry.value.disk if entry is not None else None
-                if entry is None or disk_entry is None:
+                if entry is None or disk_entry is None or name in self._pending:
                     continue
                 try:
-                    current = await run_blocking(
-                        self.pools.download,
-                        functools.partial(self.revalidator.current, stale_ok=True),
-                        name,
-                        disk_entry,
+                    verdict = await run_blocking(
+                        self.pools.check, self.revalidator.check, name, disk_entry
                     )
                 except ModelNotFoundError:
-                    current = False
+                    self._in_background(self._retire(name, entry))
+                    continue
                 except Exception:  # pragma: no cover - the check must survive anything
                     logger.exception("revalidating %s failed", name)
                     continue
-                if not current:
-                    await self._retire(name, entry)
+                if verdict is Verdict.CHANGED and name not in self._pending:
+                    self._launch(name, self._load_new_version(name, entry))
+
+    async def _load_new_version(self, name: str, old: Entry) -> Entry:
+        """The single flight of a swap: download and load ``name``'s new version, which takes
+        ``old``'s place in memory as it is admitted (requests that miss meanwhile wait for it,
+        requests that hit are served by ``old``); ``old`` is unloaded once its calls are done.
+        If the new version fails, ``old`` stays."""
+        disk_entry = await self._download(name)
+        try:
+            entry = await self._load(
+                name,
+                disk_entry.model_dir,
+                disk_entry.artifact_bytes,
+                from_source=True,
+                disk_entry=disk_entry,
+                replacing=old,
+            )
+        except BaseException:
+            self._unpin_unless_admitted(name, disk_entry)
+            raise
+        self._in_background(self._retire(name, old))
+        return entry
+
+    def _unpin_unless_admitted(self, name: str, disk_entry: DiskEntry) -> None:
+        """Drop a failed load's pin of ``disk_entry``, unless the load got as far as admitting
+        the model (cancelled afterwards): then the loaded model holds that pin."""
+        admitted = self.memory.entry(name)
+        if admitted is None or admitted.value.disk is not disk_entry:
+            self.disk.unpin(disk_entry)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _retire(self, name: str, entry: Entry) -> None:
-        """Take ``entry`` out of memory now and unload it once its calls are done; its bytes
-        stay counted until then."""
-        if self.memory.entry(name) is not entry:
+        """Take ``entry`` out of memory (if a swap has not already) and unload it once its
+        calls are done; its bytes stay counted until then."""
+        if self.memory.entry(name) is entry:
+            self._hold_retired(name, entry)
+        if id(entry) not in self._retired:
             return
-        self.memory.pop(name)
-        held = f"{name}\0retired"
-        self.memory.reserve(held, entry.size_bytes)  # the room it just left: evicts nothing
         try:
             while entry.pins > 0:
                 await self._drained.setdefault(name, asyncio.Event()).wait()
+            del self._retired[id(entry)]  # (cancelled before this, stop() unloads it)
             await self.unloader.unload(entry)
         finally:
-            self.memory.release(held)
+            self.memory.release(f"{name}\0retired")
             self._signal_room()
+
+    def _hold_retired(self, name: str, entry: Entry) -> None:
+        """Take ``entry`` out of the memory tier, its bytes held under another key until
+        :meth:`_retire` has unloaded it."""
+        self.memory.pop(name)
+        # The room it just left: reserving it evicts nothing.
+        self.memory.reserve(f"{name}\0retired", entry.size_bytes)
+        self._retired[id(entry)] = entry
 
     async def _download(self, target_model: str) -> DiskEntry:
         self._states[target_model] = ModelState.DOWNLOADING
@@ -369,11 +419,14 @@ class ModelManager:
         *,
         from_source: bool,
         disk_entry: DiskEntry | None = None,
+        replacing: Entry | None = None,
     ) -> Entry:
         """Load ``url`` as ``name`` into memory; the entry comes pinned for every waiter.
 
         ``disk_entry``: the disk-cache entry ``url`` belongs to, whose load snapshot is read
         instead of the artifact if it has one, and gets one after this load if not.
+        ``replacing``: the loaded entry of ``name`` this load replaces; it leaves the memory
+        tier (its bytes held, see :meth:`_retire`) in the same step as the new one is admitted.
         """
         self._states[name] = ModelState.LOADING
         snapshot = self.snapshots.path_for(disk_entry)
@@ -393,9 +446,13 @@ class ModelManager:
             model = loaded.model
             try:
                 resident = Resident(model, url, from_source, disk=disk_entry)
-                victims = await self._with_room(
-                    lambda: self.memory.admit(name, resident, loaded.size, cost_s=loaded.load_s)
-                )
+
+                def admit() -> list[Entry]:
+                    if replacing is not None and self.memory.entry(name) is replacing:
+                        self._hold_retired(name, replacing)
+                    return self.memory.admit(name, resident, loaded.size, cost_s=loaded.load_s)
+
+                victims = await self._with_room(admit)
             except BaseException:  # no room for its measured size, or cancelled meanwhile
                 self.memory.release(name)
                 self._signal_room()

@@ -29,16 +29,19 @@ T = TypeVar("T")
 
 
 class Pools:
-    """The instance's three executors: downloads, loads (and unloads), inference."""
+    """The instance's executors: downloads, loads (and unloads), inference, and checks of
+    cached models against the source (one metadata request or a manifest check each: they
+    must not queue behind large downloads)."""
 
-    def __init__(self, *, downloads: int, loads: int, inference: int) -> None:
+    def __init__(self, *, downloads: int, loads: int, inference: int, checks: int = 2) -> None:
         self.download = ThreadPoolExecutor(downloads, thread_name_prefix="mf-download")
+        self.check = ThreadPoolExecutor(checks, thread_name_prefix="mf-check")
         self.load = ThreadPoolExecutor(loads, thread_name_prefix="mf-load")
         self.inference = ThreadPoolExecutor(inference, thread_name_prefix="mf-infer")
         self.inference_workers = inference
 
     def shutdown(self) -> None:
-        for pool in (self.download, self.load, self.inference):
+        for pool in (self.download, self.check, self.load, self.inference):
             pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -47,7 +47,7 @@ from obstore.exceptions import (
 from modelfleet.cache.unpack import CHUNK_BYTES, safe_extract
 from modelfleet.errors import ArtifactError, ModelfleetError, ModelNotFoundError, SourceError
 from modelfleet.source.target import archive_mode, validate_target_model
-from modelfleet.source.uri import error_detail, open_stores
+from modelfleet.source.uri import SourceStores, error_detail, open_stores
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -58,6 +58,8 @@ __all__ = ["ArtifactInfo", "ModelSource"]
 logger = logging.getLogger(__name__)
 
 _LIST_PAGE = 1000
+PROBE_TIMEOUT_S = 5.0
+"""Bound of :meth:`ModelSource.stat` with ``probe=True`` (one try, no retries)."""
 _NOT_FOUND = (NotFoundError, FileNotFoundError)
 _DENIED = (PermissionDeniedError, UnauthenticatedError, PermissionError)
 _DENIED_STATUS = re.compile(r"\b(401 Unauthorized|403 Forbidden)\b")
@@ -98,6 +100,9 @@ class ModelSource:
         self._timeout_s = timeout_s
         self._retries = retries
         self._stores = open_stores(uri, timeout_s=timeout_s, retries=retries, allow_http=allow_http)
+        # For checks that have a fallback (a cached copy): a short timeout and no retries.
+        probe_s = min(timeout_s, PROBE_TIMEOUT_S)
+        self._probe = open_stores(uri, timeout_s=probe_s, retries=0, allow_http=allow_http)
 
     @property
     def uri(self) -> str:
@@ -118,8 +123,12 @@ class ModelSource:
         """Whether :meth:`fetch` unpacks ``target_model`` (``.tar.gz``, ``.tgz``, ``.tar``)."""
         return archive_mode(target_model) is not None
 
-    def stat(self, target_model: str) -> ArtifactInfo:
+    def stat(self, target_model: str, *, probe: bool = False) -> ArtifactInfo:
         """Describe ``target_model`` without downloading it.
+
+        ``probe``: one try within ``PROBE_TIMEOUT_S`` (or the source's timeout if shorter), for
+        a caller that has a fallback when the source is slow or down (revalidating a cached
+        copy): it must not wait through the retries of a download.
 
         Raises:
             InvalidTargetModelError: malformed name (nothing is sent).
@@ -127,11 +136,12 @@ class ModelSource:
             SourceError: the source failed or denied access.
         """
         key = validate_target_model(target_model)
+        stores = self._probe if probe else self._stores
         with self._errors(key):
             try:
-                meta = obstore.head(self._stores.metadata, key)
+                meta = obstore.head(stores.metadata, key)
             except _NOT_FOUND:
-                return _folder_info(key, self._folder_members(key))
+                return _folder_info(key, self._folder_members(key, stores))
         return ArtifactInfo(key, meta["size"], meta["e_tag"], "file")
 
     def list(self, prefix: str = "") -> Iterator[ArtifactInfo]:
@@ -252,12 +262,15 @@ class ModelSource:
                 ) from exc
         return info, written
 
-    def _folder_members(self, key: str) -> tuple[ObjectMeta, ...]:
+    def _folder_members(
+        self, key: str, stores: SourceStores | None = None
+    ) -> tuple[ObjectMeta, ...]:
         """The objects under ``key/``, sorted by path; ModelNotFoundError when there are none."""
+        metadata = (stores or self._stores).metadata
         with self._errors(key):
             members = [
                 meta
-                for page in obstore.list(self._stores.metadata, key, chunk_size=_LIST_PAGE)
+                for page in obstore.list(metadata, key, chunk_size=_LIST_PAGE)
                 for meta in page
                 if meta["path"].startswith(key + "/")
             ]
