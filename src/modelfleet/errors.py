@@ -19,7 +19,8 @@ framework.
     │   ├── ModelLoadError              the model could not be loaded
     │   │   └── MissingExtraError       the framework package is not installed
     │   ├── UnsupportedContentTypeError content type or accept the handler cannot serve
-    │   └── ModelInvocationError        inference raised
+    │   ├── ModelInvocationError        inference raised
+    │   └── InstanceEndedError          the model's code ended the instance serving it
     ├── ModelNotReadyError              still downloading/loading at the invoke timeout (429)
     ├── CapacityError                   an instance cannot take the model right now (507)
     │   ├── OutOfMemoryError            memory full of models in use
@@ -29,6 +30,7 @@ framework.
     ├── SourceError                     the model source failed (timeouts, access denied)
     ├── CacheInUseError                 the disk cache folder is held by another live server
     └── ServiceUnavailableError         nothing can take the request now (503)
+        └── RequestDroppedError         an instance got the request and never answered
 """
 
 from __future__ import annotations
@@ -115,6 +117,12 @@ class ModelInvocationError(ModelError):
     """Inference raised an exception inside the model's code."""
 
 
+class InstanceEndedError(ModelError):
+    """The instance process serving the request ended by its own hand while holding it (a
+    non-zero exit status, as from ``os._exit``, or a crash signal): the request is the likely
+    cause, so the router does not try it on another instance."""
+
+
 class ModelNotReadyError(ModelfleetError):
     """The model is still downloading or loading; the work continues in the background."""
 
@@ -161,3 +169,8 @@ class ServiceUnavailableError(ModelfleetError):
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class RequestDroppedError(ServiceUnavailableError):
+    """An instance received the request and ended, or went silent, without answering: the
+    router tries it once more on another instance (inference is idempotent), never more."""

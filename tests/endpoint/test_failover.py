@@ -5,7 +5,10 @@ SIGKILL at the same moment, in the middle of a load, and every request must stil
 with the right prediction, the survivor loading the models it did not hold. Then the router's
 rule at its seam, with fake instances: a request that an instance dropped is tried once more,
 on an instance that answers ``/ping`` (one dying with the first is skipped), and never a third
-time; and :meth:`RemoteInstance.ping` gives up as soon as its instance is marked down.
+time, and one whose instance ended by its own hand is not retried at all;
+:meth:`RemoteInstance.ping` gives up as soon as its instance is marked down; and a request a
+:class:`RemoteInstance` drops is a :class:`RequestDroppedError` or, when its supervisor says
+the process ended by its own hand, an :class:`InstanceEndedError`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +28,10 @@ import httpx
 import psutil
 import pytest
 
+import modelfleet.backends.remote as remote
 from modelfleet.backends.remote import DOWN, UP, InstanceUnreachableError, RemoteInstance
 from modelfleet.endpoint.router import Router
-from modelfleet.errors import ServiceUnavailableError
+from modelfleet.errors import InstanceEndedError, RequestDroppedError, ServiceUnavailableError
 from modelfleet.handlers.base import Prediction
 from modelfleet.instance.state import InvokeResult
 from tests.artifacts import features, sklearn_artifact, train_sklearn
@@ -188,13 +192,14 @@ def test_two_instances_killed_at_once_fail_no_request(source: Path, tmp_path: Pa
 
 
 class FakeInstance:
-    """An instance that answers, or drops every request (dies while holding it); ``alive``:
-    whether it answers ``/ping``."""
+    """An instance that answers, or drops every request (dies while holding it; ``ends``: by
+    its own hand, as its backend tells); ``alive``: whether it answers ``/ping``."""
 
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
         self.in_flight = 0
         self.drops = False
+        self.ends = False
         self.alive = True
         self.invoked = 0
         self.pinged = 0
@@ -208,8 +213,10 @@ class FakeInstance:
 
     async def invoke(self, target_model: str, body: bytes, **_: object) -> InvokeResult:
         self.invoked += 1
+        if self.ends:
+            raise InstanceEndedError(f"The model's code ended instance {self.instance_id}")
         if self.drops:
-            raise InstanceUnreachableError(f"{self.instance_id} dropped it", sent=True)
+            raise RequestDroppedError(f"{self.instance_id} dropped it")
         return InvokeResult(Prediction(self.instance_id.encode(), "text/plain"), True, 0.0)
 
 
@@ -244,6 +251,17 @@ def test_a_request_dropped_twice_is_not_tried_a_third_time() -> None:
     assert second.pinged == 1  # it answered /ping: the drop there was the request's doing
 
 
+def test_a_request_whose_instance_ended_by_itself_is_not_retried() -> None:
+    fleet_ = [FakeInstance(str(i)) for i in range(3)]
+    router = Router({"v": fleet_}, retry_on=(InstanceUnreachableError,))
+    first, second, third = router.candidates("m", fleet_)
+    first.ends = second.ends = third.ends = True  # the request ends whoever serves it
+    with pytest.raises(InstanceEndedError, match=f"ended instance {first.instance_id}"):
+        route(router)
+    assert (first.invoked, second.invoked, third.invoked) == (1, 0, 0)
+    assert second.pinged == third.pinged == 0
+
+
 async def test_a_ping_gives_up_when_its_instance_is_marked_down() -> None:
     accepted = asyncio.Event()
 
@@ -264,3 +282,81 @@ async def test_a_ping_gives_up_when_its_instance_is_marked_down() -> None:
         instance.state = DOWN  # its exit was seen, or it dropped another request
         assert await asyncio.wait_for(ping, 30) is False
         assert instance.state == DOWN
+
+
+@contextlib.asynccontextmanager
+async def dropping_instance() -> AsyncIterator[tuple[RemoteInstance, asyncio.Event]]:
+    """A :class:`RemoteInstance` whose server reads each request and closes the connection
+    without answering, as a process ending while it holds the request; the event is set once
+    the connection is closed."""
+    dropped = asyncio.Event()
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the request reached it
+        writer.close()
+        await writer.wait_closed()
+        dropped.set()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    instance = RemoteInstance("0", f"http://127.0.0.1:{port}")
+    instance.state = UP
+    async with server, aiohttp.ClientSession() as session:
+        instance.session = session
+        yield instance, dropped
+
+
+async def invoke_remote(instance: RemoteInstance) -> InvokeResult:
+    return await instance.invoke("m", b"x", content_type=None, accept=None, custom_attributes=None)
+
+
+@pytest.mark.parametrize(
+    ("how", "raised"),
+    [
+        ("exit status 7", InstanceEndedError),  # os._exit(7): the request's doing
+        ("signal SIGSEGV", InstanceEndedError),  # a crash in native code
+        (None, RequestDroppedError),  # SIGKILL, SIGTERM: from outside, retried
+    ],
+)
+async def test_a_dropped_request_learns_how_its_process_ended(
+    how: str | None, raised: type[Exception], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote, "EXIT_WAIT_S", 60.0)  # a loaded machine may reap it late
+    async with dropping_instance() as (instance, dropped):
+        instance.process_started()
+        call = asyncio.create_task(invoke_remote(instance))
+        await dropped.wait()  # the connection closed first, then the supervisor reaps it
+        instance.process_ended(how)
+        with pytest.raises(raised) as caught:
+            await call
+    if how is not None:  # a ModelError: 424, OriginalStatusCode 500 at the edge
+        ended = caught.value
+        assert isinstance(ended, InstanceEndedError)
+        assert ended.original_status_code == 500
+        assert ended.message == (
+            f"The model's code ended instance 0 ({how}) while it served this request; the"
+            " request is not retried on another instance."
+        )
+
+
+async def test_a_drop_is_retried_when_the_end_is_not_known_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(remote, "EXIT_WAIT_S", 0.05)
+    async with dropping_instance() as (instance, _):
+        instance.process_started()  # and never reaped (a stalled supervisor)
+        with pytest.raises(RequestDroppedError):
+            await invoke_remote(instance)
+        # an end that was known before the request was sent is another process's
+        instance.process_ended("exit status 7")
+        with pytest.raises(RequestDroppedError):
+            await invoke_remote(instance)
+
+
+async def test_a_drop_without_a_supervisor_is_retried_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(remote, "EXIT_WAIT_S", 3600.0)  # a wait for an end would never end
+    async with dropping_instance() as (instance, _):  # process_started never called
+        with pytest.raises(RequestDroppedError):
+            await asyncio.wait_for(invoke_remote(instance), 60)  # a guard against a hang

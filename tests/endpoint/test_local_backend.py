@@ -15,6 +15,7 @@ import httpx
 import psutil
 import pytest
 
+from modelfleet.backends.local import ended_by_itself
 from tests.artifacts import features, sklearn_artifact, train_sklearn
 from tests.servers import PATIENCE_S, ProcessServer, metric, process_server, wait_until
 
@@ -367,6 +368,7 @@ def test_admin_view_of_the_in_process_instance(source: Path, tmp_path: Path) -> 
 
 KILLER_MODEL = """
 import os
+import signal
 
 def model_fn(model_dir):
     return None
@@ -375,8 +377,12 @@ def input_fn(data, content_type):
     return data
 
 def predict_fn(data, model):
-    if data == b"die":
-        os._exit(1)  # a request that kills whoever serves it
+    if data == b"exit":
+        os._exit(1)  # ends whoever serves it, by its own hand
+    if data == b"segv":
+        os.kill(os.getpid(), signal.SIGSEGV)  # as a crash in native code
+    if data == b"oom":
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would: from outside
     return b"ok"
 
 def output_fn(prediction, accept):
@@ -384,9 +390,38 @@ def output_fn(prediction, accept):
 """
 
 
+@pytest.mark.parametrize(
+    ("returncode", "how"),
+    [
+        (7, "exit status 7"),  # os._exit(7), sys.exit(7) at process level
+        (1, "exit status 1"),
+        (-signal.SIGSEGV, "signal SIGSEGV"),
+        (-signal.SIGABRT, "signal SIGABRT"),
+        (-signal.SIGBUS, "signal SIGBUS"),
+        (-signal.SIGILL, "signal SIGILL"),
+        (-signal.SIGFPE, "signal SIGFPE"),
+        (-signal.SIGKILL, None),  # kill -9, the OOM killer, the hang watcher
+        (-signal.SIGTERM, None),
+        (0, None),  # stopped gracefully
+    ],
+)
+def test_how_an_instance_ended(returncode: int, how: str | None) -> None:
+    assert ended_by_itself(returncode) == how
+
+
 @pytest.mark.slow
-def test_a_request_that_kills_its_instance_is_retried_once_not_everywhere(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("body", "status", "error", "ended"),
+    [
+        # by its own hand: the request is the cause; one instance lost, a 424 at once
+        (b"exit", 424, "exit status 1", 1),
+        (b"segv", 424, "signal SIGSEGV", 1),
+        # killed from outside as far as the router can tell: tried once more, not everywhere
+        (b"oom", 503, "dropped the request", 2),
+    ],
+)
+def test_a_request_that_kills_its_instance_is_retried_only_when_killed_from_outside(
+    tmp_path: Path, body: bytes, status: int, error: str, ended: int
 ) -> None:
     from tests.artifacts import inference_py_artifact
 
@@ -400,20 +435,26 @@ def test_a_request_that_kills_its_instance_is_retried_once_not_everywhere(
         url = "/endpoints/default/invocations"
         assert http.post(url, content=b"fine", headers=headers).status_code == 200
         first_pids = [i["pid"] for i in instances(server)]
-        deadly = http.post(url, content=b"die", headers=headers)
-        assert deadly.status_code == 503
-        assert deadly.json()["__type"] == "ServiceUnavailable"
+        deadly = http.post(url, content=body, headers=headers)
+        assert deadly.status_code == status, deadly.text
+        answer = deadly.json()
+        assert error in answer["message"]
+        if status == 424:
+            assert answer["__type"] == "ModelError"
+            assert answer["OriginalStatusCode"] == 500
+        else:
+            assert answer["__type"] == "ServiceUnavailable"
 
-        def two_restarted() -> bool:
+        def restarted() -> bool:
             listed = instances(server)
-            return sum(i["restarts"] for i in listed) >= 2 and all(
+            return sum(i["restarts"] for i in listed) >= ended and all(
                 i["state"] == "up" for i in listed
             )
 
-        # The router answers before its supervisor has seen the deaths: wait for the restarts.
-        wait_until(two_restarted, "the two killed instances to be restarted")
-        assert sum(i["restarts"] for i in instances(server)) == 2  # the first try and one retry
-        assert sum(1 for pid in first_pids if not gone(pid)) == 1  # the third was never sent it
+        # The router may answer before its supervisor restarted them: wait for the restarts.
+        wait_until(restarted, "the killed instances to be restarted")
+        assert sum(i["restarts"] for i in instances(server)) == ended
+        assert sum(1 for pid in first_pids if not gone(pid)) == 3 - ended  # never sent it
         assert http.post(url, content=b"fine", headers=headers).status_code == 200
 
 

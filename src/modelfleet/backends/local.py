@@ -13,6 +13,11 @@ its watcher, or to the router before a retry) is marked down until it answers ag
 killed if it was up and stays silent for ``hang_timeout``: it is hung. Each instance also
 exits by itself when the router's process disappears (it watches its parent), so a killed
 router leaves no orphans.
+
+How a process ended is told to its :class:`RemoteInstance` (:func:`ended_by_itself`): requests
+it dropped while ending by its own hand (a non-zero exit status, as from ``os._exit``, or a
+crash signal) are the likely cause and are not retried; those it dropped when killed from
+outside (SIGKILL: ``kill -9``, the OOM killer, the hang watcher; SIGTERM) are tried once more.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ __all__ = [
     "LocalBackend",
     "RemoteInstance",
     "RolloutError",
+    "ended_by_itself",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +72,22 @@ _STOP_GRACE_S = 10.0
 # Idle pooled connections are dropped before the instance's own keep-alive timeout (75 s,
 # set by ``modelfleet instance``), so a request never meets a connection the instance closes.
 _KEEPALIVE_S = 60.0
+# Signals a process raises against itself when it crashes (native code, abort(), a bad
+# instruction); SIGKILL and SIGTERM come from outside.
+_CRASH_SIGNALS = frozenset(
+    {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE}
+)
+
+
+def ended_by_itself(returncode: int) -> str | None:
+    """How a process with ``returncode`` ended, if by its own hand (``"exit status 7"``,
+    ``"signal SIGSEGV"``); None for a clean exit (0: after SIGTERM, the instance stops
+    gracefully) or a signal from outside (SIGKILL, SIGTERM, ...)."""
+    if returncode > 0:
+        return f"exit status {returncode}"
+    if -returncode in _CRASH_SIGNALS:
+        return f"signal {signal.Signals(-returncode).name}"
+    return None
 
 
 class _Child:
@@ -92,6 +114,7 @@ class _Child:
             *argv, pass_fds=(fd,), env=self.env, start_new_session=True
         )
         self.instance.pid = self.process.pid
+        self.instance.process_started()
         if not self.removing:
             self.instance.state = STARTING
 
@@ -289,6 +312,7 @@ class LocalBackend:
             process.kill()
             await process.wait()
         child.instance.state = DOWN
+        child.instance.process_ended(None)  # stopped by the router: not the requests' doing
 
     async def _supervise(self, child: _Child) -> None:
         instance = child.instance
@@ -305,6 +329,7 @@ class LocalBackend:
                 with contextlib.suppress(asyncio.CancelledError):
                     await health
             instance.state = DOWN
+            instance.process_ended(ended_by_itself(code))  # requests it dropped: retry them?
             if self._stopping or child.removing:
                 return
             instance.restarts += 1

@@ -6,40 +6,51 @@ API and turns the instance's error answers back into modelfleet errors (the shap
 retries :class:`InstanceUnreachableError` and :class:`InstanceFullError` on another instance.
 aiohttp's C parser costs ~0.1 ms a request where httpx (pure-Python h11) cost ~1.4 ms and capped
 a router at ~650 requests/s.
+
+A request the instance received and dropped (the connection reset or closed mid-request) waits
+up to :data:`EXIT_WAIT_S` to learn from the instance's supervisor how its process ended
+(:meth:`RemoteInstance.process_ended`): by its own hand (a non-zero exit status, as from
+``os._exit``, or a crash signal) it is :class:`~modelfleet.errors.InstanceEndedError`, a
+ModelError the router does not retry; killed from outside (SIGKILL, SIGTERM), not seen to end
+in time, or with no supervisor to say, it is :class:`~modelfleet.errors.RequestDroppedError`,
+which the router tries once more elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
 from modelfleet.errors import (
+    InstanceEndedError,
     ModelError,
     ModelNotReadyError,
+    RequestDroppedError,
     ServiceUnavailableError,
     ValidationError,
 )
 from modelfleet.handlers.base import Prediction
 from modelfleet.instance.state import InvokeResult
 
+logger = logging.getLogger(__name__)
+
 UP, STARTING, DOWN, DRAINING = "up", "starting", "down", "draining"
 _PASSED_HEADERS = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")
 #: a /ping not answered within this is a failed one (health watcher and failover alike)
 PING_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
+#: how long a dropped request waits for the supervisor to say how the process ended; it is
+#: reaped within milliseconds of its connections closing, so this bounds only a stalled router
+EXIT_WAIT_S = 2.0
 
 
 class InstanceUnreachableError(ServiceUnavailableError):
-    """The instance did not answer: try another one. ``sent``: the request had reached it
-    (the connection dropped or timed out mid-request), so it may be what broke the instance,
-    and it is retried once at most, on an instance that answers ``/ping`` first."""
-
-    def __init__(self, message: str, *, sent: bool) -> None:
-        super().__init__(message)
-        self.sent = sent
+    """The instance could not be reached (the connection was refused): try another one."""
 
 
 class InstanceFullError(ServiceUnavailableError):
@@ -67,6 +78,8 @@ class RemoteInstance:
         self.in_flight = 0
         self.restarts = 0
         self.session: aiohttp.ClientSession | None = None  # set by LocalBackend.start
+        # resolved when the process serving now ends: how, if by its own hand (else None)
+        self._ended: asyncio.Future[str | None] | None = None
 
     @property
     def state(self) -> str:
@@ -82,6 +95,18 @@ class RemoteInstance:
 
     def available(self) -> bool:
         return self.state == UP
+
+    def process_started(self) -> None:
+        """A new process serves the instance (its supervisor says so at each start): a request
+        it drops waits up to :data:`EXIT_WAIT_S` for :meth:`process_ended`."""
+        self._ended = asyncio.get_running_loop().create_future()
+
+    def process_ended(self, by_itself: str | None) -> None:
+        """The supervisor reaped the process: ``by_itself`` says how it ended if by its own
+        hand (``"exit status 7"``, ``"signal SIGSEGV"``), None if it was stopped or killed
+        from outside (SIGTERM, SIGKILL: ``kill -9``, the OOM killer)."""
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(by_itself)
 
     async def invoke(
         self,
@@ -99,6 +124,10 @@ class RemoteInstance:
             if value is not None:
                 headers[name] = value
         assert self.session is not None, "LocalBackend.start() was not called"
+        ended = self._ended  # the end of the process this request goes to, if it runs
+        if ended is not None and ended.done():
+            ended = None
+        dropped: aiohttp.ClientError | None = None
         self.in_flight += 1
         try:
             async with self.session.post(
@@ -109,15 +138,18 @@ class RemoteInstance:
         except aiohttp.ClientConnectorError as exc:  # refused: the process is gone
             self.state = DOWN  # until its /ping answers again (LocalBackend watches)
             raise InstanceUnreachableError(
-                f"Instance {self.instance_id} did not answer: {type(exc).__name__}", sent=False
+                f"Instance {self.instance_id} did not answer: {type(exc).__name__}"
             ) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:  # reset or closed mid-request
-            raise InstanceUnreachableError(
-                f"Instance {self.instance_id} dropped the request: {type(exc).__name__}",
-                sent=True,
+        except TimeoutError as exc:  # silent past the session's timeout: hung, not ended
+            raise RequestDroppedError(
+                f"Instance {self.instance_id} did not answer the request in time"
             ) from exc
+        except aiohttp.ClientError as exc:  # reset or closed mid-request: it may have ended
+            dropped = exc
         finally:
             self.in_flight -= 1
+        if dropped is not None:
+            raise await self._dropped(dropped, ended) from dropped
         if status == 200:
             prediction = Prediction(
                 answer,
@@ -131,6 +163,30 @@ class RemoteInstance:
                 queued=reply.get("x-modelfleet-queued") == "1",
             )
         raise _error_from(self.instance_id, status, answer, reply.get("x-amzn-errortype", ""))
+
+    async def _dropped(
+        self, exc: aiohttp.ClientError, ended: asyncio.Future[str | None] | None
+    ) -> InstanceEndedError | RequestDroppedError:
+        """The error for a request the instance dropped, from how its process ended."""
+        how = None
+        # Not seen to end in time (alive, or reaped late): the drop may not be the request's
+        # doing. Shielded: the other requests it dropped wait on the same future.
+        if ended is not None:
+            with contextlib.suppress(TimeoutError):
+                how = await asyncio.wait_for(asyncio.shield(ended), EXIT_WAIT_S)
+        if how is None:
+            return RequestDroppedError(
+                f"Instance {self.instance_id} dropped the request: {type(exc).__name__}"
+            )
+        logger.warning(
+            "instance %s ended by its own hand (%s) while serving a request; not retried",
+            self.instance_id,
+            how,
+        )
+        return InstanceEndedError(
+            f"The model's code ended instance {self.instance_id} ({how}) while it served this"
+            " request; the request is not retried on another instance."
+        )
 
     async def ping(self) -> bool:
         """Whether the instance answers ``/ping`` now; one that does not is marked down (its

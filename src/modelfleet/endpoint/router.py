@@ -25,11 +25,15 @@ home only when that instance is far busier than the average, because a spill to 
 that does not hold the model costs a load there (with 1.25, as in bounded-load consistent
 hashing, the end-to-end Zipf benchmark's 2-instance hit ratio fell from 0.48 to 0.36). A
 request that finds its instance unreachable or full (507) moves to the next candidate;
-inference is idempotent. A request that an instance dropped (it got no answer: the instance
-died or hung while holding it) is tried once more, on the next candidate that answers ``/ping``
-(one killed at the same moment is skipped, so several instances dying at once fail no request
-while one is up); dropped twice, it is what kills instances, and it fails. With the
-``inprocess`` backend there is one instance and the choice is trivial.
+inference is idempotent. A request that an instance dropped (:class:`RequestDroppedError`: it
+got no answer, the instance was killed or hung while holding it) is tried once more, on the
+next candidate that answers ``/ping`` (one killed at the same moment is skipped, so several
+instances dying at once fail no request while one is up); dropped twice, it is what kills
+instances, and it fails. A backend that can tell how the instance ended says so instead: one
+that ended by its own hand (the ``local`` backend's non-zero exit status or crash signal) was
+most likely ended by the request, which fails at once as a ModelError
+(:class:`~modelfleet.errors.InstanceEndedError`), not retried. With the ``inprocess`` backend
+there is one instance and the choice is trivial.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from modelfleet.errors import ServiceUnavailableError, ValidationError
+from modelfleet.errors import RequestDroppedError, ServiceUnavailableError, ValidationError
 from modelfleet.instance.state import InvokeResult
 
 DEFAULT_VARIANT = "AllTraffic"
@@ -136,7 +140,7 @@ class Router:
         weighted = {name: w for name, w in (weights or {}).items() if w > 0 and name in variants}
         self._names = list(weighted) or [self._default]
         self._weights = list(weighted.values()) or [1.0]
-        self._retry_on = retry_on
+        self._retry_on = retry_on  # errors that move a request on (RequestDroppedError: once)
         self._randomly = randomly
         # instance id -> {model: when the instance last served it (monotonic)}; by instance, so
         # a model costs one entry per holder (about 70 bytes) and not a dict of its own
@@ -307,12 +311,14 @@ class Router:
                     accept=accept,
                     custom_attributes=custom_attributes,
                 )
+            except RequestDroppedError as exc:  # it reached the instance, which never answered
+                failure = exc
+                dropped += 1
+                if dropped > _MAX_DROPPED:  # the request may be what kills instances
+                    break
+                continue
             except self._retry_on as exc:
                 failure = exc
-                if getattr(exc, "sent", False):
-                    dropped += 1
-                    if dropped > _MAX_DROPPED:  # the request may be what kills instances
-                        break
                 continue
             held = self._held.get(instance.instance_id)
             if held is None:
