@@ -291,3 +291,18 @@ def test_a_restart_with_a_lower_budget_trims_the_folder_at_once(tmp_path: Path) 
     smaller.start()
     assert smaller.keys() == ["c"]  # the least recently used went first
     assert tree_size(tmp_path) <= smaller.used_bytes <= 2_000
+
+
+def test_a_download_that_outlives_close_does_not_land(tmp_path: Path) -> None:
+    """A download thread still running at shutdown must not publish after the folder was
+    marked clean."""
+    cache = DiskCache(tmp_path, 10_000)
+    cache.start()
+    cache.reserve("late", 100)
+    staging = cache.staging_dir()
+    (staging / "artifact" / "model.bin").write_bytes(b"x" * 100)
+    cache.close()
+    with pytest.raises(RuntimeError, match="is closed"):
+        cache.commit("late", staging, etag="e1")
+    assert list((tmp_path / "models").iterdir()) == []
+    assert (tmp_path / "lock").read_text() == "clean\n"

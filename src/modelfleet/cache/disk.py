@@ -546,9 +546,11 @@ class DiskCache:
         # A new folder for every publish: a download of the version already on disk (one
         # that failed verification) never lands on the files of the entry it replaces.
         folder = f"{_digest(self.source, target_model, version)}-{uuid.uuid4().hex[:8]}"
-        os.replace(staging, self._models / folder)
         entry = DiskEntry(target_model, self._models, folder, size, pins=1)
         with self._lock:
+            if not self._started:  # a download that outlived close(): it must not land now
+                raise RuntimeError(f"the disk cache {self.root} is closed")
+            os.replace(staging, self._models / folder)
             self._reserved.pop(token, None)
             old = self._entries.pop(target_model, None)
             self._entries[target_model] = entry

@@ -14,6 +14,7 @@ is tried again.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import shutil
@@ -46,6 +47,7 @@ class Downloader:
         self._disk_limit = settings.disk_limit
         self._max_bytes = min(settings.max_artifact_size, settings.disk_limit)
         self._max_files = settings.max_artifact_files
+        self._room_wait_s = settings.invoke_timeout
 
     async def download(
         self, target_model: str, pool: ThreadPoolExecutor, *, make_room: MakeRoom
@@ -75,7 +77,7 @@ class Downloader:
             needed = self.disk.reserved(target_model)
             self.disk.release(target_model)
             freed = self.disk.free_unpinned(needed)
-            while freed < needed and asyncio.run_coroutine_threadsafe(make_room(), loop).result():
+            while freed < needed and self._room_made(loop, make_room):
                 freed += self.disk.free_unpinned(needed - freed)
             logger.warning(
                 "no space left on the device of %s while downloading %s: deleted %d bytes of "
@@ -121,12 +123,23 @@ class Downloader:
                         target_model, staging, etag=fetched.etag, source_size=fetched.size
                     )
                 except DiskFullError:  # the metadata did not fit: as for the files
-                    if not asyncio.run_coroutine_threadsafe(make_room(), loop).result():
+                    if not self._room_made(loop, make_room):
                         raise
         except BaseException:
             with contextlib.suppress(OSError):
                 shutil.rmtree(staging)
             raise
+
+    def _room_made(self, loop: asyncio.AbstractEventLoop, make_room: MakeRoom) -> bool:
+        """Run ``make_room`` on the event loop and wait for its verdict (from the download
+        thread), at most the invoke timeout: a loop that stopped (the server shutting down)
+        must not leave this thread waiting forever, which would hang the process's exit."""
+        future = asyncio.run_coroutine_threadsafe(make_room(), loop)
+        try:
+            return future.result(timeout=self._room_wait_s)
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            future.cancel()
+            return False
 
     def _reserve(
         self,
@@ -169,5 +182,5 @@ class Downloader:
                 return
             except DiskFullError:
                 # Unloading runs on the event loop; this thread waits for its verdict.
-                if not asyncio.run_coroutine_threadsafe(make_room(), loop).result():
+                if not self._room_made(loop, make_room):
                     raise
