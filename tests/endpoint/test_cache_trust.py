@@ -265,8 +265,11 @@ def test_a_second_live_server_on_one_cache_folder_refuses_to_start(tmp_path: Pat
     args = ["--model-source", str(root), "--cache-dir", str(cache)]
     with process_server(args, log=tmp_path / "first.log") as first:
         second = ProcessServer(args, log=tmp_path / "second.log")
-        with pytest.raises(RuntimeError, match="server exited early") as failed:
-            second.start()
+        try:
+            with pytest.raises(RuntimeError, match="server exited early") as failed:
+                second.start()
+        finally:
+            second.stop()  # (started only if the lock failed to refuse it)
         message = str(failed.value)
         assert f"The disk cache folder {cache} is in use by another modelfleet server" in message
         assert f"(PID {first.pid})" in message
@@ -305,8 +308,11 @@ def test_a_second_fleet_on_one_cache_folder_refuses_to_start(tmp_path: Path) -> 
     args = ["--model-source", str(root), "--cache-dir", str(cache), "--instances", "2"]
     with process_server(args, log=tmp_path / "first.log") as first:
         second = ProcessServer(args, log=tmp_path / "second.log")
-        with pytest.raises(RuntimeError, match="server exited early") as failed:
-            second.start()
+        try:
+            with pytest.raises(RuntimeError, match="server exited early") as failed:
+                second.start()
+        finally:
+            second.stop()  # (started only if the lock failed to refuse it)
         message = str(failed.value)
         assert f"The disk cache folder {cache} is in use by another modelfleet server" in message
         assert f"(PID {first.pid})" in message
