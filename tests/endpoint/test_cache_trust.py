@@ -271,8 +271,10 @@ def test_a_second_live_server_on_one_cache_folder_refuses_to_start(tmp_path: Pat
         finally:
             second.stop()  # (started only if the lock failed to refuse it)
         message = str(failed.value)
-        assert f"The disk cache folder {cache} is in use by another modelfleet server" in message
-        assert f"(PID {first.pid})" in message
+        assert (
+            f"cannot start: The disk cache folder {cache} is in use by another modelfleet "
+            f"server (PID {first.pid}); give each server its own --cache-dir." in message
+        )
 
 
 def test_an_entry_torn_by_a_crash_is_downloaded_again(tmp_path: Path) -> None:

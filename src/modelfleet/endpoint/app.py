@@ -41,7 +41,7 @@ from modelfleet.edge import (
 from modelfleet.endpoint.autoscale import Autoscaler
 from modelfleet.endpoint.router import DEFAULT_VARIANT, Router
 from modelfleet.endpoint.variants import EndpointConfig, VariantConfig, load_config
-from modelfleet.errors import UnknownEndpointError, ValidationError
+from modelfleet.errors import CacheInUseError, UnknownEndpointError, ValidationError
 from modelfleet.instance.app import instance_routes, ping_route
 from modelfleet.metrics import CONTENT_TYPE, Metrics
 from modelfleet.source import validate_target_model
@@ -131,7 +131,11 @@ class EndpointServer:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         backends = [b for e in self.endpoints.values() for b in e.backends.values()]
-        await asyncio.gather(*(b.start() for b in backends))
+        try:
+            await asyncio.gather(*(b.start() for b in backends))
+        except CacheInUseError as exc:  # the reason in one line, before the traceback
+            logger.error("cannot start: %s", exc.args[0])
+            raise
         for endpoint in self.endpoints.values():
             for name, backend in endpoint.backends.items():
                 logger.info(
