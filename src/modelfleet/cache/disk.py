@@ -37,7 +37,8 @@ deleted. A snapshot is added to an entry only where the budget has free room for
 evicts), and goes with its entry.
 
 The methods block (file I/O) and are thread-safe; the instance calls them from worker threads,
-except :meth:`DiskCache.pin`, :meth:`DiskCache.unpin` and the reads, which do no file I/O.
+except :meth:`DiskCache.pin`, :meth:`DiskCache.unpin` and the reads, which do no file I/O (but
+the one rename that moves a replaced version's folder aside at its last unpin).
 """
 
 from __future__ import annotations
@@ -638,7 +639,9 @@ class DiskCache:
         Victims are chosen and taken out of the index under one lock, and only if together
         they make the room: otherwise nothing is deleted and DiskFullError says what holds the
         budget. Their bytes stay counted until their files are gone; then the room is charged
-        (again under the lock, so two downloads can never both take the last free bytes). The
+        (again under the lock, so two downloads can never both take the last free bytes); if
+        other downloads took the room meanwhile, it tries again, and may then fail with the
+        first round's victims deleted (they were unpinned and least recently used). The
         count of the folder, and so the folder, never exceeds the budget.
         """
         if size_bytes > self.budget_bytes - _LOCK_BYTES:
@@ -691,8 +694,12 @@ class DiskCache:
         """Delete the files of entries :meth:`_doom` took out of the index."""
         for entry in doomed:
             logger.info("disk cache evicting %s (%d bytes)", entry.target_model, entry.size_bytes)
-            _remove_tree(_move_aside(entry.path, self._tmp))
-            self._forget_deleted(entry.size_bytes)
+            try:
+                _remove_tree(_move_aside(entry.path, self._tmp))
+            except OSError:  # left for the sweep at the next start; its room is given back
+                logger.warning("could not delete %s", entry.path, exc_info=True)
+            finally:
+                self._forget_deleted(entry.size_bytes)
             if self._on_evict is not None and self._entries.get(entry.target_model) is None:
                 self._on_evict(entry.target_model)
 
