@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import uvicorn
 
 from modelfleet.backends.inprocess import InProcessBackend
@@ -223,3 +224,45 @@ def invoking(
         stop.set()
         for thread in threads:
             thread.join(60)
+
+
+def fleet_instances(server: ProcessServer) -> list[dict[str, Any]]:
+    """The fleet's instances as ``/admin/instances`` lists them."""
+    listed: list[dict[str, Any]] = httpx.get(f"{server.url}/admin/instances").json()["instances"]
+    return listed
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie waiting for its parent counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@contextlib.contextmanager
+def process_fleet(
+    source: Path, tmp_path: Path, count: int
+) -> Iterator[tuple[ProcessServer, set[int]]]:
+    """``serve --instances count`` and the instance PIDs seen (a test adds restarted ones).
+    Afterwards every one of them must be gone: a process the router left behind is killed by
+    PID, and the check fails."""
+    args = ["--model-source", str(source), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--instances", str(count), "--log-level", "warning"]
+    seen: set[int] = set()
+    try:
+        with process_server(args, log=tmp_path / "server.log") as server:
+            seen.update(i["pid"] for i in fleet_instances(server))
+            try:
+                yield server, seen
+            finally:
+                seen.update(i["pid"] for i in fleet_instances(server) if i["pid"])
+    finally:
+        deadline = time.monotonic() + PATIENCE_S
+        while not all(process_gone(pid) for pid in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [pid for pid in seen if not process_gone(pid)]
+        for pid in left:  # a failure here must not leave processes behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert not left, f"instance processes left after the router stopped: {left}"

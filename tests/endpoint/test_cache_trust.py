@@ -258,11 +258,16 @@ def test_revalidate_interval_swaps_a_loaded_model_without_a_failed_request(
         assert set(seen[first_v2:]) == {"v2"}
 
 
-def test_a_second_live_server_on_one_cache_folder_refuses_to_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fleet", [[], ["--instances", "2"]], ids=["one-process", "a-fleet-of-2"])
+def test_a_second_live_server_on_one_cache_folder_refuses_to_start(
+    tmp_path: Path, fleet: list[str]
+) -> None:
+    """A single server holds its cache folder; with --instances N the router holds the folder
+    of its instances' folders."""
     root = tmp_path / "source"
     root.mkdir()
     cache = tmp_path / "cache"
-    args = ["--model-source", str(root), "--cache-dir", str(cache)]
+    args = ["--model-source", str(root), "--cache-dir", str(cache), *fleet]
     with process_server(args, log=tmp_path / "first.log") as first:
         second = ProcessServer(args, log=tmp_path / "second.log")
         try:
@@ -299,22 +304,3 @@ def test_an_entry_torn_by_a_crash_is_downloaded_again(tmp_path: Path) -> None:
         assert metric(text, "modelfleet_model_downloads_total") == 1
     # A clean stop means no verification: the next start trusts its files.
     assert (cache / "lock").read_text() == "clean\n"
-
-
-@pytest.mark.slow
-def test_a_second_fleet_on_one_cache_folder_refuses_to_start(tmp_path: Path) -> None:
-    """With --instances N the router holds the folder of its instances' folders."""
-    root = tmp_path / "source"
-    root.mkdir()
-    cache = tmp_path / "cache"
-    args = ["--model-source", str(root), "--cache-dir", str(cache), "--instances", "2"]
-    with process_server(args, log=tmp_path / "first.log") as first:
-        second = ProcessServer(args, log=tmp_path / "second.log")
-        try:
-            with pytest.raises(RuntimeError, match="server exited early") as failed:
-                second.start()
-        finally:
-            second.stop()  # (started only if the lock failed to refuse it)
-        message = str(failed.value)
-        assert f"The disk cache folder {cache} is in use by another modelfleet server" in message
-        assert f"(PID {first.pid})" in message

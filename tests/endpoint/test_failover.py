@@ -19,13 +19,12 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
-import psutil
 import pytest
 
 import modelfleet.backends.remote as remote
@@ -35,7 +34,10 @@ from modelfleet.errors import InstanceEndedError, RequestDroppedError, ServiceUn
 from modelfleet.handlers.base import Prediction
 from modelfleet.instance.state import InvokeResult
 from tests.artifacts import features, sklearn_artifact, train_sklearn
-from tests.servers import ProcessServer, process_server
+from tests.servers import ProcessServer
+from tests.servers import fleet_instances as listed
+from tests.servers import process_fleet as fleet
+from tests.servers import process_gone as gone
 
 N_FEATURES = 4
 MODELS = [f"m{i}/model.tar.gz" for i in range(9)]
@@ -62,41 +64,6 @@ def expected() -> dict[str, list[float]]:
         name: train_sklearn(seed=index, n_features=N_FEATURES, n_trees=2).predict(ROW).tolist()
         for index, name in enumerate(MODELS)
     }
-
-
-def listed(server: ProcessServer) -> list[dict[str, Any]]:
-    answer: list[dict[str, Any]] = httpx.get(f"{server.url}/admin/instances").json()["instances"]
-    return answer
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-@contextlib.contextmanager
-def fleet(source: Path, tmp_path: Path, count: int) -> Iterator[tuple[ProcessServer, set[int]]]:
-    """``serve --instances count`` and the instance PIDs seen (add restarted ones to it); at
-    the end every one of them is gone, killed by PID if the router left it behind."""
-    args = ["--model-source", str(source), "--cache-dir", str(tmp_path / "cache")]
-    args += ["--instances", str(count), "--log-level", "warning"]
-    seen: set[int] = set()
-    try:
-        with process_server(args, log=tmp_path / "server.log") as server:
-            seen.update(i["pid"] for i in listed(server))
-            yield server, seen
-            seen.update(i["pid"] for i in listed(server) if i["pid"] is not None)
-    finally:
-        deadline = time.monotonic() + 15
-        while not all(gone(pid) for pid in seen) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = [pid for pid in seen if not gone(pid)]
-        for pid in left:  # a failure here must not leave processes behind
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        assert not left, f"instance processes left after the router stopped: {left}"
 
 
 async def invoke(http: httpx.AsyncClient, model: str) -> httpx.Response:

@@ -6,18 +6,18 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from modelfleet.backends.local import ended_by_itself
 from tests.artifacts import features, sklearn_artifact, train_sklearn
-from tests.servers import PATIENCE_S, ProcessServer, metric, process_server, wait_until
+from tests.servers import ProcessServer, metric, process_fleet, process_server, wait_until
+from tests.servers import fleet_instances as instances
+from tests.servers import process_gone as gone
 
 N_FEATURES = 4
 MODELS = [f"m{i}/model.tar.gz" for i in range(9)]
@@ -34,38 +34,10 @@ def source(tmp_path: Path) -> Path:
     return root
 
 
-def instances(server: ProcessServer) -> list[dict[str, Any]]:
-    answer: list[dict[str, Any]] = httpx.get(f"{server.url}/admin/instances").json()["instances"]
-    return answer
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 @contextlib.contextmanager
 def fleet(source: Path, tmp_path: Path, count: int) -> Iterator[ProcessServer]:
-    """``serve --instances count``; afterwards no instance process may be left."""
-    args = ["--model-source", str(source), "--cache-dir", str(tmp_path / "cache")]
-    args += ["--instances", str(count), "--log-level", "warning"]
-    seen: set[int] = set()
-    try:
-        with process_server(args, log=tmp_path / "server.log") as server:
-            seen.update(i["pid"] for i in instances(server))
-            yield server
-            seen.update(i["pid"] for i in instances(server))
-    finally:
-        deadline = time.monotonic() + PATIENCE_S
-        while not all(gone(pid) for pid in seen) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = [pid for pid in seen if not gone(pid)]
-        for pid in left:  # a failure here must not leave processes behind
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        assert not left, f"instance processes left after the router stopped: {left}"
+    with process_fleet(source, tmp_path, count) as (server, _):
+        yield server
 
 
 def invoke(http: httpx.Client, model: str) -> httpx.Response:

@@ -15,9 +15,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -29,7 +27,9 @@ import psutil
 import pytest
 
 from tests.artifacts import inference_py_artifact, make_tar_gz, sklearn_artifact
-from tests.servers import ProcessServer, process_server
+from tests.servers import ProcessServer, process_fleet, process_server
+from tests.servers import fleet_instances as instances
+from tests.servers import process_gone as gone
 
 N_FEATURES = 4
 ROW = b"0.5,-1.0,2.0,0.25"
@@ -288,38 +288,10 @@ def predict_fn(data, model):
 FLEET_MODELS = [f"g{i}/model.tar.gz" for i in range(6)]
 
 
-def instances(server: ProcessServer) -> list[dict[str, Any]]:
-    listed: list[dict[str, Any]] = httpx.get(f"{server.url}/admin/instances").json()["instances"]
-    return listed
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 @contextlib.contextmanager
 def fleet(source: Path, tmp_path: Path, count: int) -> Iterator[ProcessServer]:
-    """``serve --instances count``; every instance process it ever had is gone afterwards."""
-    args = ["--model-source", str(source), "--cache-dir", str(tmp_path / "cache")]
-    args += ["--instances", str(count), "--log-level", "warning"]
-    seen: set[int] = set()
-    try:
-        with process_server(args, log=tmp_path / "server.log") as server:
-            seen.update(i["pid"] for i in instances(server))
-            try:
-                yield server
-            finally:
-                seen.update(i["pid"] for i in instances(server) if i["pid"])
-    finally:
-        deadline = time.monotonic() + 15
-        while not all(gone(pid) for pid in seen) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for pid in [pid for pid in seen if not gone(pid)]:  # never leave a process behind
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    with process_fleet(source, tmp_path, count) as (server, _):
+        yield server
 
 
 @pytest.mark.parametrize("count", [2, 3])

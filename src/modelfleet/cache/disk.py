@@ -147,16 +147,7 @@ class DiskEntry:
 
 def tree_size(path: Path) -> int:
     """Bytes of all regular files under ``path`` (apparent size, links not followed)."""
-    total = 0
-    stack = [path]
-    while stack:
-        with os.scandir(stack.pop()) as it:
-            for item in it:
-                if item.is_dir(follow_symlinks=False):
-                    stack.append(Path(item.path))
-                elif item.is_file(follow_symlinks=False):
-                    total += item.stat(follow_symlinks=False).st_size
-    return total
+    return sum(file.stat(follow_symlinks=False).st_size for file in _files(path))
 
 
 def _digest(source: str, target_model: str, version: Version) -> str:
