@@ -49,7 +49,7 @@ from modelfleet.backends.remote import (
     RemoteInstance,
     RolloutError,
 )
-from modelfleet.cache.disk import FolderLock
+from modelfleet.cache.lock import FolderLock
 from modelfleet.config import Settings
 from modelfleet.instance.server import SETTINGS_ENV
 

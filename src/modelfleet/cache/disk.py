@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -58,7 +57,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelfleet.errors import CacheInUseError, DiskFullError
+from modelfleet.cache.lock import LOCK_BYTES as _LOCK_BYTES
+from modelfleet.cache.lock import FolderLock
+from modelfleet.errors import DiskFullError
 
 try:  # ~4x zlib's speed where python-isal has a wheel (see cache/unpack.py)
     from isal.isal_zlib import crc32
@@ -70,9 +71,7 @@ logger = logging.getLogger(__name__)
 _META = "meta.json"
 _ARTIFACT = "artifact"
 _SNAPSHOT = "snapshot"
-_LOCK = "lock"
 _CLEAN = "clean\n"
-_LOCK_BYTES = 32  # what ``lock`` may hold: a PID and a newline, or "clean"
 _META_SLACK = 32  # the entry's size counts its meta.json plus this
 _CRC_CHUNK = 1 << 20
 _DELETE_WAIT_S = 1.0
@@ -158,55 +157,6 @@ def _digest(source: str, target_model: str, version: Version) -> str:
 def _foreign_key(folder: str) -> str:
     """The index key of another source's entry: never a valid target model (it has a NUL)."""
     return "\0" + folder
-
-
-class FolderLock:
-    """An exclusive ``flock`` on ``<folder>/lock`` for one live process (a server's disk cache,
-    or the root of a fleet's instance folders). The kernel drops it when the process dies,
-    even by SIGKILL, so a crash never leaves a stale lock. The file holds the owner's PID, and
-    what :meth:`release` was given when the last owner stopped."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._fd: int | None = None
-
-    def acquire(self) -> str:
-        """Take the lock (creating the folder); return what the previous owner left in it.
-
-        Raises:
-            CacheInUseError: another live process holds it.
-        """
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, _LOCK_BYTES, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise CacheInUseError(
-                f"The disk cache folder {self.folder} is in use by another modelfleet server "
-                f"(PID {holder or 'unknown'}); give each server its own --cache-dir."
-            ) from None
-        previous = os.pread(fd, _LOCK_BYTES, 0).decode(errors="replace")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return previous
-
-    def release(self, mark: str | None = None) -> None:
-        """Release the lock, leaving ``mark`` in the file if given (synced before release)."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            if mark is not None:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, mark.encode(), 0)
-                os.fsync(fd)
-        except OSError:
-            logger.warning("could not write to the lock of %s", self.folder, exc_info=True)
-        finally:
-            os.close(fd)  # releases the flock
 
 
 class DiskCache:
