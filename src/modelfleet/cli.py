@@ -145,11 +145,13 @@ def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
     import uvicorn
 
     from modelfleet.endpoint.app import create_app
+    from modelfleet.instance.bootstrap import tune_process
     from modelfleet.listener import ClientLimits, listener_config
 
     app = create_app(settings, endpoints, config_file=config_file, overrides=given)
     limits = ClientLimits.from_settings(settings)
     config = listener_config(app, limits, host=settings.host, port=settings.port)
+    tune_process()
     uvicorn.Server(config).run()
 
 
@@ -297,6 +299,7 @@ def instance(
 
     import uvicorn
 
+    from modelfleet.instance.bootstrap import tune_process
     from modelfleet.instance.server import SETTINGS_ENV, create_instance_app
     from modelfleet.listener import ClientLimits, listener_config
 
@@ -323,4 +326,5 @@ def instance(
     # Not uvicorn's ``fd=``: it takes the descriptor for a Unix socket, and the event loop then
     # leaves Nagle's algorithm on for these TCP connections (40 ms per request, measured).
     listener = socket.socket(fileno=fd)
+    tune_process()
     uvicorn.Server(config).run(sockets=[listener])

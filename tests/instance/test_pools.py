@@ -1,13 +1,18 @@
 """Pool helpers: the overlap tracker used to trust (or not) RSS growth around a load; the
-OpenMP wait policy."""
+OpenMP wait policy, set by the entry points only."""
 
 from __future__ import annotations
 
+import gc
 import os
+from pathlib import Path
 
+import httpx
 import pytest
 
+from modelfleet.config import Settings
 from modelfleet.instance.pools import OverlapTracker, configure_openmp
+from tests.servers import thread_server
 
 
 def test_sections_one_after_another_do_not_overlap() -> None:
@@ -42,3 +47,19 @@ def test_openmp_workers_sleep_when_idle_unless_told_otherwise(
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     configure_openmp()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_manager_leaves_its_host_process_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Process-wide tuning is the entry points' (instance/bootstrap.py): an endpoint started
+    inside this test process changes neither its environment nor its collector."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "restored-after-the-test")  # so delenv is undone
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    frozen = gc.get_freeze_count()
+    (tmp_path / "source").mkdir()
+    settings = Settings(model_source=str(tmp_path / "source"), cache_dir=tmp_path / "cache")
+    with thread_server(settings) as server:
+        assert httpx.get(f"{server.url}/ping").status_code == 200
+    assert "OMP_WAIT_POLICY" not in os.environ
+    assert gc.get_freeze_count() == frozen

@@ -212,9 +212,9 @@ def configure_openmp() -> None:
     thread here, so no team waits between requests); after a parallel region libgomp's workers
     spin for a while by default, taking a core from the threads that answer requests. Read by
     the OpenMP runtime when it is loaded, which is when the first model of such a framework is:
-    the instance sets it at start, before any. Measured on 2 cores, 41 cold 1 MB XGBoost
-    requests per side in one alternating run, twice: 16.98 and 16.88 ms median against 17.85
-    and 18.04 ms spinning (inference 0.82 against 1.18-1.37 ms mean).
+    the entry point sets it at start, before any (instance/bootstrap.py). Measured on 2 cores,
+    41 cold 1 MB XGBoost requests per side in one alternating run, twice: 16.98 and 16.88 ms
+    median against 17.85 and 18.04 ms spinning (inference 0.82 against 1.18-1.37 ms mean).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
