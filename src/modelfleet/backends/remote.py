@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from modelfleet.backends.base import InstanceState
 from modelfleet.errors import (
     InstanceEndedError,
     ModelError,
@@ -40,7 +41,12 @@ from modelfleet.instance.state import InvokeResult
 
 logger = logging.getLogger(__name__)
 
-UP, STARTING, DOWN, DRAINING = "up", "starting", "down", "draining"
+UP, STARTING, DOWN, DRAINING = (
+    InstanceState.UP,
+    InstanceState.STARTING,
+    InstanceState.DOWN,
+    InstanceState.DRAINING,
+)
 _PASSED_HEADERS = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")
 #: a /ping not answered within this is a failed one (health watcher and failover alike)
 PING_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
@@ -72,7 +78,7 @@ class RemoteInstance:
         self.instance_id = instance_id
         self.url = url
         self._left_up = asyncio.Event()  # set while not up: a pending ping() gives up at once
-        self._state = ""
+        self._state = STARTING
         self.state = STARTING
         self.pid: int | None = None
         self.in_flight = 0
@@ -82,11 +88,11 @@ class RemoteInstance:
         self._ended: asyncio.Future[str | None] | None = None
 
     @property
-    def state(self) -> str:
+    def state(self) -> InstanceState:
         return self._state
 
     @state.setter
-    def state(self, state: str) -> None:
+    def state(self, state: InstanceState) -> None:
         self._state = state
         if state == UP:
             self._left_up.clear()

@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from modelfleet.backends.base import InstanceState
 from modelfleet.backends.inprocess import InProcessBackend
 from modelfleet.backends.local import InstanceFullError, InstanceUnreachableError, LocalBackend
 from modelfleet.config import Settings
@@ -324,7 +325,7 @@ class EndpointServer:
                         "id": instance.instance_id,
                         "url": None,
                         "pid": os.getpid(),
-                        "state": "up",
+                        "state": InstanceState.UP,
                         "in_flight": instance.in_flight,
                         "restarts": 0,
                         **backend.manager.summary(),
