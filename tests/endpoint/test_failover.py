@@ -190,7 +190,12 @@ class FakeInstance:
 def route(router: Router) -> str:
     routed = asyncio.run(
         router.invoke(
-            "m", b"", content_type=None, accept=None, custom_attributes=None, target_variant=None
+            "m",
+            b"",
+            content_type=None,
+            accept=None,
+            custom_attributes=None,
+            variant=router.pick_variant(None),
         )
     )
     return routed.instance_id

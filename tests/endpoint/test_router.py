@@ -43,7 +43,12 @@ def fleet(count: int) -> list[FakeInstance]:
 def call(router: Router, model: str) -> str:
     routed = asyncio.run(
         router.invoke(
-            model, b"", content_type=None, accept=None, custom_attributes=None, target_variant=None
+            model,
+            b"",
+            content_type=None,
+            accept=None,
+            custom_attributes=None,
+            variant=router.pick_variant(None),
         )
     )
     return routed.instance_id

@@ -137,6 +137,21 @@ def test_weighted_variants_and_the_target_variant_header(tmp_path: Path) -> None
         assert view["endpoints"] == ["ab", "solo"]
         tags = sorted((i["endpoint"], i["variant"], i["state"]) for i in view["instances"])
         assert tags == [("ab", "A", "up"), ("ab", "B", "up"), ("solo", "only", "up")]
+        # A request that fails is counted on the variant that failed it.
+        headers = {"X-Amzn-SageMaker-Target-Model": "gone/model.tar.gz"}
+        headers["X-Amzn-SageMaker-Target-Variant"] = "B"
+        assert (
+            http.post("/endpoints/ab/invocations", content=ROW, headers=headers).status_code == 400
+        )
         metrics = http.get("/metrics").text
         assert 'variant="A"' in metrics
         assert 'variant="B"' in metrics
+        errors = {
+            line.split('variant="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("modelfleet_invocation_4xx_errors_total{")
+            and 'endpoint="ab"' in line
+            and 'instance="router"' in line
+        }
+        assert errors["B"] == 1  # the missing model, on B
+        assert errors["A"] == 1  # the unknown variant C: before any variant, on the first

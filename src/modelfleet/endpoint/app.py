@@ -195,6 +195,7 @@ class EndpointServer:
         endpoint = self.endpoints.get(request.path_params["endpoint_name"])
         # Counted on the variant that serves; before one is chosen, on the first variant.
         metrics = next(iter(endpoint.metrics.values())) if endpoint is not None else None
+        variant: str | None = None
         try:
             if endpoint is None:
                 name = request.path_params["endpoint_name"]
@@ -211,13 +212,14 @@ class EndpointServer:
             target = validate_target_model(utf8_header(target, "X-Amzn-SageMaker-Target-Model"))
             target_model_var.set(target)
             body = await read_body(request, self.settings.max_body_size)
+            variant = endpoint.router.pick_variant(headers.get("x-amzn-sagemaker-target-variant"))
             routed = await endpoint.router.invoke(
                 target,
                 body,
                 content_type=headers.get("content-type"),
                 accept=headers.get("accept"),
                 custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"),
-                target_variant=headers.get("x-amzn-sagemaker-target-variant"),
+                variant=variant,
             )
         except ClientDisconnect:
             if metrics is not None:
@@ -225,8 +227,7 @@ class EndpointServer:
             return client_gone(request_id)
         except Exception as exc:
             response = error_response(exc, RUNTIME_ERRORS, request_id=request_id)
-            variant = getattr(exc, "variant", None)
-            if endpoint is not None and variant in endpoint.metrics:
+            if endpoint is not None and variant is not None:
                 metrics = endpoint.metrics[variant]  # the variant that failed it
             if metrics is not None:
                 metrics.invocations.inc()

@@ -270,16 +270,13 @@ class Router:
         content_type: str | None,
         accept: str | None,
         custom_attributes: str | None,
-        target_variant: str | None,
+        variant: str,
     ) -> Routed:
-        variant = self.pick_variant(target_variant)
-        try:
-            return await self._invoke(
-                variant, target_model, body, content_type, accept, custom_attributes
-            )
-        except Exception as exc:
-            exc.variant = variant  # type: ignore[attr-defined]  # for the endpoint's metrics
-            raise
+        """Invoke ``target_model`` on ``variant`` (chosen by :meth:`pick_variant`, so the caller
+        knows which variant failed a request that raises)."""
+        return await self._invoke(
+            variant, target_model, body, content_type, accept, custom_attributes
+        )
 
     async def _invoke(
         self,
