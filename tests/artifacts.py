@@ -200,3 +200,12 @@ def torchscript_model(seed: int = 0, n_features: int = 4) -> tuple[Any, bytes]:
         traced = torch.jit.trace(network, torch.zeros(1, n_features))
         torch.jit.save(traced, buffer)
     return network, buffer.getvalue()
+
+
+def sklearn_source(root: Path, models: list[str], n_features: int) -> Path:
+    """A folder source holding one small forest per target model (seeded by its index)."""
+    for index, name in enumerate(models):
+        path = root / name
+        path.parent.mkdir(parents=True)
+        path.write_bytes(sklearn_artifact(seed=index, n_features=n_features, n_trees=2))
+    return root

@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 from modelfleet.config import Settings
 from tests.artifacts import inference_py_artifact
 from tests.s3server import MotoS3
-from tests.servers import ProcessServer, metric, process_server, thread_server
+from tests.servers import ProcessServer, metric, process_server, thread_server, wait_until
 
 TARGET = "m.tar.gz"
 CONSTANT_MODEL = """
@@ -32,14 +31,6 @@ def model_fn(model_dir):
 def transform_fn(model, data, content_type, accept):
     return model, "text/plain"
 """
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll observable state until ``condition()`` holds; the bound only ends a hang."""
-    deadline = time.monotonic() + 120
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.02)
 
 
 def constant(value: str) -> bytes:

@@ -33,7 +33,7 @@ from modelfleet.endpoint.router import Router
 from modelfleet.errors import InstanceEndedError, RequestDroppedError, ServiceUnavailableError
 from modelfleet.handlers.base import Prediction
 from modelfleet.instance.state import InvokeResult
-from tests.artifacts import features, sklearn_artifact, train_sklearn
+from tests.artifacts import features, sklearn_source, train_sklearn
 from tests.servers import ProcessServer
 from tests.servers import fleet_instances as listed
 from tests.servers import process_fleet as fleet
@@ -50,12 +50,7 @@ KILL_AFTER = 400  # answered requests before two instances are killed
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    root = tmp_path / "source"
-    for index, name in enumerate(MODELS):
-        path = root / name
-        path.parent.mkdir(parents=True)
-        path.write_bytes(sklearn_artifact(seed=index, n_features=N_FEATURES, n_trees=2))
-    return root
+    return sklearn_source(tmp_path / "source", MODELS, N_FEATURES)
 
 
 def expected() -> dict[str, list[float]]:

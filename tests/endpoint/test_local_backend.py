@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from modelfleet.backends.local import ended_by_itself
-from tests.artifacts import features, sklearn_artifact, train_sklearn
+from tests.artifacts import features, sklearn_artifact, sklearn_source, train_sklearn
 from tests.servers import ProcessServer, metric, process_fleet, process_server, wait_until
 from tests.servers import fleet_instances as instances
 from tests.servers import process_gone as gone
@@ -26,12 +26,7 @@ ROW = ",".join(f"{v:.4f}" for v in features(1, 1, N_FEATURES)[0]).encode()
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    root = tmp_path / "source"
-    for index, name in enumerate(MODELS):
-        path = root / name
-        path.parent.mkdir(parents=True)
-        path.write_bytes(sklearn_artifact(seed=index, n_features=N_FEATURES, n_trees=2))
-    return root
+    return sklearn_source(tmp_path / "source", MODELS, N_FEATURES)
 
 
 @contextlib.contextmanager
