@@ -291,7 +291,8 @@ def examples(folder: Path) -> None:
 def instance(
     fd: int, instance_id: str, parent_pid: int | None, variant: str, log_level: str
 ) -> None:
-    """One instance of a ``local`` backend (started by ``serve --instances N``)."""
+    """One instance of a ``local`` backend (started by ``serve --instances N``), which writes
+    its settings as JSON to the instance's standard input."""
     import os
     import socket
     import threading
@@ -300,14 +301,14 @@ def instance(
     import uvicorn
 
     from modelfleet.instance.bootstrap import tune_process
-    from modelfleet.instance.server import SETTINGS_ENV, create_instance_app
+    from modelfleet.instance.server import create_instance_app
     from modelfleet.listener import ClientLimits, listener_config
 
     _configure_logging(log_level)
-    raw = os.environ.get(SETTINGS_ENV)
-    if raw is None:
-        raise click.UsageError(f"{SETTINGS_ENV} is not set: instances are started by the router")
-    settings = Settings(**json.loads(raw))
+    raw = sys.stdin.read()
+    if not raw.strip():
+        raise click.UsageError("no settings on standard input: instances are started by a router")
+    settings = Settings.model_validate_json(raw)
     if parent_pid is not None:
 
         def watch_parent() -> None:  # the router is gone (even by SIGKILL): do not linger

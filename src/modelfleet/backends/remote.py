@@ -53,6 +53,7 @@ PING_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 #: how long a dropped request waits for the supervisor to say how the process ended; it is
 #: reaped within milliseconds of its connections closing, so this bounds only a stalled router
 EXIT_WAIT_S = 2.0
+_ASK_TIMEOUT = aiohttp.ClientTimeout(total=5.0)  # a question about its state, not a load
 
 
 class InstanceUnreachableError(ServiceUnavailableError):
@@ -83,7 +84,8 @@ class RemoteInstance:
         self.pid: int | None = None
         self.in_flight = 0
         self.restarts = 0
-        self.session: aiohttp.ClientSession | None = None  # set by LocalBackend.start
+        self.node: str | None = None  # where it runs (a Ray node id); None on this machine
+        self.session: aiohttp.ClientSession | None = None  # set by the supervisor
         # resolved when the process serving now ends: how, if by its own hand (else None)
         self._ended: asyncio.Future[str | None] | None = None
 
@@ -129,7 +131,7 @@ class RemoteInstance:
         ):
             if value is not None:
                 headers[name] = value
-        assert self.session is not None, "LocalBackend.start() was not called"
+        assert self.session is not None, "the backend was not started"
         ended = self._ended  # the end of the process this request goes to, if it runs
         if ended is not None and ended.done():
             ended = None
@@ -142,7 +144,7 @@ class RemoteInstance:
                 status, answer = response.status, await response.read()
                 reply = response.headers
         except aiohttp.ClientConnectorError as exc:  # refused: the process is gone
-            self.state = DOWN  # until its /ping answers again (LocalBackend watches)
+            self.state = DOWN  # until its /ping answers again (its supervisor watches)
             raise InstanceUnreachableError(
                 f"Instance {self.instance_id} did not answer: {type(exc).__name__}"
             ) from exc
@@ -216,7 +218,7 @@ class RemoteInstance:
         return False
 
     async def _answers_ping(self) -> bool:
-        assert self.session is not None, "LocalBackend.start() was not called"
+        assert self.session is not None, "the backend was not started"
         try:
             async with self.session.get(f"{self.url}/ping", timeout=PING_TIMEOUT) as response:
                 return response.status == 200
@@ -225,9 +227,10 @@ class RemoteInstance:
 
     async def loaded_models(self) -> list[str]:
         """The target models loaded on the instance now (empty if it cannot say)."""
-        assert self.session is not None, "LocalBackend.start() was not called"
+        assert self.session is not None, "the backend was not started"
         try:
-            async with self.session.get(f"{self.url}/admin/instance") as response:
+            url = f"{self.url}/admin/instance"
+            async with self.session.get(url, timeout=_ASK_TIMEOUT) as response:
                 if response.status != 200:
                     return []
                 answer = await response.json()
@@ -237,7 +240,7 @@ class RemoteInstance:
 
     async def prewarm(self, target_models: list[str]) -> int:
         """Have the instance fetch and load ``target_models``; how many it loaded."""
-        assert self.session is not None, "LocalBackend.start() was not called"
+        assert self.session is not None, "the backend was not started"
         try:
             async with self.session.post(
                 f"{self.url}/admin/prewarm", json={"models": target_models}
@@ -251,7 +254,7 @@ class RemoteInstance:
 
     async def unload(self, target_model: str) -> bool:
         """UnloadModel on this instance; True if it was loaded there (404 is not an error)."""
-        assert self.session is not None, "LocalBackend.start() was not called"
+        assert self.session is not None, "the backend was not started"
         url = f"{self.url}/models/{quote(target_model)}"
         try:
             async with self.session.delete(url) as response:

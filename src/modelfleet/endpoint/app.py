@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -25,9 +24,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modelfleet.backends.base import InstanceState
+from modelfleet.backends.base import Backend, Instance
 from modelfleet.backends.inprocess import InProcessBackend
-from modelfleet.backends.local import InstanceFullError, InstanceUnreachableError, LocalBackend
+from modelfleet.backends.local import LocalBackend
+from modelfleet.backends.remote import InstanceFullError, InstanceUnreachableError
 from modelfleet.config import Settings
 from modelfleet.edge import (
     RUNTIME_ERRORS,
@@ -56,11 +56,11 @@ class _Endpoint:
 
     name: str
     router: Router
-    backends: dict[str, InProcessBackend | LocalBackend]
+    backends: dict[str, Backend]
     metrics: dict[str, Metrics]
     weights: dict[str, float] = field(default_factory=dict)
 
-    def instances(self) -> list[Any]:
+    def instances(self) -> list[Instance]:
         return [i for backend in self.backends.values() for i in backend.instances]
 
 
@@ -90,7 +90,7 @@ class EndpointServer:
             backend = InProcessBackend(settings, Metrics(endpoint=settings.endpoint_name))
             self.endpoints[settings.endpoint_name] = _Endpoint(
                 settings.endpoint_name,
-                Router({DEFAULT_VARIANT: list(backend.instances)}),
+                Router({DEFAULT_VARIANT: backend.instances}),
                 {DEFAULT_VARIANT: backend},
                 {DEFAULT_VARIANT: backend.manager.metrics},
             )
@@ -107,7 +107,7 @@ class EndpointServer:
 
     def _fleet(self, config: EndpointConfig) -> _Endpoint:
         """An endpoint whose variants run instance processes (the ``local`` backend)."""
-        backends: dict[str, InProcessBackend | LocalBackend] = {}
+        backends: dict[str, Backend] = {}
         for variant in config.variants:
             prefix = "" if len(config.variants) == 1 else f"{variant.name}-"
             backends[variant.name] = LocalBackend(
@@ -120,7 +120,6 @@ class EndpointServer:
             weights={v.name: v.weight for v in config.variants},
         )
         for backend in backends.values():
-            assert isinstance(backend, LocalBackend)
             backend.on_removed.append(router.forget_instance)
         # The router's own series (invocations, errors, overhead) carry instance="router".
         metrics = {
@@ -148,15 +147,15 @@ class EndpointServer:
         retire = [
             asyncio.create_task(self._retire_copies(endpoint))
             for endpoint in self.endpoints.values()
-            if any(isinstance(b, LocalBackend) for b in endpoint.backends.values())
+            if any(b.elastic for b in endpoint.backends.values())
         ]
-        # Every local variant gets an autoscaler; it acts while its settings (reloaded ones
+        # Every elastic variant gets an autoscaler; it acts while its settings (reloaded ones
         # included) have an autoscale_target.
         retire += [
             asyncio.create_task(Autoscaler(endpoint.router, name, backend).run())
             for endpoint in self.endpoints.values()
             for name, backend in endpoint.backends.items()
-            if isinstance(backend, LocalBackend)
+            if backend.elastic
         ]
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[Any]] = set()
@@ -237,9 +236,7 @@ class EndpointServer:
                     metrics.invocation_4xx_errors.inc()
             return response
         metrics = endpoint.metrics[routed.variant]
-        metrics.invocations.inc()
-        if isinstance(endpoint.backends[routed.variant], InProcessBackend):
-            metrics.invocations_per_instance.inc()  # else counted by the instance itself
+        metrics.invocations.inc()  # invocations per instance: counted by the instance
         prediction = routed.result.prediction
         response_headers = {
             "x-Amzn-Invoked-Production-Variant": routed.variant,
@@ -264,9 +261,9 @@ class EndpointServer:
     async def reload(self) -> list[str]:
         """Re-read the config file and roll its changes out; what changed, as sentences.
 
-        Changed settings or instance counts of a variant are rolled out one instance at a
-        time (:meth:`LocalBackend.replace`), new weights at once. Endpoints or variants added or
-        removed need a restart: they are reported and left as they are.
+        Changed settings or instance counts of a variant are rolled out one instance at a time
+        (:meth:`~modelfleet.backends.base.Backend.replace`), new weights at once. Endpoints or
+        variants added or removed need a restart: they are reported and left as they are.
         """
         if self._config_file is None:
             raise ValidationError("This server was not started with --config: nothing to reload.")
@@ -283,7 +280,7 @@ class EndpointServer:
                 endpoint.router.set_weights({v.name: v.weight for v in config.variants})
                 for variant in config.variants:
                     backend = endpoint.backends.get(variant.name)
-                    if not isinstance(backend, LocalBackend):
+                    if backend is None or not backend.elastic:
                         done.append(f"{config.name}/{variant.name} is new: restart to serve it")
                         continue
                     new, old = variant.settings, backend.settings
@@ -316,31 +313,15 @@ class EndpointServer:
         for endpoint in self.endpoints.values():
             for variant, backend in endpoint.backends.items():
                 tag = {"endpoint": endpoint.name, "variant": variant}
-                if isinstance(backend, LocalBackend):
-                    instances += [{**tag, **i} for i in await backend.describe()]
-                    continue
-                instance = backend.instances[0]
-                instances.append(
-                    {
-                        **tag,
-                        "id": instance.instance_id,
-                        "url": None,
-                        "pid": os.getpid(),
-                        "state": InstanceState.UP,
-                        "in_flight": instance.in_flight,
-                        "restarts": 0,
-                        **backend.manager.summary(),
-                    }
-                )
+                instances += [{**tag, **i} for i in await backend.describe()]
         return JSONResponse({"endpoints": list(self.endpoints), "instances": instances})
 
     async def metrics_endpoint(self, request: Request) -> Response:
         registries = [m for e in self.endpoints.values() for m in e.metrics.values()]
-        locals_ = [b for e in self.endpoints.values() for b in e.backends.values()]
+        backends = [b for e in self.endpoints.values() for b in e.backends.values()]
         texts: list[str] = []
-        for backend in locals_:
-            if isinstance(backend, LocalBackend):  # every instance's series, merged in
-                texts += await backend.metrics_texts()
+        for backend in backends:  # every instance's series of its own, merged in
+            texts += await backend.metrics_texts()
         if len(registries) == 1 and not texts:
             return Response(registries[0].render(), media_type=CONTENT_TYPE)
         first, *others = registries

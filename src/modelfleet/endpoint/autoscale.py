@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 
-from modelfleet.backends.local import DRAINING, LocalBackend, RemoteInstance
+from modelfleet.backends.base import Backend, Instance, InstanceState
 from modelfleet.config import Settings
 from modelfleet.endpoint.router import Router, rendezvous_score
 
@@ -37,7 +37,7 @@ class Autoscaler:
         self,
         router: Router,
         variant: str,
-        backend: LocalBackend,
+        backend: Backend,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -79,7 +79,7 @@ class Autoscaler:
         while self._samples and self._samples[0][0] < now - span:
             self._samples.popleft()
         window = min(span, now - self._started)
-        active = [i for i in self.backend.instances if i.state != DRAINING]
+        active = [i for i in self.backend.instances if i.state != InstanceState.DRAINING]
         count = max(len(active), 1)
         requests = sum(n for _, n, _ in self._samples)
         per_minute = requests / max(window, 1e-9) * 60.0 / count
@@ -107,7 +107,7 @@ class Autoscaler:
             )
             await asyncio.gather(*(self._prewarm(i) for i in added))
         elif wanted < count and now - self._scaled_at >= s.scale_in_cooldown:
-            newest = [i for i in self.backend.instances if i.state != DRAINING][-1]
+            newest = [i for i in self.backend.instances if i.state != InstanceState.DRAINING][-1]
             logger.info(
                 "variant %s: %.0f invocations per instance per minute (target %.0f): %d -> %d,"
                 " draining instance %s",
@@ -121,7 +121,7 @@ class Autoscaler:
             self._scaled_at = now
             await self.backend.remove_instance(newest)
 
-    async def _prewarm(self, instance: RemoteInstance) -> None:
+    async def _prewarm(self, instance: Instance) -> None:
         totals: collections.Counter[str] = collections.Counter()
         for _, _, models in self._samples:
             totals.update(models)

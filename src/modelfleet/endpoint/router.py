@@ -44,8 +44,8 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
+from modelfleet.backends.base import Instance
 from modelfleet.errors import RequestDroppedError, ServiceUnavailableError, ValidationError
 from modelfleet.instance.state import InvokeResult
 
@@ -55,29 +55,6 @@ _GROW_INTERVAL_S = 1.0  # one new copy of a model per second at most
 _MAX_COLD_COPIES = 2  # copies a model may get from the load bound alone (more: it is hot)
 _MAX_DROPPED = 1  # a request an instance dropped mid-way is retried once, not on every instance
 _FORGET_AFTER_S = 3600.0  # what the router knows of a model unused this long is dropped
-
-
-class Instance(Protocol):
-    """What the router needs of an instance, in-process or remote."""
-
-    instance_id: str
-    in_flight: int
-
-    def available(self) -> bool: ...
-
-    async def ping(self) -> bool:
-        """Whether the instance answers now (asked before a request's last allowed try)."""
-        ...
-
-    async def invoke(
-        self,
-        target_model: str,
-        body: bytes,
-        *,
-        content_type: str | None,
-        accept: str | None,
-        custom_attributes: str | None,
-    ) -> InvokeResult: ...
 
 
 @dataclass(frozen=True, slots=True)

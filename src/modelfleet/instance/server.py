@@ -2,8 +2,9 @@
 
 It serves the container contract and modelfleet's whole-path ``POST /invocations`` of
 :mod:`modelfleet.instance.app`, plus ``/ping`` and ``/metrics`` (its own cache metrics). The
-router that started it passes its settings as JSON in ``MODELFLEET_INSTANCE_SETTINGS`` and the
-listening socket as an inherited file descriptor, so the instance's address survives restarts.
+launcher that started it (:mod:`modelfleet.backends.local`, :mod:`modelfleet.backends.ray`)
+gives it its settings as an object; the ``local`` one passes them as JSON on standard input and
+the listening socket as an inherited file descriptor, so the address survives restarts.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from modelfleet.metrics import CONTENT_TYPE, Metrics
 from modelfleet.source import ModelSource
 
 logger = logging.getLogger(__name__)
-
-SETTINGS_ENV = "MODELFLEET_INSTANCE_SETTINGS"
 
 
 def create_instance_app(
