@@ -79,6 +79,16 @@ def main() -> None:
     type=float,
     help="Target invocations per instance per minute; instances follow it (default 0: off).",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    help="What runs the instances: local (this machine, default) or ray (a Ray cluster).",
+)
+@click.option(
+    "--ray-address",
+    help="With --backend ray: the cluster to join (auto, HOST:PORT); default: start one here.",
+)
+@click.option("--ray-namespace", help="With --backend ray: the fleet's Ray namespace.")
 @click.option("--min-instances", type=int, help="Fewest instances autoscaling keeps.")
 @click.option("--max-instances", type=int, help="Most instances autoscaling starts.")
 @click.option("--scale-out-cooldown", type=float, help="Seconds between scale-outs (60).")
@@ -148,9 +158,60 @@ def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
     from modelfleet.instance.bootstrap import tune_process
     from modelfleet.listener import ClientLimits, listener_config
 
+    if settings.backend == "ray":
+        _connect_ray(settings.ray_address, settings.ray_namespace)
     app = create_app(settings, endpoints, config_file=config_file, overrides=given)
     limits = ClientLimits.from_settings(settings)
     config = listener_config(app, limits, host=settings.host, port=settings.port)
+    tune_process()
+    uvicorn.Server(config).run()
+
+
+def _connect_ray(address: str | None, namespace: str) -> None:
+    """Join the Ray cluster at ``address`` (or start one on this machine, without its
+    dashboard): a process-wide connection, made by the entry point."""
+    try:
+        import ray
+    except ImportError:
+        raise click.UsageError("--backend ray needs Ray: pip install 'modelfleet[ray]'") from None
+    if address:
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
+    else:
+        ray.init(namespace=namespace, include_dashboard=False, log_to_driver=False)
+
+
+@main.command()
+@click.option("--ray-address", required=True, help="The Ray cluster of the fleet (HOST:PORT).")
+@click.option("--ray-namespace", default="modelfleet", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port (0: a free one).")
+@click.option("--log-level", default="info", show_default=True)
+def router(ray_address: str, ray_namespace: str, host: str, port: int, log_level: str) -> None:
+    """Another router of a Ray fleet started by ``serve --backend ray``: it routes the fleet's
+    endpoints to the same instances (rendezvous hashing over the controller's membership); the
+    serve process alone scales and reloads."""
+    _configure_logging(log_level)
+    _connect_ray(ray_address, ray_namespace)
+    import ray
+    import uvicorn
+
+    from modelfleet.backends.ray import CONTROLLER_NAME
+    from modelfleet.endpoint.app import create_app
+    from modelfleet.instance.bootstrap import tune_process
+    from modelfleet.listener import ClientLimits, listener_config
+
+    try:
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=ray_namespace)
+    except ValueError:
+        raise click.UsageError(
+            f"no modelfleet fleet in Ray namespace {ray_namespace!r} at {ray_address}: start"
+            " one with modelfleet serve --backend ray"
+        ) from None
+    endpoints = ray.get(controller.config.remote())
+    first = endpoints[0].variants[0].settings
+    settings = first.model_copy(update={"host": host, "port": port, "backend": "ray"})
+    app = create_app(settings, endpoints, join=True)
+    config = listener_config(app, ClientLimits.from_settings(settings), host=host, port=port)
     tune_process()
     uvicorn.Server(config).run()
 

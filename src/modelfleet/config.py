@@ -154,6 +154,30 @@ class Settings(BaseSettings):
     starts N instance subprocesses (``local``), each with these budgets and its own cache
     folder ``<cache_dir>/instance-<i>``."""
 
+    backend: Literal["local", "ray"] = "local"
+    """What runs the instances: ``local`` (in this process when there is one instance, else
+    subprocesses on this machine) or ``ray`` (Ray actors across a Ray cluster, see
+    docs/ray.md)."""
+
+    ray_address: str | None = None
+    """With ``backend = "ray"``: the cluster to join (``auto``, ``HOST:PORT``); none starts a
+    Ray of its own on this machine."""
+
+    ray_namespace: str = Field(default="modelfleet", min_length=1)
+    """With ``backend = "ray"``: the Ray namespace of the fleet's named actors (its controller,
+    named ``modelfleet-<port>``... see docs/ray.md, and its instances)."""
+
+    ray_cpus_per_instance: PositiveFloat = 1.0
+    """With ``backend = "ray"``: the CPUs each instance actor reserves (``num_cpus``)."""
+
+    ray_memory_overhead: ByteSize = Field(default=parse_size("512MiB"), ge=0)
+    """With ``backend = "ray"``: memory an instance actor reserves on top of ``memory_limit``
+    (the process, its libraries and requests in flight)."""
+
+    ray_max_instances_per_node: PositiveInt | None = None
+    """With ``backend = "ray"``: at most this many instances of the fleet on one node (none:
+    no cap; instances are spread over nodes either way)."""
+
     autoscale_target: float = Field(default=0.0, ge=0.0)
     """With several instances: target invocations per instance per minute (SageMaker's
     ``SageMakerVariantInvocationsPerInstance`` target tracking); 0 turns autoscaling off."""

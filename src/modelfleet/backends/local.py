@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from modelfleet.backends.remote import (
@@ -110,6 +111,9 @@ class _Process:
         if self.process.returncode is None:
             self.process.kill()
 
+    async def busy(self) -> bool:
+        return False  # only this router sends it requests: its in-flight count is all
+
 
 class SubprocessLauncher:
     """Starts instances as subprocesses of this process (see the module doc)."""
@@ -147,7 +151,7 @@ class SubprocessLauncher:
             self._sockets[spec.instance_id] = sock
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
-    async def launch(self, spec: InstanceSpec) -> _Process:
+    async def launch(self, spec: InstanceSpec, placed: Callable[[], None]) -> _Process:
         url = self.address(spec)
         fd = self._sockets[spec.instance_id].fileno()
         argv = [sys.executable, "-m", "modelfleet", "instance", "--fd", str(fd)]
@@ -159,6 +163,7 @@ class SubprocessLauncher:
         assert process.stdin is not None
         process.stdin.write(spec.settings.model_dump_json().encode())
         process.stdin.close()  # the instance reads to the end: its settings are complete
+        placed()
         return _Process(process, url)
 
     async def release(self, spec: InstanceSpec) -> None:

@@ -22,12 +22,14 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
 from modelfleet.backends.base import InstanceState
+from modelfleet.config import Settings
 from modelfleet.errors import (
     InstanceEndedError,
     ModelError,
@@ -53,6 +55,9 @@ PING_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 #: how long a dropped request waits for the supervisor to say how the process ended; it is
 #: reaped within milliseconds of its connections closing, so this bounds only a stalled router
 EXIT_WAIT_S = 2.0
+# Idle pooled connections are dropped before the instance's own keep-alive timeout (75 s,
+# set by ``modelfleet instance``), so a request never meets a connection the instance closes.
+KEEPALIVE_S = 60.0
 _ASK_TIMEOUT = aiohttp.ClientTimeout(total=5.0)  # a question about its state, not a load
 
 
@@ -204,7 +209,7 @@ class RemoteInstance:
         seen): a ping sent to a process being killed can wait in the listening socket's
         backlog, which the router keeps open, until the replacement answers it seconds later.
         """
-        answered = asyncio.ensure_future(self._answers_ping())
+        answered = asyncio.ensure_future(self.answers_ping())
         left_up = asyncio.ensure_future(self._left_up.wait())
         try:
             await asyncio.wait((answered, left_up), return_when=asyncio.FIRST_COMPLETED)
@@ -217,7 +222,8 @@ class RemoteInstance:
             self.state = DOWN
         return False
 
-    async def _answers_ping(self) -> bool:
+    async def answers_ping(self) -> bool:
+        """Whether ``/ping`` answers 200 now (its state left as it is)."""
         assert self.session is not None, "the backend was not started"
         try:
             async with self.session.get(f"{self.url}/ping", timeout=PING_TIMEOUT) as response:
@@ -262,6 +268,37 @@ class RemoteInstance:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+
+def new_session(settings: Settings) -> aiohttp.ClientSession:
+    """The pooled keep-alive session a router (or a supervisor) reaches instances with."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S),
+        # An instance answers 429 at invoke_timeout: one silent for much longer is hung.
+        timeout=aiohttp.ClientTimeout(total=settings.invoke_timeout + 60.0, sock_connect=5.0),
+        # No Content-Type of aiohttp's own: a request without one must reach the model
+        # without one (CSV by default), as in process.
+        skip_auto_headers=("User-Agent", "Content-Type"),
+    )
+
+
+async def fetch_metrics(
+    session: aiohttp.ClientSession, instances: Sequence[RemoteInstance]
+) -> list[str]:
+    """The ``/metrics`` text of every instance that is up (one that fails is left out)."""
+
+    async def one(instance: RemoteInstance) -> str | None:
+        if instance.state != UP:
+            return None
+        try:
+            url = f"{instance.url}/metrics"
+            async with session.get(url, timeout=_ASK_TIMEOUT) as response:
+                return await response.text() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    texts = await asyncio.gather(*(one(i) for i in instances))
+    return [text for text in texts if text is not None]
 
 
 def _error_from(instance_id: str, status: int, answer: bytes, error_type: str) -> Exception:

@@ -33,7 +33,13 @@ from typing import Any, Protocol
 import aiohttp
 
 from modelfleet.backends.base import Instance, InstanceState
-from modelfleet.backends.remote import PING_TIMEOUT, RemoteInstance, RolloutError
+from modelfleet.backends.remote import (
+    PING_TIMEOUT,
+    RemoteInstance,
+    RolloutError,
+    fetch_metrics,
+    new_session,
+)
 from modelfleet.config import Settings
 
 __all__ = ["InstanceSpec", "Launched", "Launcher", "Supervisor"]
@@ -52,9 +58,6 @@ _HEALTH_INTERVAL_S = 1.0
 _BACKOFF_S = (0.5, 10.0)
 _STOP_GRACE_S = 10.0
 _HELD_REFRESH_S = 5.0  # how often the models an instance holds are noted (its restart's prewarm)
-# Idle pooled connections are dropped before the instance's own keep-alive timeout (75 s,
-# set by ``modelfleet instance``), so a request never meets a connection the instance closes.
-_KEEPALIVE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,11 @@ class Launched(Protocol):
         """Kill it now (it is hung); :meth:`ended` then returns."""
         ...
 
+    async def busy(self) -> bool:
+        """Whether requests are in progress there that the router's own count does not see
+        (requests from other routers); False when this router sends them all."""
+        ...
+
 
 class Launcher(Protocol):
     """Starts instance processes (see the module doc)."""
@@ -104,9 +112,9 @@ class Launcher(Protocol):
         """The instance's URL if known before it starts (a socket held for it), else ""."""
         ...
 
-    async def launch(self, spec: InstanceSpec) -> Launched:
+    async def launch(self, spec: InstanceSpec, placed: Callable[[], None]) -> Launched:
         """Start the instance's process; return once it has an address (it may not answer
-        ``/ping`` yet). May wait for room (the instance is PENDING meanwhile)."""
+        ``/ping`` yet). It may wait for room (the instance is PENDING until ``placed()``)."""
         ...
 
     async def release(self, spec: InstanceSpec) -> None:
@@ -140,6 +148,7 @@ class Supervisor:
         variant: str = "AllTraffic",
         id_prefix: str = "",
         session: aiohttp.ClientSession | None = None,
+        initial: int | None = None,
     ) -> None:
         self.settings = settings
         self.variant = variant
@@ -154,7 +163,7 @@ class Supervisor:
         self.on_removed: list[Callable[[str], None]] = []
         # The router routes over this very list: instances added or removed show at once.
         self._instances: list[RemoteInstance] = []
-        for _ in range(settings.instances):
+        for _ in range(settings.instances if initial is None else initial):
             self._make_slot()
 
     @property
@@ -190,16 +199,7 @@ class Supervisor:
         """
         await self.launcher.start()
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S),
-                # An instance answers 429 at invoke_timeout: one silent far longer is hung.
-                timeout=aiohttp.ClientTimeout(
-                    total=self.settings.invoke_timeout + 60.0, sock_connect=5.0
-                ),
-                # No Content-Type of aiohttp's own: a request without one must reach the
-                # model without one (CSV by default), as in process.
-                skip_auto_headers=("User-Agent", "Content-Type"),
-            )
+            self._session = new_session(self.settings)
         for instance in self._instances:
             instance.session = self._session
         for slot in self._slots:
@@ -308,7 +308,7 @@ class Supervisor:
             return  # removed already, or being removed
         slot.removing = True
         slot.instance.state = DRAINING
-        await self._drain(slot.instance, drain_s)
+        await self._drain(slot, drain_s)
         if slot.task is not None:
             slot.task.cancel()
             await asyncio.gather(slot.task, return_exceptions=True)
@@ -319,11 +319,12 @@ class Supervisor:
             listener(slot.instance.instance_id)
         await self.launcher.release(slot.spec)
 
-    async def _drain(self, instance: RemoteInstance, drain_s: float) -> None:
-        """Wait until no request is in flight to ``instance`` (up to ``drain_s``)."""
+    async def _drain(self, slot: _Slot, drain_s: float) -> None:
+        """Wait until no request is in flight to the instance (up to ``drain_s``)."""
         deadline = time.monotonic() + drain_s
         while time.monotonic() < deadline:
-            if instance.in_flight == 0:
+            launched = slot.launched
+            if slot.instance.in_flight == 0 and (launched is None or not await launched.busy()):
                 break
             await asyncio.sleep(0.05)
 
@@ -341,12 +342,15 @@ class Supervisor:
         while not self._stopping and not slot.removing:
             if launched is None:
                 instance.state = PENDING
-                launched = await self.launcher.launch(slot.spec)
+
+                def placed() -> None:  # a process serves it now: no longer waiting for room
+                    if not slot.removing:
+                        instance.state = STARTING
+
+                launched = await self.launcher.launch(slot.spec, placed)
                 instance.url, instance.pid = launched.url, launched.pid
                 instance.node = launched.node
                 instance.process_started()
-                if not slot.removing:
-                    instance.state = STARTING
             else:
                 instance.process_started()
             slot.launched = launched
@@ -442,19 +446,9 @@ class Supervisor:
 
     async def metrics_texts(self) -> list[str]:
         """The ``/metrics`` text of every instance that is up (one that fails is left out)."""
-
-        async def one(instance: RemoteInstance) -> str | None:
-            if instance.state != UP or self._session is None:
-                return None
-            timeout = aiohttp.ClientTimeout(total=5.0)
-            try:
-                async with self._session.get(f"{instance.url}/metrics", timeout=timeout) as r:
-                    return await r.text() if r.status == 200 else None
-            except (aiohttp.ClientError, TimeoutError):
-                return None
-
-        texts = await asyncio.gather(*(one(i) for i in self._instances))
-        return [text for text in texts if text is not None]
+        if self._session is None:
+            return []
+        return await fetch_metrics(self._session, self._instances)
 
     async def describe(self) -> list[dict[str, Any]]:
         """Per instance: id, url, pid, node, state, in-flight requests, restarts, and what the

@@ -74,8 +74,11 @@ class EndpointServer:
         *,
         config_file: Path | None = None,
         overrides: dict[str, Any] | None = None,
+        join: bool = False,
     ) -> None:
         self.settings = settings
+        self._join = join  # a router of a Ray fleet that another server steers
+        self._ray: Any = None  # the RayFleet of a ``ray`` backend, made on first use
         self._config_file = config_file
         self._overrides = dict(overrides or {})
         self._reloading: asyncio.Lock | None = None
@@ -86,7 +89,7 @@ class EndpointServer:
             Route("/admin/reload", self.admin_reload, methods=["POST"]),
         ]
         self.endpoints: dict[str, _Endpoint] = {}
-        if endpoints is None and settings.effective_max_instances == 1:
+        if endpoints is None and settings.effective_max_instances == 1 and not self._ray_backed:
             backend = InProcessBackend(settings, Metrics(endpoint=settings.endpoint_name))
             self.endpoints[settings.endpoint_name] = _Endpoint(
                 settings.endpoint_name,
@@ -101,15 +104,24 @@ class EndpointServer:
                 only = VariantConfig(DEFAULT_VARIANT, 1.0, settings)
                 endpoints = [EndpointConfig(settings.endpoint_name, (only,))]
             for config in endpoints:
-                self.endpoints[config.name] = self._fleet(config)
+                self.endpoints[config.name] = self._fleet(config, endpoints)
             routes.append(Route("/ping", self.ping, methods=["GET"]))
         self.app = Starlette(routes=routes, lifespan=self._lifespan)
 
-    def _fleet(self, config: EndpointConfig) -> _Endpoint:
-        """An endpoint whose variants run instance processes (the ``local`` backend)."""
+    @property
+    def _ray_backed(self) -> bool:
+        return self.settings.backend == "ray" or self._join
+
+    def _fleet(self, config: EndpointConfig, every: list[EndpointConfig]) -> _Endpoint:
+        """An endpoint whose variants run instance processes (``local`` or ``ray``)."""
         backends: dict[str, Backend] = {}
         for variant in config.variants:
             prefix = "" if len(config.variants) == 1 else f"{variant.name}-"
+            if self._ray_backed:
+                backends[variant.name] = self._ray_fleet(every).backend(
+                    variant.settings, config.name, variant.name
+                )
+                continue
             backends[variant.name] = LocalBackend(
                 variant.settings, variant=variant.name, id_prefix=prefix
             )
@@ -127,6 +139,13 @@ class EndpointServer:
             for v in config.variants
         }
         return _Endpoint(config.name, router, backends, metrics)
+
+    def _ray_fleet(self, endpoints: list[EndpointConfig]) -> Any:
+        if self._ray is None:
+            from modelfleet.backends.ray import RayFleet  # the ray extra, only when asked for
+
+            self._ray = RayFleet(self.settings.ray_namespace, endpoints, own=not self._join)
+        return self._ray
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -334,7 +353,11 @@ def create_app(
     *,
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    join: bool = False,
 ) -> Starlette:
     """The ASGI app: one endpoint from ``settings``, or the ``endpoints`` of a config file
-    (re-read on SIGHUP or ``POST /admin/reload``, with ``overrides`` winning again)."""
-    return EndpointServer(settings, endpoints, config_file=config_file, overrides=overrides).app
+    (re-read on SIGHUP or ``POST /admin/reload``, with ``overrides`` winning again); with
+    ``join``, a router of the Ray fleet whose ``endpoints`` another server steers."""
+    return EndpointServer(
+        settings, endpoints, config_file=config_file, overrides=overrides, join=join
+    ).app

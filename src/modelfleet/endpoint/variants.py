@@ -22,7 +22,16 @@ import pydantic
 from modelfleet.config import Settings
 from modelfleet.errors import ValidationError
 
-_ROUTER_ONLY = {"host", "port", "endpoint_name", "routing", "copy_idle_timeout"}
+_ROUTER_ONLY = {
+    "host",
+    "port",
+    "endpoint_name",
+    "routing",
+    "copy_idle_timeout",
+    "backend",
+    "ray_address",
+    "ray_namespace",
+}
 # SageMaker's rule for endpoint and variant names (they also name cache folders)
 _NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 _NAME_RULE = "must be 1-63 letters, digits and hyphens, starting and ending with a letter or digit."

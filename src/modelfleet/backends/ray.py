@@ -1,0 +1,729 @@
+"""The ``ray`` backend: instances as Ray actors across a Ray cluster, one controller, a router
+on every node that asks for one.
+
+Three parts (DESIGN section 11):
+
+- :class:`InstanceActor`: one instance. It runs the instance HTTP server of
+  :mod:`modelfleet.instance.server` on a thread of its own process, bound to its node's address,
+  and reports ``(node, address, pid)``; routers forward to it over the same pooled HTTP path as
+  to a ``local`` instance. Its methods are control calls only (start, describe, requests in
+  progress, stop), in their own concurrency group, so they never queue behind loads. It is a
+  detached, named actor (``instance:<endpoint>:<variant>:<slot>:<generation>``) that outlives
+  the controller. It takes the first free cache folder ``<cache_dir>/slot-<k>`` of its node, so
+  an instance replaced on the same node finds that node's disk cache again.
+- :class:`Controller`: a named, detached actor (``controller`` in the fleet's namespace) that
+  owns the desired fleet. It runs the same :class:`~modelfleet.backends.supervisor.Supervisor`
+  as the ``local`` backend, per variant, over a :class:`RayLauncher`, and publishes the
+  membership as a versioned snapshot that routers long-poll. Restarted (Ray restarts it), it
+  finds its instance actors again by name and supervises them without restarting them.
+- :class:`RayFleet` and :class:`RayBackend`: the router's side. One long-poll loop keeps every
+  variant's live instance list in step with the snapshots; requests never touch the controller,
+  so routers keep serving on their last snapshot while it is away, and independent routers
+  agree on placement by rendezvous hashing over the same membership.
+
+Failover is the router's, on the HTTP error, at once; Ray's detection of a dead node (tens of
+seconds) only drives replacement, which the controller's health checks start sooner (an
+instance silent for ``hang_timeout`` is killed and started again elsewhere, avoiding its node).
+Ray is imported only here: the default install does not need it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from modelfleet.backends.base import Instance, InstanceState
+from modelfleet.backends.local import instance_settings
+from modelfleet.backends.remote import RemoteInstance, fetch_metrics, new_session
+from modelfleet.backends.supervisor import READY_TIMEOUT_S, InstanceSpec, Supervisor
+from modelfleet.cache.lock import FolderLock
+from modelfleet.config import Settings
+from modelfleet.endpoint.variants import EndpointConfig
+from modelfleet.errors import CacheInUseError, ServiceUnavailableError
+
+__all__ = ["CONTROLLER_NAME", "Controller", "InstanceActor", "RayBackend", "RayFleet"]
+
+logger = logging.getLogger(__name__)
+
+CONTROLLER_NAME = "controller"
+_PREFIX = "instance"
+_PUBLISH_INTERVAL_S = 0.05  # how often the controller looks for a changed membership
+_POLL_S = 10.0  # a router's long poll returns at least this often
+_PENDING_AFTER_S = 10.0  # an actor not started after this is waiting for room in the cluster
+_SUSPECT_S = 120.0  # a node whose instance went silent is avoided this long for replacements
+_DRAIN_SETTLE_S = 0.5  # routers learn DRAINING within this; requests sent before it may arrive
+_CONTROL = {"control": 16, "watch": 4}
+
+
+def _actor_name(spec: InstanceSpec, generation: int) -> str:
+    endpoint = spec.settings.endpoint_name
+    return f"{_PREFIX}:{endpoint}:{spec.variant}:{spec.index}:{generation}"
+
+
+class _Active:
+    """ASGI wrapper counting the requests in progress (a drain waits for none)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.count = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        counted = path == "/invocations" or path.startswith("/models")
+        self.count += counted
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= counted
+
+
+class _InstanceActor:
+    """One instance in a Ray actor's process (see the module doc)."""
+
+    def __init__(self, spec: InstanceSpec) -> None:
+        self.spec = spec
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._active: _Active | None = None
+        self._claim: FolderLock | None = None
+        self._where: dict[str, Any] = {}
+
+    @ray.method(concurrency_group="control")
+    async def start(self) -> dict[str, Any]:
+        """Start the HTTP server; return ``{"url", "pid", "node", "slot"}``."""
+        if self._where:
+            return self._where
+        return await asyncio.to_thread(self._start)
+
+    def _start(self) -> dict[str, Any]:
+        import uvicorn
+
+        from modelfleet.instance.bootstrap import tune_process
+        from modelfleet.instance.server import create_instance_app
+        from modelfleet.listener import ClientLimits, listener_config
+
+        tune_process()  # this process is the instance's own, as a subprocess would be
+        root = Path(self.spec.settings.cache_dir)
+        slot = 0
+        while True:  # the first cache folder of this node no other live instance holds
+            claim = FolderLock(root / f"slot-{slot}")
+            try:
+                claim.acquire()
+            except CacheInUseError:
+                slot += 1
+                continue
+            self._claim = claim
+            break
+        settings = instance_settings(self.spec.settings, root / f"slot-{slot}" / "cache")
+        app = create_instance_app(
+            settings, instance_id=self.spec.instance_id, variant=self.spec.variant
+        )
+        self._active = _Active(app)
+        limits = ClientLimits.from_settings(settings).with_keep_alive(75.0)
+        config = listener_config(self._active, limits)
+        ip = ray.util.get_node_ip_address()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((ip, 0))
+        sock.listen(1024)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="modelfleet-instance"
+        )
+        self._thread.start()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"instance {self.spec.instance_id} did not start")
+            time.sleep(0.01)
+        self._where = {
+            "url": f"http://{ip}:{sock.getsockname()[1]}",
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+            "slot": slot,
+        }
+        return self._where
+
+    @ray.method(concurrency_group="control")
+    def describe(self) -> dict[str, Any]:
+        """Where it serves (empty before :meth:`start`)."""
+        return self._where
+
+    @ray.method(concurrency_group="control")
+    def active(self) -> int:
+        """Requests in progress now."""
+        return self._active.count if self._active is not None else 0
+
+    @ray.method(concurrency_group="watch")
+    async def wait_stopped(self) -> None:
+        """Return once the HTTP server has ended (never while it serves)."""
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    @ray.method(concurrency_group="control")
+    async def stop(self, grace_s: float) -> None:
+        """Stop serving: requests in progress get ``grace_s`` to finish."""
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        await asyncio.to_thread(self._thread.join, grace_s)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            await asyncio.to_thread(self._thread.join, grace_s)
+
+
+InstanceActor = ray.remote(concurrency_groups=_CONTROL, max_restarts=0)(_InstanceActor)
+
+
+class _Actor:
+    """One instance actor as its launcher sees it (a :class:`~.supervisor.Launched`)."""
+
+    def __init__(
+        self, launcher: RayLauncher, name: str, handle: Any, where: dict[str, Any]
+    ) -> None:
+        self.launcher = launcher
+        self.name = name
+        self.handle = handle
+        self.url: str = where["url"]
+        self.pid: int | None = where["pid"]
+        self.node: str | None = where["node"]
+        self._killed = asyncio.Event()
+        self._drain_began: float | None = None
+        launcher.placed(name, self.node)
+
+    async def ended(self) -> str | None:
+        watch = asyncio.ensure_future(self.handle.wait_stopped.remote())
+        killed = asyncio.ensure_future(self._killed.wait())
+        try:
+            await asyncio.wait((watch, killed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            killed.cancel()
+        self.launcher.placed(self.name, None)
+        if not watch.done() or watch.exception() is not None:
+            watch.cancel()
+            if self.node is not None:
+                self.launcher.suspect(self.node)  # its node may be gone: place elsewhere
+        return None  # Ray does not say whether the instance's own code ended it
+
+    async def terminate(self, grace_s: float) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.handle.stop.remote(grace_s), grace_s * 2 + 5.0)
+        self.kill()
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            ray.kill(self.handle, no_restart=True)
+        self._killed.set()
+
+    async def busy(self) -> bool:
+        now = time.monotonic()
+        if self._drain_began is None:
+            self._drain_began = now
+        if now - self._drain_began < _DRAIN_SETTLE_S:
+            return True  # routers may not have seen DRAINING yet
+        try:
+            return int(await asyncio.wait_for(self.handle.active.remote(), 5.0)) > 0
+        except Exception:
+            return False  # gone: nothing in progress there
+
+
+class RayLauncher:
+    """Starts instances as detached Ray actors (a :class:`~.supervisor.Launcher`)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self._generation: dict[tuple[str, str, int], int] = {}
+        self._suspects: dict[str, float] = {}
+        self._nodes: dict[str, str] = {}  # actor name -> node, for the per-node cap
+        self.pending = 0  # actors waiting for room in the cluster
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def spec(self, settings: Settings, index: int, instance_id: str, variant: str) -> InstanceSpec:
+        return InstanceSpec(instance_id, index, variant, settings)
+
+    def address(self, spec: InstanceSpec) -> str:
+        return ""  # known once the actor has started on its node
+
+    def suspect(self, node: str) -> None:
+        self._suspects[node] = time.monotonic()
+
+    def note_generation(self, spec: InstanceSpec, generation: int) -> None:
+        key = (spec.settings.endpoint_name, spec.variant, spec.index)
+        self._generation[key] = max(self._generation.get(key, 0), generation + 1)
+
+    def placed(self, name: str, node: str | None) -> None:
+        """The actor ``name`` runs on ``node`` (None: it ended)."""
+        if node is None:
+            self._nodes.pop(name, None)
+        else:
+            self._nodes[name] = node
+
+    def _strategy(self, spec: InstanceSpec) -> Any:
+        """SPREAD; a node of our choice when a node is suspect or nodes have a cap."""
+        placed: dict[str, int] = {}
+        for node in self._nodes.values():
+            placed[node] = placed.get(node, 0) + 1
+        now = time.monotonic()
+        suspects = {n for n, t in self._suspects.items() if now - t < _SUSPECT_S}
+        cap = spec.settings.ray_max_instances_per_node
+        if not suspects and cap is None:
+            return "SPREAD"
+        cpus = spec.settings.ray_cpus_per_instance
+        nodes = [
+            n
+            for n in ray.nodes()
+            if n.get("Alive")
+            and n["NodeID"] not in suspects
+            and n.get("Resources", {}).get("CPU", 0.0) >= cpus
+            and (cap is None or placed.get(n["NodeID"], 0) < cap)
+        ]
+        if not nodes:
+            return "SPREAD" if cap is None else None
+        best = min(nodes, key=lambda n: placed.get(n["NodeID"], 0))
+        return NodeAffinitySchedulingStrategy(best["NodeID"], soft=False)
+
+    async def launch(self, spec: InstanceSpec, placed: Callable[[], None]) -> _Actor:
+        key = (spec.settings.endpoint_name, spec.variant, spec.index)
+        generation = self._generation.get(key, 0)
+        self._generation[key] = generation + 1
+        settings = spec.settings
+        memory = int(settings.memory_limit + settings.ray_memory_overhead)
+        strategy = self._strategy(spec)
+        while strategy is None:  # every node is at its cap: wait for one to free up
+            await asyncio.sleep(1.0)
+            strategy = self._strategy(spec)
+        name = _actor_name(spec, generation)
+        handle = InstanceActor.options(
+            name=name,
+            namespace=self.namespace,
+            lifetime="detached",
+            num_cpus=settings.ray_cpus_per_instance,
+            memory=memory,
+            scheduling_strategy=strategy,
+        ).remote(spec)
+        started = asyncio.ensure_future(handle.start.remote())
+        pending = False
+        try:
+            done, _ = await asyncio.wait((started,), timeout=_PENDING_AFTER_S)
+            if not done:  # no room in the cluster: ask its autoscaler for some
+                pending = True
+                self.pending += 1
+                self._request_room(settings, memory)
+                logger.warning(
+                    "instance %s waits for room in the Ray cluster (%.1f CPU, %d bytes)",
+                    spec.instance_id,
+                    settings.ray_cpus_per_instance,
+                    memory,
+                )
+            where = await started
+        except BaseException:
+            started.cancel()
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+            raise
+        finally:
+            if pending:
+                self.pending -= 1
+                self._request_room(settings, memory)
+        placed()
+        return _Actor(self, name, handle, where)
+
+    def _request_room(self, settings: Settings, memory: int) -> None:
+        from ray.autoscaler.sdk import request_resources
+
+        bundle = {"CPU": settings.ray_cpus_per_instance, "memory": memory}
+        try:
+            request_resources(bundles=[bundle] * self.pending)
+        except Exception:  # no autoscaler to ask: the request stays pending
+            logger.debug("request_resources failed", exc_info=True)
+
+    async def release(self, spec: InstanceSpec) -> None:
+        pass  # the slot's cache folder stays for the next instance on that node
+
+
+class _ControllerImpl:
+    """The fleet's controller (see the module doc)."""
+
+    def __init__(self, endpoints: list[EndpointConfig], namespace: str) -> None:
+        self.endpoints = endpoints
+        self.namespace = namespace
+        self.version = 0
+        self._members: Any = None
+        self._changed: asyncio.Condition | None = None
+        self._supervisors: dict[tuple[str, str], Supervisor] = {}
+        self._launcher = RayLauncher(namespace)
+        self._started: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
+
+    async def _ready(self) -> None:
+        if self._started is None:
+            self._started = asyncio.create_task(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        self._changed = asyncio.Condition()
+        found = await self._find_instances()
+        session = new_session(self.endpoints[0].variants[0].settings)
+        for config in self.endpoints:
+            for variant in config.variants:
+                key = (config.name, variant.name)
+                mine = found.get(key, {})
+                prefix = "" if len(config.variants) == 1 else f"{variant.name}-"
+                supervisor = Supervisor(
+                    variant.settings,
+                    self._launcher,
+                    variant=variant.name,
+                    id_prefix=prefix,
+                    session=session,
+                    initial=max(variant.settings.instances - len(mine), 0),
+                )
+                for index, (generation, name, handle, where) in sorted(mine.items()):
+                    spec = self._launcher.spec(variant.settings, index, "", variant.name)
+                    self._launcher.note_generation(spec, generation)
+                    await supervisor.adopt(index, _Actor(self._launcher, name, handle, where))
+                self._supervisors[key] = supervisor
+        self._publisher = asyncio.create_task(self._publish())
+        await asyncio.gather(*(s.start() for s in self._supervisors.values()))
+
+    async def _find_instances(self) -> dict[tuple[str, str], dict[int, Any]]:
+        """The instance actors alive in the namespace (a restarted controller's fleet)."""
+        found: dict[tuple[str, str], dict[int, Any]] = {}
+        names = [
+            a["name"] if isinstance(a, dict) else a
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if not isinstance(a, dict) or a.get("namespace") == self.namespace
+        ]
+        for name in names:
+            parts = name.split(":")
+            if len(parts) != 5 or parts[0] != _PREFIX:
+                continue
+            _, endpoint, variant, index, generation = parts
+            try:
+                handle = ray.get_actor(name, namespace=self.namespace)
+                where = await asyncio.wait_for(handle.describe.remote(), 10.0)
+            except Exception:
+                continue  # dead, or dying: replaced as any lost instance
+            if not where:
+                with contextlib.suppress(Exception):
+                    ray.kill(handle, no_restart=True)  # never started: start afresh
+                continue
+            slots = found.setdefault((endpoint, variant), {})
+            slots[int(index)] = (int(generation), name, handle, where)
+            logger.info("found instance %s again (pid %s)", name, where.get("pid"))
+        return found
+
+    def _membership(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        view: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for (endpoint, variant), supervisor in self._supervisors.items():
+            view.setdefault(endpoint, {})[variant] = [
+                {
+                    "id": i.instance_id,
+                    "url": i.url,
+                    "state": str(i.state),
+                    "pid": i.pid,
+                    "node": i.node,
+                }
+                for i in supervisor.instances
+            ]
+        return view
+
+    async def _publish(self) -> None:
+        assert self._changed is not None
+        while True:
+            members = self._membership()
+            if members != self._members:
+                self._members = members
+                async with self._changed:
+                    self.version += 1
+                    self._changed.notify_all()
+            await asyncio.sleep(_PUBLISH_INTERVAL_S)
+
+    async def membership(self, known: int, timeout_s: float = _POLL_S) -> dict[str, Any]:
+        """The membership snapshot once its version differs from ``known`` (or at the
+        timeout): ``{"version", "instances": {endpoint: {variant: [...]}}, "pid"}``."""
+        await self._ready()
+        assert self._changed is not None
+        if self.version == known:
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: self.version != known), timeout_s
+                    )
+        return {"version": self.version, "instances": self._members, "pid": os.getpid()}
+
+    def config(self) -> list[EndpointConfig]:
+        return self.endpoints
+
+    async def _supervisor(self, endpoint: str, variant: str) -> Supervisor:
+        await self._ready()
+        supervisor = self._supervisors.get((endpoint, variant))
+        if supervisor is None:
+            raise ServiceUnavailableError(f"no variant {endpoint}/{variant} in this fleet")
+        return supervisor
+
+    async def add_instance(self, endpoint: str, variant: str) -> str:
+        supervisor = await self._supervisor(endpoint, variant)
+        async with supervisor.scaling:
+            return (await supervisor.add_instance()).instance_id
+
+    async def remove_instance(
+        self, endpoint: str, variant: str, instance_id: str, drain_s: float
+    ) -> None:
+        supervisor = await self._supervisor(endpoint, variant)
+        for instance in list(supervisor.instances):
+            if instance.instance_id == instance_id:
+                await supervisor.remove_instance(instance, drain_s=drain_s)
+
+    async def resize(self, endpoint: str, variant: str, count: int) -> None:
+        await (await self._supervisor(endpoint, variant)).resize(count)
+
+    async def replace(self, endpoint: str, variant: str, settings: Settings) -> None:
+        await (await self._supervisor(endpoint, variant)).replace(settings)
+
+    async def describe(self, endpoint: str, variant: str) -> list[dict[str, Any]]:
+        described = await (await self._supervisor(endpoint, variant)).describe()
+        pending = self._launcher.pending
+        for item in described:
+            item["ray_pending"] = pending
+        return described
+
+    async def shutdown(self) -> None:
+        """Stop every instance (the caller then kills the controller)."""
+        await self._ready()
+        if self._publisher is not None:
+            self._publisher.cancel()
+        await asyncio.gather(*(s.stop() for s in self._supervisors.values()))
+
+
+Controller = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_ControllerImpl)
+
+
+class RayFleet:
+    """A router process's link to the fleet's controller: creates it (``own``: the ``serve``
+    process) or joins it (``modelfleet router``), and keeps every variant's instance list in
+    step with its snapshots."""
+
+    def __init__(
+        self, namespace: str, endpoints: list[EndpointConfig] | None, *, own: bool
+    ) -> None:
+        self.namespace = namespace
+        self.own = own
+        self._endpoints = endpoints
+        self.controller: Any = None
+        self.version = -1
+        self.backends: dict[tuple[str, str], RayBackend] = {}
+        self._poll: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._started = False
+        self._first = asyncio.Event()
+        self.session: aiohttp.ClientSession | None = None
+
+    def backend(self, settings: Settings, endpoint: str, variant: str) -> RayBackend:
+        backend = RayBackend(self, settings, endpoint, variant)
+        self.backends[(endpoint, variant)] = backend
+        return backend
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if not ray.is_initialized():
+            raise ServiceUnavailableError(
+                "Ray is not initialized in this process: call ray.init(address=...) first"
+                " (modelfleet serve --backend ray does)"
+            )
+        settings = next(iter(self.backends.values())).settings
+        self.session = new_session(settings)
+        for backend in self.backends.values():
+            for instance in backend.instances:
+                instance.session = self.session
+        if self.own:
+            self.controller = Controller.options(
+                name=CONTROLLER_NAME,
+                namespace=self.namespace,
+                lifetime="detached",
+                get_if_exists=True,
+            ).remote(self._endpoints, self.namespace)
+        else:
+            self.controller = ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
+        self._poll = asyncio.create_task(self._follow(), name="modelfleet-ray-membership")
+        self._watch = asyncio.create_task(self._revive(), name="modelfleet-ray-revive")
+        await self._first.wait()
+
+    async def stop(self) -> None:
+        for task in (self._poll, self._watch):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._poll, self._watch) if t is not None), return_exceptions=True
+        )
+        if self.own and self.controller is not None:
+            with contextlib.suppress(Exception):
+                await self.controller.shutdown.remote()
+            with contextlib.suppress(Exception):
+                ray.kill(self.controller, no_restart=True)
+        if self.session is not None:
+            await self.session.close()
+
+    async def _follow(self) -> None:
+        """Long-poll the controller; a controller that is away (restarting) is waited for,
+        the last snapshot serving meanwhile."""
+        backoff = 0.1
+        while True:
+            try:
+                snapshot = await self.controller.membership.remote(self.version, _POLL_S)
+            except Exception as exc:
+                logger.warning("controller unreachable (%s); serving on the last snapshot", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            if snapshot["version"] != self.version:
+                self.version = snapshot["version"]
+                members = snapshot["instances"] or {}
+                for (endpoint, variant), backend in self.backends.items():
+                    backend.sync(members.get(endpoint, {}).get(variant, []))
+            self._first.set()
+
+    async def _revive(self) -> None:
+        """Instances this router marked down (a failed forward) while the controller still
+        says up are pinged and taken back once they answer."""
+        while True:
+            await asyncio.sleep(1.0)
+            for backend in self.backends.values():
+                for instance in backend.instances:
+                    said = backend.said.get(instance.instance_id)
+                    if (
+                        instance.state == InstanceState.DOWN
+                        and said == InstanceState.UP
+                        and await instance.answers_ping()
+                    ):
+                        instance.state = InstanceState.UP
+
+
+class RayBackend:
+    """One variant's instances on Ray, as a router sees them (a
+    :class:`~modelfleet.backends.base.Backend`); changes go to the controller."""
+
+    def __init__(self, fleet: RayFleet, settings: Settings, endpoint: str, variant: str) -> None:
+        self.fleet = fleet
+        self.settings = settings
+        self.endpoint = endpoint
+        self.variant = variant
+        self.elastic = fleet.own  # a joined router serves; the serve process steers
+        self.scaling = asyncio.Lock()
+        self.on_removed: list[Callable[[str], None]] = []
+        self._instances: list[RemoteInstance] = []
+        self.said: dict[str, InstanceState] = {}  # each instance's state in the last snapshot
+
+    @property
+    def instances(self) -> list[RemoteInstance]:
+        return self._instances
+
+    def sync(self, members: list[dict[str, Any]]) -> None:
+        """Bring the live instance list in step with a snapshot."""
+        by_id = {i.instance_id: i for i in self._instances}
+        seen = set()
+        for member in members:
+            instance_id = member["id"]
+            seen.add(instance_id)
+            instance = by_id.get(instance_id)
+            if instance is None:
+                instance = RemoteInstance(instance_id, member["url"])
+                instance.session = self.fleet.session
+                self._instances.append(instance)
+            state = InstanceState(member["state"])
+            if member["url"] != instance.url or member["pid"] != instance.pid:
+                instance.url, instance.pid = member["url"], member["pid"]
+                instance.process_started()  # a new process: what the old one dropped is done
+            instance.node = member["node"]
+            instance.state = state
+            self.said[instance_id] = state
+        for instance in [i for i in self._instances if i.instance_id not in seen]:
+            self._instances.remove(instance)
+            self.said.pop(instance.instance_id, None)
+            for listener in self.on_removed:
+                listener(instance.instance_id)
+
+    async def start(self) -> None:
+        await self.fleet.start()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._instances and all(i.state == InstanceState.UP for i in self._instances):
+                return
+            await asyncio.sleep(0.05)
+        logger.warning("%s/%s: not every instance is up yet", self.endpoint, self.variant)
+
+    async def stop(self) -> None:
+        if all(b is self or b.fleet is not self.fleet for b in self.fleet.backends.values()):
+            await self.fleet.stop()
+            return
+        self.fleet.backends.pop((self.endpoint, self.variant), None)
+        if not self.fleet.backends:
+            await self.fleet.stop()
+
+    async def _appears(self, instance_id: str) -> RemoteInstance:
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            for instance in self._instances:
+                if instance.instance_id == instance_id:
+                    return instance
+            await asyncio.sleep(0.02)
+        raise ServiceUnavailableError(f"instance {instance_id} did not appear in the membership")
+
+    async def add_instance(self) -> Instance:
+        instance_id = await self.fleet.controller.add_instance.remote(self.endpoint, self.variant)
+        return await self._appears(instance_id)
+
+    async def remove_instance(self, instance: Instance, *, drain_s: float = 60.0) -> None:
+        await self.fleet.controller.remove_instance.remote(
+            self.endpoint, self.variant, instance.instance_id, drain_s
+        )
+
+    async def resize(self, count: int) -> None:
+        async with self.scaling:
+            await self.fleet.controller.resize.remote(self.endpoint, self.variant, count)
+
+    async def replace(self, settings: Settings) -> None:
+        async with self.scaling:
+            await self.fleet.controller.replace.remote(self.endpoint, self.variant, settings)
+            self.settings = settings
+
+    async def describe(self) -> list[dict[str, Any]]:
+        described: list[dict[str, Any]] = await self.fleet.controller.describe.remote(
+            self.endpoint, self.variant
+        )
+        mine = {i.instance_id: i for i in self._instances}
+        for item in described:
+            if item["id"] in mine:
+                item["in_flight"] = mine[item["id"]].in_flight  # requests from this router
+        return described
+
+    async def metrics_texts(self) -> list[str]:
+        if self.fleet.session is None:
+            return []
+        return await fetch_metrics(self.fleet.session, self._instances)
+
+
+def controller_pid(namespace: str) -> int:
+    """The controller's PID (tests: kill it and see the fleet survive)."""
+    controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace)
+    snapshot: dict[str, Any] = ray.get(controller.membership.remote(-1, 0.0))
+    return int(snapshot["pid"])
