@@ -65,3 +65,30 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, s3_server: str) -> str:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
     monkeypatch.setenv("AWS_REGION", REGION)
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """A head node (0 CPUs) and 3 worker nodes (1 CPU each) on 127.0.0.1, for the session.
+
+    Ray starts only in a loopback-only network namespace (``scripts/test`` provides one):
+    elsewhere these tests are skipped, and under CI they fail instead of passing unseen.
+    """
+    import os
+
+    from tests.raycluster import RayCluster, loopback_only
+
+    if not loopback_only():
+        reason = "Ray tests run only in a loopback-only network namespace (bash scripts/test)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    import ray
+
+    cluster = RayCluster(workers=3)
+    ray.init(address=cluster.address, namespace="modelfleet-tests", log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

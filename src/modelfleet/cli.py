@@ -89,6 +89,16 @@ def main() -> None:
     help="With --backend ray: the cluster to join (auto, HOST:PORT); default: start one here.",
 )
 @click.option("--ray-namespace", help="With --backend ray: the fleet's Ray namespace.")
+@click.option(
+    "--ray-cpus-per-instance", type=float, help="With --backend ray: CPUs each instance reserves."
+)
+@click.option(
+    "--ray-memory-overhead",
+    help="With --backend ray: memory an instance reserves beyond --memory-limit (512MiB).",
+)
+@click.option(
+    "--ray-max-instances-per-node", type=int, help="With --backend ray: most instances a node."
+)
 @click.option("--min-instances", type=int, help="Fewest instances autoscaling keeps.")
 @click.option("--max-instances", type=int, help="Most instances autoscaling starts.")
 @click.option("--scale-out-cooldown", type=float, help="Seconds between scale-outs (60).")

@@ -211,18 +211,23 @@ class _Actor:
         finally:
             killed.cancel()
         self.launcher.placed(self.name, None)
-        if not watch.done() or watch.exception() is not None:
+        if not watch.done():
             watch.cancel()
-            if self.node is not None:
-                self.launcher.suspect(self.node)  # its node may be gone: place elsewhere
         return None  # Ray does not say whether the instance's own code ended it
 
     async def terminate(self, grace_s: float) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.handle.stop.remote(grace_s), grace_s * 2 + 5.0)
-        self.kill()
+        self._kill()
 
     def kill(self) -> None:
+        """It stopped answering while its process may live: its node may be gone, so its
+        replacement goes elsewhere (Ray takes tens of seconds to declare a node dead)."""
+        if self.node is not None:
+            self.launcher.suspect(self.node)
+        self._kill()
+
+    def _kill(self) -> None:
         with contextlib.suppress(Exception):
             ray.kill(self.handle, no_restart=True)
         self._killed.set()
