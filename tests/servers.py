@@ -228,7 +228,8 @@ def invoking(
 
 def fleet_instances(server: ProcessServer) -> list[dict[str, Any]]:
     """The fleet's instances as ``/admin/instances`` lists them."""
-    listed: list[dict[str, Any]] = httpx.get(f"{server.url}/admin/instances").json()["instances"]
+    response = httpx.get(f"{server.url}/admin/instances", timeout=30)
+    listed: list[dict[str, Any]] = response.json()["instances"]
     return listed
 
 

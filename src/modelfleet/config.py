@@ -165,7 +165,7 @@ class Settings(BaseSettings):
 
     ray_namespace: str = Field(default="modelfleet", min_length=1)
     """With ``backend = "ray"``: the Ray namespace of the fleet's named actors (its controller,
-    named ``modelfleet-<port>``... see docs/ray.md, and its instances)."""
+    named ``controller``, and its instances); one fleet per namespace."""
 
     ray_cpus_per_instance: PositiveFloat = 1.0
     """With ``backend = "ray"``: the CPUs each instance actor reserves (``num_cpus``)."""

@@ -3,14 +3,13 @@ instance, and the protocol the endpoint and the autoscaler talk to.
 
 ::
 
-    PENDING --(placed: a process serves it)--> STARTING --(answers /ping)--> UP
+    STARTING --(answers /ping)--> UP          STARTING <--(room)--> PENDING
     UP --(fails a forward or its health check)--> DOWN --(restarted, answers /ping)--> UP
     UP --(scale-in, rolling update)--> DRAINING --(calls done)--> removed
 
 Only an instance that is UP takes new requests. An instance is PENDING while its backend waits
-for room to start it (on Ray: a cluster without free resources; a ``local`` instance passes
-through at once). The values are the strings ``/admin/instances`` and ``modelfleet status``
-show.
+for room to start it (on Ray: no node has the CPUs and memory free; never with ``local``).
+The values are the strings ``/admin/instances`` and ``modelfleet status`` show.
 
 Backends: ``inprocess`` (:mod:`.inprocess`, one instance inside the router's process) and the
 supervised ones (:class:`~modelfleet.backends.supervisor.Supervisor` with a launcher: ``local``

@@ -151,7 +151,7 @@ class SubprocessLauncher:
             self._sockets[spec.instance_id] = sock
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
-    async def launch(self, spec: InstanceSpec, placed: Callable[[], None]) -> _Process:
+    async def launch(self, spec: InstanceSpec, pending: Callable[[], None]) -> _Process:
         url = self.address(spec)
         fd = self._sockets[spec.instance_id].fileno()
         argv = [sys.executable, "-m", "modelfleet", "instance", "--fd", str(fd)]
@@ -163,7 +163,6 @@ class SubprocessLauncher:
         assert process.stdin is not None
         process.stdin.write(spec.settings.model_dump_json().encode())
         process.stdin.close()  # the instance reads to the end: its settings are complete
-        placed()
         return _Process(process, url)
 
     async def release(self, spec: InstanceSpec) -> None:

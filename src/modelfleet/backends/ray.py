@@ -61,7 +61,7 @@ CONTROLLER_NAME = "controller"
 _PREFIX = "instance"
 _PUBLISH_INTERVAL_S = 0.05  # how often the controller looks for a changed membership
 _POLL_S = 10.0  # a router's long poll returns at least this often
-_PENDING_AFTER_S = 10.0  # an actor not started after this is waiting for room in the cluster
+_PENDING_AFTER_S = 3.0  # an actor not started after this may be waiting for room
 _SUSPECT_S = 120.0  # a node whose instance went silent is avoided this long for replacements
 _DRAIN_SETTLE_S = 0.5  # routers learn DRAINING within this; requests sent before it may arrive
 _CONTROL = {"control": 16, "watch": 4}
@@ -252,7 +252,12 @@ class RayLauncher:
         self._generation: dict[tuple[str, str, int], int] = {}
         self._suspects: dict[str, float] = {}
         self._nodes: dict[str, str] = {}  # actor name -> node, for the per-node cap
-        self.pending = 0  # actors waiting for room in the cluster
+        self._pending: dict[str, dict[str, float]] = {}  # actors waiting for room: bundles
+
+    @property
+    def pending(self) -> int:
+        """Instances waiting for room in the cluster."""
+        return len(self._pending)
 
     async def start(self) -> None:
         pass
@@ -304,17 +309,56 @@ class RayLauncher:
         best = min(nodes, key=lambda n: placed.get(n["NodeID"], 0))
         return NodeAffinitySchedulingStrategy(best["NodeID"], soft=False)
 
-    async def launch(self, spec: InstanceSpec, placed: Callable[[], None]) -> _Actor:
+    @staticmethod
+    def _unplaced(handle: Any) -> bool:
+        """Whether the actor still waits for a node with room (the GCS's view of it: no worker
+        process leased for it yet)."""
+        try:  # an internal API; when it fails, the actor is taken as placed
+            state = ray._private.state.actors(actor_id=handle._actor_id.hex())
+        except Exception:
+            return False
+        waiting = str(state.get("State", "")) in ("PENDING_CREATION", "DEPENDENCIES_UNREADY")
+        return waiting and not state.get("Pid")
+
+    def _wait_for_room(self, name: str, spec: InstanceSpec, memory: int) -> None:
+        """``name`` cannot be placed now: count it pending and ask the autoscaler for room."""
+        if name not in self._pending:
+            logger.warning(
+                "instance %s waits for room in the Ray cluster (%.1f CPU, %d bytes)",
+                spec.instance_id,
+                spec.settings.ray_cpus_per_instance,
+                memory,
+            )
+        self._pending[name] = {"CPU": spec.settings.ray_cpus_per_instance, "memory": memory}
+        self._request_room()
+
+    def _request_room(self) -> None:
+        from ray.autoscaler.sdk import request_resources
+
+        try:  # replaces the previous request: every instance waiting now
+            request_resources(bundles=list(self._pending.values()))
+        except Exception:  # no autoscaler to ask: the instances stay pending
+            logger.debug("request_resources failed", exc_info=True)
+
+    async def launch(self, spec: InstanceSpec, pending: Callable[[], None]) -> _Actor:
         key = (spec.settings.endpoint_name, spec.variant, spec.index)
         generation = self._generation.get(key, 0)
         self._generation[key] = generation + 1
         settings = spec.settings
         memory = int(settings.memory_limit + settings.ray_memory_overhead)
-        strategy = self._strategy(spec)
-        while strategy is None:  # every node is at its cap: wait for one to free up
-            await asyncio.sleep(1.0)
-            strategy = self._strategy(spec)
         name = _actor_name(spec, generation)
+        try:
+            strategy = self._strategy(spec)
+            while strategy is None:  # every node is at its cap: wait for one to free up
+                self._wait_for_room(name, spec, memory)
+                pending()
+                await asyncio.sleep(1.0)
+                strategy = self._strategy(spec)
+        except BaseException:
+            self._pending.pop(name, None)
+            raise
+        if isinstance(strategy, NodeAffinitySchedulingStrategy):
+            self.placed(name, strategy.node_id)  # counted now: launches run side by side
         handle = InstanceActor.options(
             name=name,
             namespace=self.namespace,
@@ -324,40 +368,26 @@ class RayLauncher:
             scheduling_strategy=strategy,
         ).remote(spec)
         started = asyncio.ensure_future(handle.start.remote())
-        pending = False
         try:
             done, _ = await asyncio.wait((started,), timeout=_PENDING_AFTER_S)
-            if not done:  # no room in the cluster: ask its autoscaler for some
-                pending = True
-                self.pending += 1
-                self._request_room(settings, memory)
-                logger.warning(
-                    "instance %s waits for room in the Ray cluster (%.1f CPU, %d bytes)",
-                    spec.instance_id,
-                    settings.ray_cpus_per_instance,
-                    memory,
-                )
+            unplaced = 0  # checks in a row that found no worker process for it
+            while not done:
+                unplaced = unplaced + 1 if self._unplaced(handle) else 0
+                if unplaced == 2 and name not in self._pending:
+                    self._wait_for_room(name, spec, memory)  # ask the cluster's autoscaler
+                    pending()
+                done, _ = await asyncio.wait((started,), timeout=1.0)
             where = await started
         except BaseException:
             started.cancel()
+            self.placed(name, None)
             with contextlib.suppress(Exception):
                 ray.kill(handle, no_restart=True)
             raise
         finally:
-            if pending:
-                self.pending -= 1
-                self._request_room(settings, memory)
-        placed()
+            if self._pending.pop(name, None) is not None:
+                self._request_room()
         return _Actor(self, name, handle, where)
-
-    def _request_room(self, settings: Settings, memory: int) -> None:
-        from ray.autoscaler.sdk import request_resources
-
-        bundle = {"CPU": settings.ray_cpus_per_instance, "memory": memory}
-        try:
-            request_resources(bundles=[bundle] * self.pending)
-        except Exception:  # no autoscaler to ask: the request stays pending
-            logger.debug("request_resources failed", exc_info=True)
 
     async def release(self, spec: InstanceSpec) -> None:
         pass  # the slot's cache folder stays for the next instance on that node
@@ -369,7 +399,9 @@ class _ControllerImpl:
     def __init__(self, endpoints: list[EndpointConfig], namespace: str) -> None:
         self.endpoints = endpoints
         self.namespace = namespace
-        self.version = 0
+        # Versions start from the clock, so a restarted controller never repeats one that a
+        # router still holds (it would wait on it instead of taking the new snapshot).
+        self.version = time.time_ns()
         self._members: Any = None
         self._changed: asyncio.Condition | None = None
         self._supervisors: dict[tuple[str, str], Supervisor] = {}
@@ -397,12 +429,13 @@ class _ControllerImpl:
                     variant=variant.name,
                     id_prefix=prefix,
                     session=session,
-                    initial=max(variant.settings.instances - len(mine), 0),
+                    initial=0,
                 )
                 for index, (generation, name, handle, where) in sorted(mine.items()):
                     spec = self._launcher.spec(variant.settings, index, "", variant.name)
                     self._launcher.note_generation(spec, generation)
-                    await supervisor.adopt(index, _Actor(self._launcher, name, handle, where))
+                    supervisor.adopt(index, _Actor(self._launcher, name, handle, where))
+                supervisor.top_up(variant.settings.instances)  # numbered after those found
                 self._supervisors[key] = supervisor
         self._publisher = asyncio.create_task(self._publish())
         await asyncio.gather(*(s.start() for s in self._supervisors.values()))
@@ -430,7 +463,13 @@ class _ControllerImpl:
                     ray.kill(handle, no_restart=True)  # never started: start afresh
                 continue
             slots = found.setdefault((endpoint, variant), {})
-            slots[int(index)] = (int(generation), name, handle, where)
+            mine = (int(generation), name, handle, where)
+            other = slots.get(int(index))
+            if other is not None:  # two generations of one slot: keep the newer, stop the other
+                mine, other = (mine, other) if mine[0] > other[0] else (other, mine)
+                with contextlib.suppress(Exception):
+                    ray.kill(other[2], no_restart=True)
+            slots[int(index)] = mine
             logger.info("found instance %s again (pid %s)", name, where.get("pid"))
         return found
 
@@ -655,9 +694,9 @@ class RayBackend:
                 instance.session = self.fleet.session
                 self._instances.append(instance)
             state = InstanceState(member["state"])
-            if member["url"] != instance.url or member["pid"] != instance.pid:
-                instance.url, instance.pid = member["url"], member["pid"]
-                instance.process_started()  # a new process: what the old one dropped is done
+            # No process_started(): nothing here learns how a process ended, so a request an
+            # instance dropped is retried at once (RequestDroppedError), never held back.
+            instance.url, instance.pid = member["url"], member["pid"]
             instance.node = member["node"]
             instance.state = state
             self.said[instance_id] = state

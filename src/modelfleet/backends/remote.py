@@ -148,7 +148,8 @@ class RemoteInstance:
             ) as response:
                 status, answer = response.status, await response.read()
                 reply = response.headers
-        except aiohttp.ClientConnectorError as exc:  # refused: the process is gone
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # refused (the process is gone) or no answer to connect (its machine is gone)
             self.state = DOWN  # until its /ping answers again (its supervisor watches)
             raise InstanceUnreachableError(
                 f"Instance {self.instance_id} did not answer: {type(exc).__name__}"

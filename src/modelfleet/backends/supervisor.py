@@ -112,9 +112,10 @@ class Launcher(Protocol):
         """The instance's URL if known before it starts (a socket held for it), else ""."""
         ...
 
-    async def launch(self, spec: InstanceSpec, placed: Callable[[], None]) -> Launched:
+    async def launch(self, spec: InstanceSpec, pending: Callable[[], None]) -> Launched:
         """Start the instance's process; return once it has an address (it may not answer
-        ``/ping`` yet). It may wait for room (the instance is PENDING until ``placed()``)."""
+        ``/ping`` yet). If it has to wait for room, it calls ``pending()`` first (the
+        instance shows as PENDING until this returns)."""
         ...
 
     async def release(self, spec: InstanceSpec) -> None:
@@ -181,7 +182,7 @@ class Supervisor:
         instance_id = f"{self._id_prefix}{index}"
         spec = self.launcher.spec(self.settings, index, instance_id, self.variant)
         instance = RemoteInstance(instance_id, self.launcher.address(spec))
-        instance.state = PENDING
+        instance.state = STARTING
         instance.session = self._session
         slot = _Slot(instance, spec)
         self._slots.append(slot)
@@ -203,7 +204,8 @@ class Supervisor:
         for instance in self._instances:
             instance.session = self._session
         for slot in self._slots:
-            self._supervise_slot(slot)
+            if slot.task is None:
+                self._supervise_slot(slot, slot.launched)  # adopted ones: not started again
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if all(i.state == UP for i in self._instances):
@@ -279,26 +281,34 @@ class Supervisor:
             await self.remove_instance(instance)
 
     async def add_instance(self, *, timeout_s: float = READY_TIMEOUT_S) -> RemoteInstance:
-        """Start one more instance; return it once it answers ``/ping`` (or at the timeout:
-        it may still be PENDING, waiting for room, or STARTING)."""
+        """Start one more instance; return it once it answers ``/ping``, waits for room
+        (PENDING: it starts when room appears) or at the timeout (STARTING)."""
         slot = self._make_slot()
         self._supervise_slot(slot)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if slot.instance.state == UP or slot.instance.restarts >= 2:
-                break  # up, or it keeps crashing: the caller decides
+            if slot.instance.state in (UP, PENDING) or slot.instance.restarts >= 2:
+                break  # up, waiting for room, or it keeps crashing: the caller decides
             await asyncio.sleep(0.05)
         return slot.instance
 
-    async def adopt(self, index: int, launched: Launched) -> RemoteInstance:
-        """Supervise an instance that is already running (found again after a restart of
-        whatever runs this supervisor) in slot ``index``, without restarting it."""
+    def adopt(self, index: int, launched: Launched) -> RemoteInstance:
+        """Take an instance that is already running (found again after a restart of whatever
+        runs this supervisor) into slot ``index``; :meth:`start` supervises it without
+        starting it again. It counts as up: it served a moment ago (its health checks say
+        otherwise within a second if not)."""
         slot = self._make_slot(index)
+        slot.launched = launched
         slot.instance.url = launched.url
         slot.instance.pid = launched.pid
         slot.instance.node = launched.node
-        self._supervise_slot(slot, launched)
+        slot.instance.state = UP
         return slot.instance
+
+    def top_up(self, count: int) -> None:
+        """Add slots (started by :meth:`start`) until there are ``count``."""
+        while len(self._instances) < count:
+            self._make_slot()
 
     async def remove_instance(self, instance: Instance, *, drain_s: float = 60.0) -> None:
         """Drain ``instance`` (no new requests; those in flight finish, up to ``drain_s``),
@@ -341,15 +351,17 @@ class Supervisor:
         backoff = _BACKOFF_S[0]
         while not self._stopping and not slot.removing:
             if launched is None:
-                instance.state = PENDING
+                instance.state = STARTING
 
-                def placed() -> None:  # a process serves it now: no longer waiting for room
+                def pending() -> None:  # the launcher waits for room to start it
                     if not slot.removing:
-                        instance.state = STARTING
+                        instance.state = PENDING
 
-                launched = await self.launcher.launch(slot.spec, placed)
+                launched = await self.launcher.launch(slot.spec, pending)
                 instance.url, instance.pid = launched.url, launched.pid
                 instance.node = launched.node
+                if not slot.removing:
+                    instance.state = STARTING
                 instance.process_started()
             else:
                 instance.process_started()
@@ -451,11 +463,13 @@ class Supervisor:
         return await fetch_metrics(self._session, self._instances)
 
     async def describe(self) -> list[dict[str, Any]]:
-        """Per instance: id, url, pid, node, state, in-flight requests, restarts, and what the
-        instance reports of itself (loaded models with bytes, memory, hits, hit ratio)."""
-        return list(await asyncio.gather(*(self._describe(i) for i in self._instances)))
+        """Per instance: id, url, pid, node, state, in-flight requests, restarts, how many
+        models a restart would be prewarmed with, and what the instance reports of itself
+        (loaded models with bytes, memory, hits, hit ratio)."""
+        return list(await asyncio.gather(*(self._describe(s) for s in list(self._slots))))
 
-    async def _describe(self, instance: RemoteInstance) -> dict[str, Any]:
+    async def _describe(self, slot: _Slot) -> dict[str, Any]:
+        instance = slot.instance
         described: dict[str, Any] = {
             "id": instance.instance_id,
             "url": instance.url or None,
@@ -464,6 +478,8 @@ class Supervisor:
             "state": instance.state,
             "in_flight": instance.in_flight,
             "restarts": instance.restarts,
+            # what a restart would be prewarmed with (noted every few seconds)
+            "prewarm_on_restart": len(slot.held),
         }
         if instance.state == UP and self._session is not None:
             timeout = aiohttp.ClientTimeout(total=5.0)

@@ -31,6 +31,7 @@ _ROUTER_ONLY = {
     "backend",
     "ray_address",
     "ray_namespace",
+    "ray_max_instances_per_node",  # counted over the whole fleet
 }
 # SageMaker's rule for endpoint and variant names (they also name cache folders)
 _NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
