@@ -33,6 +33,7 @@ from tests.servers import (
     ProcessServer,
     free_port,
     invoking,
+    metric,
     process_gone,
     process_server,
     wait_until,
@@ -306,3 +307,37 @@ def test_autoscaling_follows_load_and_reports_instances_waiting_for_room(
         wait_until(lambda: len(instances(server)) == 1, "the fleet back to 1 instance")
         assert statuses
         assert set(statuses) == {200}
+
+
+def test_an_instance_replaced_on_its_node_reuses_that_node_disk_cache(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    models = [f"m{i}/model.tar.gz" for i in range(9)]
+    source = sklearn_source(tmp_path / "source", models, N_FEATURES)
+    args = ["--model-source", str(source), "--instances", "3"]  # one CPU each: nodes full
+    with ray_fleet(ray_cluster, args, tmp_path) as (server, _):
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            assert {invoke(http, m) for m in models} == {200}
+        wait_until(
+            lambda: all(i["prewarm_on_restart"] == len(i["loaded"]) for i in instances(server)),
+            "the controller to note the models each instance holds",
+        )
+        victim = max(instances(server), key=lambda i: len(i["loaded"]))
+        assert victim["loaded"]
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        def back() -> dict[str, Any] | None:
+            again = {i["id"]: i for i in instances(server)}.get(victim["id"])
+            if again is None or again["state"] != "up" or again["pid"] == victim["pid"]:
+                return None
+            return again if len(again["loaded"]) == len(victim["loaded"]) else None
+
+        wait_until(lambda: back() is not None, "the replacement up and prewarmed")
+        again = back()
+        assert again is not None
+        assert again["node"] == victim["node"]  # the only node with a free CPU
+        text = httpx.get(f"{again['url']}/metrics", timeout=30).text
+        assert metric(text, "modelfleet_model_downloads_total") == 0  # read from the disk
+        assert sorted(m["name"] for m in again["loaded"]) == sorted(
+            m["name"] for m in victim["loaded"]
+        )
