@@ -200,23 +200,29 @@ def test_an_instance_killed_under_load_fails_no_request(
     backend: list[str], source: Path, tmp_path: Path
 ) -> None:
     with fleet([*serve_args(source, tmp_path), *ray_small(backend)], tmp_path) as server:
-        victim = instances(server)[0]
         statuses: list[int] = []
         with invoking(server.url, MODELS, BODY, statuses, clients=4):
-            wait_until(lambda: len(statuses) >= 50, "requests before the kill")
+
+            def noted() -> bool:  # the supervisor knows what the instance holds
+                return instances(server)[0]["prewarm_on_restart"] > 0
+
+            wait_until(noted, "the models of the instance to be noted")
+            victim = instances(server)[0]
             os.kill(victim["pid"], signal.SIGKILL)
             wait_until(lambda: process_gone(victim["pid"]), "the killed instance to end")
             count = len(statuses)
             wait_until(lambda: len(statuses) >= count + 100, "requests after the kill")
 
-            def replaced() -> bool:
-                now = {i["id"]: i for i in instances(server)}
-                again = now.get(victim["id"])
+            def replaced() -> bool:  # started again, and prewarmed with what it held
+                again = {i["id"]: i for i in instances(server)}.get(victim["id"])
                 return (
-                    again is not None and again["state"] == "up" and again["pid"] != victim["pid"]
+                    again is not None
+                    and again["state"] == "up"
+                    and again["pid"] != victim["pid"]
+                    and len(again["loaded"]) >= victim["prewarm_on_restart"]
                 )
 
-            wait_until(replaced, "the killed instance to be started again")
+            wait_until(replaced, "the killed instance to be started again and prewarmed")
         assert statuses
         assert set(statuses) == {200}
 
