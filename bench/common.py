@@ -44,6 +44,7 @@ def machine() -> dict[str, Any]:
         "starlette",
         "uvicorn",
         "obstore",
+        "ray",
     )
     return {
         "python": sys.version.split()[0],

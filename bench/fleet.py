@@ -22,23 +22,55 @@ concurrency 1 and 16 (4 s each; quick: 2 s), served in process (``--instances 1`
 router to one instance process (``--instances 1 --max-instances 2``: the ``local`` backend with
 one instance, so the hop alone) and to two.
 
-    python -m bench.fleet [--quick]
+Fourth part, the ``ray`` backend against the ``local`` one, side by side on one Ray cluster
+started here (``ray.cluster_utils.Cluster``: a head with no CPUs and 3 worker nodes of one CPU
+each, on 127.0.0.1), both backends measured while it runs, in alternating rounds. The hop: the
+third part's warm forest through the router to one instance, ``local`` (``--instances 1
+--max-instances 2``) and ``ray`` (``--backend ray --instances 1``), at concurrency 1 and 16:
+p50 and what Ray adds to it. Throughput: 3 ``local`` instances against 3 ``ray`` instances (one
+per node), 12 warm 10-tree forests drawn uniformly (fixed seed), 1 row per request, concurrency
+16: requests/s and the ratio ray/local. Targets (issue): Ray adds <= 1 ms to the hop's p50, and
+its 3 instances serve >= 0.9x the requests of 3 local ones. 5 rounds of 2 s a cell (quick: one
+of 1.5 s); a round measures each cell local then ray (ray first in the next round), and the
+ray/local figures are the medians of the rounds' own differences and ratios. CPU time per
+request of the router process and of the instance processes is measured too: on a busy
+shared machine it moves far less than throughput.
 
-Quick mode: 600 Zipf requests instead of 4,000 and 300 hot-model requests instead of 2,000.
+Ray probes the network when it starts: the Ray part runs only inside a network namespace with
+nothing but loopback, and refuses otherwise::
+
+    unshare --net bash -c 'ip link set lo up && RAY_USAGE_STATS_ENABLED=0 \
+        .venv/bin/python -m bench.fleet [--quick] [--part ray]'
+
+    python -m bench.fleet [--quick] [--part zipf|hot|router|ray ...]
+
+``--part`` (repeatable) runs only those parts (default: all four); a run of some parts writes
+``fleet-<parts>[-quick].json``. Quick mode: 600 Zipf requests instead of 4,000 and 300
+hot-model requests instead of 2,000, shorter cells.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import json
+import os
+import random
+import signal
+import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import httpx
+import psutil
 
 from bench import servers
 from bench.common import parser, print_table, write_results
@@ -167,14 +199,25 @@ def hot_model(work: Path, count: int, requests: int) -> dict[str, Any]:
     }
 
 
-def router_cost(work: Path, duration_s: float) -> list[dict[str, Any]]:
+def write_forests(source: Path, names: list[str]) -> Path:
+    """10-tree forests (seeds 1, 2...) at ``names`` in the folder source ``source``."""
     from tests.artifacts import sklearn_artifact
 
-    source = work / "router-source"
-    (source / "forest").mkdir(parents=True)
-    (source / "forest" / "model.tar.gz").write_bytes(sklearn_artifact(seed=1, n_trees=10))
+    for seed, name in enumerate(names, 1):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(sklearn_artifact(seed=seed, n_trees=10))
+    return source
+
+
+def forest_row(work: Path) -> Path:
     body = work / "forest-row.csv"
     body.write_text(",".join(["0.5"] * N_FEATURES) + "\n")
+    return body
+
+
+def router_cost(work: Path, duration_s: float) -> list[dict[str, Any]]:
+    source = write_forests(work / "router-source", ["forest/model.tar.gz"])
+    body = forest_row(work)
     headers = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": "forest/model.tar.gz"}
     setups = {
         "in process": (1, []),
@@ -220,47 +263,292 @@ def router_cost(work: Path, duration_s: float) -> list[dict[str, Any]]:
     return rows
 
 
+# ---------------------------------------------------------------- the ray backend against local
+
+RAY_FORESTS = 12
+RAY_CONCURRENCY = 16
+HOP_TARGET_MS = 1.0  # the issue's acceptance: Ray adds at most this to the hop's p50
+THROUGHPUT_TARGET = 0.9  # and its 3 instances serve at least this times what 3 local ones do
+REFUSAL = """bench.fleet: the Ray part starts a Ray cluster, which probes the network as it starts:
+it runs only inside a network namespace whose one interface is loopback. Run it as
+  unshare --net bash -c 'ip link set lo up && RAY_USAGE_STATS_ENABLED=0 \\
+      .venv/bin/python -m bench.fleet {args}'
+or leave it out: --part zipf --part hot --part router"""
+
+
+def instances_up(server: servers.Server, count: int, timeout_s: float = 60.0) -> list[Any]:
+    """The instances behind ``server``'s router once ``count`` of them are up (and no more)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listed = httpx.get(f"{server.url}/admin/instances").json()["instances"]
+        if len(listed) == count and all(i["state"] == "up" and i["url"] for i in listed):
+            return list(listed)
+        if time.monotonic() > deadline:
+            states = [(i["id"], i["state"]) for i in listed]
+            raise servers.ServerError(f"{server.name}: not {count} instances up: {states}")
+        time.sleep(0.2)
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` have used so far."""
+    return sum(float(sum(psutil.Process(pid).cpu_times()[:2])) for pid in pids)
+
+
+@dataclass
+class Fleet:
+    """One ``modelfleet serve`` (the router) and its instances' processes."""
+
+    server: servers.Server
+    pids: list[int]
+    nodes: int  # distinct Ray nodes (local: 1, this machine)
+
+    def measure(self, *, warmup: int, **loadgen: Any) -> dict[str, Any]:
+        """``bench.loadgen`` against the fleet, with the CPU time the router process and the
+        instance processes spent per request (loadgen's warm-up requests included): it moves
+        far less than throughput when the shared machine is busy."""
+        router, instances = cpu_s([self.server.pid]), cpu_s(self.pids)
+        figures = servers.run_loadgen(
+            f"{self.server.url}/endpoints/default/invocations", warmup=warmup, **loadgen
+        )
+        served = max(figures["requests"] + warmup, 1)
+        figures["router_cpu_us"] = 1e6 * (cpu_s([self.server.pid]) - router) / served
+        figures["instance_cpu_us"] = 1e6 * (cpu_s(self.pids) - instances) / served
+        return figures
+
+
+@contextlib.contextmanager
+def fleets(
+    work: Path, source: Path, setups: dict[str, tuple[int, list[str]]]
+) -> Iterator[dict[str, Fleet]]:
+    """One ``modelfleet serve`` per setup (name -> instances, flags), all up together; each
+    stopped by its PID on the way out."""
+    with contextlib.ExitStack() as stack:
+        up = {}
+        for name, (count, extra) in setups.items():
+            server = servers.modelfleet(
+                servers.free_port(), source, work / f"cache-{name}", instances=count, extra=extra
+            )
+            server.name = f"fleet-{name}"  # its own log file
+            server.env["RAY_USAGE_STATS_ENABLED"] = "0"
+            stack.callback(server.stop)
+            server.start(work / "logs")
+            listed = instances_up(server, count)
+            nodes = len({i.get("node") for i in listed})
+            up[name] = Fleet(server, [int(i["pid"]) for i in listed], nodes)
+            print(f"{server.name} up ({server.started_s:.1f} s)", file=sys.stderr)
+        yield up
+
+
+def in_turn(backends: tuple[str, ...], round_: int) -> tuple[str, ...]:
+    """Who goes first alternates from round to round."""
+    return backends if round_ % 2 == 0 else backends[::-1]
+
+
+FIGURES = ("throughput", "p50_ms", "p99_ms", "router_cpu_us", "instance_cpu_us")
+
+
+def summarize(runs: list[dict[str, Any]], local: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one cell: mean throughput, median latencies and CPU per request, errors
+    summed; against ``local`` (the same cell's local rounds), the median of the rounds' own
+    differences and ratios, each round's two runs measured back to back (the shared machine's
+    load drifts between rounds far more than within one)."""
+    cell = {"throughput": statistics.fmean(r["throughput"] for r in runs)}
+    cell.update({k: statistics.median(r[k] for r in runs) for k in FIGURES[1:]})
+    cell["cpu_us"] = cell["router_cpu_us"] + cell["instance_cpu_us"]
+    pairs = list(zip(runs, local, strict=True))
+
+    def cpu(r: dict[str, Any]) -> float:
+        return float(r["router_cpu_us"] + r["instance_cpu_us"])
+
+    return {
+        **cell,
+        "vs_local": statistics.median(r["throughput"] / b["throughput"] for r, b in pairs),
+        "p50_vs_local_ms": statistics.median(r["p50_ms"] - b["p50_ms"] for r, b in pairs),
+        "cpu_vs_local": statistics.median(cpu(r) / cpu(b) for r, b in pairs),
+        "errors": sum(r["errors"] for r in runs),
+        "rounds": [{k: r[k] for k in FIGURES} for r in runs],
+    }
+
+
+def ray_against_local(work: Path, duration_s: float, rounds: int) -> dict[str, Any]:
+    """The fourth part (see the module doc): hop and throughput, ``local`` against ``ray``."""
+    names = [f"forest-{k:02d}/model.tar.gz" for k in range(RAY_FORESTS)]
+    source = write_forests(work / "ray-source", names)
+    body = forest_row(work)
+    trace = work / "ray-trace.txt"
+    trace.write_text("\n".join(random.Random(11).choices(names, k=200_000)) + "\n")
+    one = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": names[0]}
+    many = {"headers": {"Content-Type": "text/csv"}, "body_file": body, "targets_file": trace}
+    backends = ("local", "ray")
+    began = time.perf_counter()
+    with servers.ray_cluster(INSTANCES) as address:
+        cluster_s = time.perf_counter() - began
+        print(f"ray cluster up at {address} ({cluster_s:.1f} s)", file=sys.stderr)
+
+        def ray_flags(part: str) -> list[str]:
+            namespace = f"bench-fleet-{os.getpid()}-{part}"
+            return ["--backend", "ray", "--ray-address", address, "--ray-namespace", namespace]
+
+        hop_runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        hop_setups = {"local-hop": (1, ["--max-instances", "2"]), "ray-hop": (1, ray_flags("hop"))}
+        with fleets(work, source, hop_setups) as up:
+            for backend in backends:  # the forest loaded (and sklearn imported), not measured
+                up[f"{backend}-hop"].measure(
+                    concurrency=1, duration_s=0.5, headers=one, body_file=body, warmup=20
+                )
+            for round_ in range(rounds):
+                for concurrency in (1, RAY_CONCURRENCY):
+                    for backend in in_turn(backends, round_):
+                        figures = up[f"{backend}-hop"].measure(
+                            concurrency=concurrency,
+                            duration_s=duration_s,
+                            headers=one,
+                            body_file=body,
+                            warmup=200,
+                        )
+                        hop_runs.setdefault((backend, concurrency), []).append(figures)
+        wide_runs: dict[str, list[dict[str, Any]]] = {}
+        wide_setups = {"local-x3": (INSTANCES, []), "ray-x3": (INSTANCES, ray_flags("x3"))}
+        with fleets(work, source, wide_setups) as up:
+            for backend in backends:  # every model loaded where the router puts it
+                up[f"{backend}-x3"].measure(
+                    concurrency=RAY_CONCURRENCY, duration_s=1.0, warmup=0, **many
+                )
+            for round_ in range(rounds):
+                for backend in in_turn(backends, round_):
+                    figures = up[f"{backend}-x3"].measure(
+                        concurrency=RAY_CONCURRENCY, duration_s=duration_s, warmup=0, **many
+                    )
+                    wide_runs.setdefault(backend, []).append(figures)
+            nodes = {backend: up[f"{backend}-x3"].nodes for backend in backends}
+    hop = [
+        {
+            "setup": f"{backend}: router -> 1 instance",
+            "backend": backend,
+            "concurrency": concurrency,
+            **summarize(hop_runs[(backend, concurrency)], hop_runs[("local", concurrency)]),
+        }
+        for concurrency in (1, RAY_CONCURRENCY)
+        for backend in backends
+    ]
+    wide = [
+        {
+            "backend": backend,
+            "instances": INSTANCES,
+            "nodes": nodes[backend],
+            "concurrency": RAY_CONCURRENCY,
+            **summarize(wide_runs[backend], wide_runs["local"]),
+        }
+        for backend in backends
+    ]
+    added = {r["concurrency"]: r["p50_vs_local_ms"] for r in hop if r["backend"] == "ray"}
+    verdict = {
+        "hop_p50_added_ms": added[1],
+        "hop_p50_added_ms_c16": added[RAY_CONCURRENCY],
+        "hop_target_ms": HOP_TARGET_MS,
+        "throughput_ratio": wide[1]["vs_local"],
+        "throughput_target": THROUGHPUT_TARGET,
+        "hop_cpu_ratio": next(r["cpu_vs_local"] for r in hop if r["backend"] == "ray"),
+        "throughput_cpu_ratio": wide[1]["cpu_vs_local"],
+        "meets_hop": added[1] <= HOP_TARGET_MS,
+        "meets_throughput": wide[1]["vs_local"] >= THROUGHPUT_TARGET,
+        "cluster_start_s": cluster_s,
+    }
+    return {"hop": hop, "throughput": wide, "verdict": verdict}
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # the servers and the Ray cluster are stopped on the way out
+
+
+PARTS = ("zipf", "hot", "router", "ray")
+
+
 def main() -> None:
-    args = parser(__doc__ or "").parse_args()
+    p = parser(__doc__ or "")
+    p.add_argument(
+        "--part",
+        action="append",
+        choices=PARTS,
+        help="run only this part (repeatable; default: all): zipf (affinity against random), "
+        "hot (one hot model), router (the router's cost), ray (the ray backend against local)",
+    )
+    args = p.parse_args()
+    parts = [part for part in PARTS if part in (args.part or PARTS)]
+    if "ray" in parts:
+        if not servers.is_isolated():
+            sys.exit(REFUSAL.format(args=" ".join(sys.argv[1:])))
+        if importlib.util.find_spec("ray") is None:
+            sys.exit("bench.fleet: the Ray part needs Ray: pip install 'modelfleet[ray]'")
+    signal.signal(signal.SIGTERM, _terminate)
     w = Workload(60, 600 if args.quick else 4000, ROOM_PER_INSTANCE * INSTANCES)
-    key = hashlib.sha256(repr(("fleet", w)).encode()).hexdigest()[:12]
-    models = Path(tempfile.gettempdir()) / f"modelfleet-bench-fleet-{key}"
-    sizes = build_models(models, w)
-    room = int(ROOM_PER_INSTANCE * sum(sizes.values()) / len(sizes))
-    names = zipf_trace(sorted(sizes), w)
-    popularity = {name: rank for rank, (name, _) in enumerate(Counter(names).most_common(), 1)}
+    params: dict[str, Any] = {"parts": parts, "instances": INSTANCES}
     rows = []
+    extra: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as scratch:
         work = Path(scratch)
-        trace = work / "trace.txt"
-        trace.write_text("\n".join(names) + "\n")
-        for routing in ("affinity", "random"):
-            row = run(routing, work, models, w, room, trace)
-            row["ranks_on_3_or_more"] = sorted(
-                popularity.get(m, 0) for m, n in row.pop("spread").items() if n > 2
-            )
-            rows.append(row)
-            print(f"{routing}: {row}", file=sys.stderr)
-        hot_requests = 300 if args.quick else 2000
-        hot = [hot_model(work, count, hot_requests) for count in (1, INSTANCES)]
-        router = router_cost(work, 2.0 if args.quick else 4.0)
-    columns = ["routing", "throughput", "p50_ms", "p99_ms", "hit_ratio", "loads", "errors"]
-    columns += ["max_instances_per_model", "models_on_3_or_more"]
-    print_table(rows, columns, title=f"Fleet of {INSTANCES}: {w}")
-    hot_columns = ["instances", "throughput", "p50_ms", "p99_ms", "errors"]
-    hot_columns += ["holders_under_load", "holders_after_idle"]
-    print_table(hot, hot_columns, title="One hot model (20 ms, GIL released), concurrency 24")
-    router_columns = ["setup", "concurrency", "throughput", "p50_ms", "p99_ms", "p50_added_ms"]
-    print_table(router, [*router_columns, "vs_in_process", "errors"], title="The router's cost")
-    params = {**vars(w), "instances": INSTANCES, "room_bytes_per_instance": room}
+        if "zipf" in parts:
+            key = hashlib.sha256(repr(("fleet", w)).encode()).hexdigest()[:12]
+            models = Path(tempfile.gettempdir()) / f"modelfleet-bench-fleet-{key}"
+            sizes = build_models(models, w)
+            room = int(ROOM_PER_INSTANCE * sum(sizes.values()) / len(sizes))
+            params.update(vars(w), room_bytes_per_instance=room)
+            names = zipf_trace(sorted(sizes), w)
+            popularity = {m: rank for rank, (m, _) in enumerate(Counter(names).most_common(), 1)}
+            trace = work / "trace.txt"
+            trace.write_text("\n".join(names) + "\n")
+            for routing in ("affinity", "random"):
+                row = run(routing, work, models, w, room, trace)
+                row["ranks_on_3_or_more"] = sorted(
+                    popularity.get(m, 0) for m, n in row.pop("spread").items() if n > 2
+                )
+                rows.append(row)
+                print(f"{routing}: {row}", file=sys.stderr)
+        if "hot" in parts:
+            hot_requests = 300 if args.quick else 2000
+            extra["hot"] = [hot_model(work, count, hot_requests) for count in (1, INSTANCES)]
+        if "router" in parts:
+            extra["router"] = router_cost(work, 2.0 if args.quick else 4.0)
+        if "ray" in parts:
+            cell_s, rounds = (1.5, 1) if args.quick else (2.0, 5)
+            params.update(ray_cell_s=cell_s, ray_rounds=rounds, ray_forests=RAY_FORESTS)
+            extra["ray"] = ray_against_local(work, cell_s, rounds)
+    if "zipf" in parts:
+        columns = ["routing", "throughput", "p50_ms", "p99_ms", "hit_ratio", "loads", "errors"]
+        columns += ["max_instances_per_model", "models_on_3_or_more"]
+        print_table(rows, columns, title=f"Fleet of {INSTANCES}: {w}")
+    if "hot" in parts:
+        hot_columns = ["instances", "throughput", "p50_ms", "p99_ms", "errors"]
+        hot_columns += ["holders_under_load", "holders_after_idle"]
+        title = "One hot model (20 ms, GIL released), concurrency 24"
+        print_table(extra["hot"], hot_columns, title=title)
+    if "router" in parts:
+        columns = ["setup", "concurrency", "throughput", "p50_ms", "p99_ms", "p50_added_ms"]
+        print_table(
+            extra["router"], [*columns, "vs_in_process", "errors"], title="The router's cost"
+        )
+    if "ray" in parts:
+        ray = extra["ray"]
+        cpu = ["router_cpu_us", "instance_cpu_us", "cpu_vs_local", "errors"]
+        columns = ["setup", "concurrency", "throughput", "p50_ms", "p99_ms", "p50_vs_local_ms"]
+        print_table(
+            ray["hop"], [*columns, "vs_local", *cpu], title="The hop on Ray: router -> 1 instance"
+        )
+        columns = ["backend", "instances", "nodes", "throughput", "p50_ms", "p99_ms", "vs_local"]
+        title = f"3 instances, {RAY_FORESTS} warm forests, concurrency {RAY_CONCURRENCY}"
+        print_table(ray["throughput"], [*columns, *cpu], title=title)
+        v = ray["verdict"]
+        print(
+            f"\nRay adds {v['hop_p50_added_ms']:+.3f} ms to the hop's p50 at concurrency 1"
+            f" (target <= {HOP_TARGET_MS:g} ms: {'met' if v['meets_hop'] else 'MISSED'});"
+            f" 3 Ray instances serve {v['throughput_ratio']:.3f}x 3 local ones"
+            f" (target >= {THROUGHPUT_TARGET:g}x:"
+            f" {'met' if v['meets_throughput'] else 'MISSED'})"
+        )
     params["revision"] = servers.source_revision()
+    name = "fleet" if parts == list(PARTS) else "-".join(["fleet", *parts])
     path = write_results(
-        "fleet",
-        quick=args.quick,
-        params=params,
-        rows=rows,
-        out=args.out,
-        extra={"hot": hot, "router": router},
+        name, quick=args.quick, params=params, rows=rows, out=args.out, extra=extra
     )
     print(f"\nwrote {path}")
 

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,6 +197,34 @@ def ensure_isolated(module: str, argv: Sequence[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe("unshare", command, {**os.environ, _ISOLATED_ENV: "1"})
+
+
+#: Ray's smallest object store: the benchmarks pass no objects through it
+RAY_OBJECT_STORE_BYTES = 78_643_200
+
+
+@contextlib.contextmanager
+def ray_cluster(workers: int) -> Iterator[str]:
+    """A Ray cluster on this machine for the ``ray`` backend (``ray.cluster_utils.Cluster``):
+    a head node with no CPUs and ``workers`` worker nodes of one CPU each, all bound to
+    127.0.0.1, no dashboard, the object store at its minimum; yields its address. It is stopped
+    on the way out by ``Cluster.shutdown()``, which ends the processes it started by PID (never
+    ``ray stop``). Only inside a loopback-only network namespace (:func:`is_isolated`)."""
+    if not is_isolated():
+        raise ServerError("Ray must start inside a loopback-only network namespace")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # also for every process Ray starts
+    from ray.cluster_utils import Cluster
+
+    node = {"object_store_memory": RAY_OBJECT_STORE_BYTES, "node_ip_address": "127.0.0.1"}
+    cluster = Cluster()
+    try:
+        cluster.add_node(num_cpus=0, include_dashboard=False, **node)
+        for _ in range(workers):
+            cluster.add_node(num_cpus=1, **node)
+        cluster.wait_for_nodes()
+        yield str(cluster.address)
+    finally:
+        cluster.shutdown()
 
 
 def run_loadgen(
