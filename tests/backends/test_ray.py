@@ -341,3 +341,29 @@ def test_an_instance_replaced_on_its_node_reuses_that_node_disk_cache(
         assert sorted(m["name"] for m in again["loaded"]) == sorted(
             m["name"] for m in victim["loaded"]
         )
+
+
+def test_a_per_node_cap_spreads_instances_and_leaves_the_rest_waiting(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    source = sklearn_source(tmp_path / "source", ["m0/model.tar.gz"], N_FEATURES)
+    ns = namespace()
+    # room for 2 instances a node by CPU, but at most 1 a node: the 4th waits for a node
+    args = [*serve_args(ray_cluster, ns), "--model-source", str(source), "--instances", "4"]
+    args += ["--ray-cpus-per-instance", "0.5", "--ray-max-instances-per-node", "1"]
+    args += ["--memory-limit", "256MiB", "--ray-memory-overhead", "64MiB"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--log-level", "warning"]
+    seen: set[int] = set()
+    with process_server(args, log=tmp_path / "server.log") as server:
+
+        def placed() -> bool:
+            now = instances(server)
+            seen.update(i["pid"] for i in now if i["pid"])
+            return sorted(i["state"] for i in now) == ["pending", "up", "up", "up"]
+
+        wait_until(placed, "3 instances up, one a node, and a 4th pending")
+        up = [i for i in instances(server) if i["state"] == "up"]
+        assert len({i["node"] for i in up}) == 3
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            assert invoke(http, "m0/model.tar.gz") == 200
+    wait_until(lambda: all(process_gone(pid) for pid in seen), "instance processes to end")

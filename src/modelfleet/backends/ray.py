@@ -710,15 +710,15 @@ class RayBackend:
         await self.fleet.start()
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self._instances and all(i.state == InstanceState.UP for i in self._instances):
-                return
+            waiting = (InstanceState.UP, InstanceState.PENDING)
+            if self._instances and all(i.state in waiting for i in self._instances):
+                return  # those waiting for room start when it comes: serve without them
             await asyncio.sleep(0.05)
         logger.warning("%s/%s: not every instance is up yet", self.endpoint, self.variant)
 
     async def stop(self) -> None:
-        if all(b is self or b.fleet is not self.fleet for b in self.fleet.backends.values()):
-            await self.fleet.stop()
-            return
+        """The last variant of the fleet to stop stops the fleet (its controller and its
+        instances, when this process owns them)."""
         self.fleet.backends.pop((self.endpoint, self.variant), None)
         if not self.fleet.backends:
             await self.fleet.stop()

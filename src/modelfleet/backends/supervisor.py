@@ -193,7 +193,8 @@ class Supervisor:
         return next((s for s in self._slots if s.instance is instance), None)
 
     async def start(self) -> None:
-        """Start every instance; return once each answers ``/ping`` (or at a timeout).
+        """Start every instance; return once each answers ``/ping`` or waits for room (or at
+        a timeout).
 
         Raises:
             CacheInUseError: another live server holds the instances' cache folder.
@@ -208,8 +209,8 @@ class Supervisor:
                 self._supervise_slot(slot, slot.launched)  # adopted ones: not started again
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            if all(i.state == UP for i in self._instances):
-                return
+            if all(i.state in (UP, PENDING) for i in self._instances):
+                return  # those waiting for room start when it comes: serve without them
             await asyncio.sleep(0.05)
         logger.warning(
             "instances not up after %.0f s: %s",
