@@ -170,3 +170,18 @@ def test_a_walk_that_goes_wrong_returns_what_it_counted(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(loader_mod.gc, "get_referents", changed)
     assert small_object_bytes(_Holder(None)) > 0  # the holder itself, counted before the error
+
+
+def test_a_library_function_standing_in_for_print_is_shared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray's workers replace ``print`` with a function of a Ray module: still not the model's."""
+    import builtins
+
+    from tests.instance import footprint_helpers
+
+    monkeypatch.setattr(builtins, "print", footprint_helpers.replacement_print)
+    bare = small_object_bytes(_Holder(None))
+    assert small_object_bytes(_Holder([print])) < bare + 100
+    closure_state = ["x" * 100]
+    assert small_object_bytes(_Holder([lambda: closure_state])) > bare + 100  # the model's own

@@ -154,11 +154,11 @@ _MAX_VISITS = 5_000  # bounds the walk (~0.5 ms)
 def small_object_bytes(root: object) -> int:
     """Bytes of the objects of at most 512 bytes reachable from ``root``, the model's own.
 
-    Classes, modules, builtin functions and loggers are shared, so the walk does not enter them;
-    nor a function's globals (a closure's cells are walked), nor dict keys (attribute names,
-    interned and shared). At most ``_MAX_VISITS`` objects are looked at, however wide the graph.
-    An estimate: what goes wrong while walking (a dict another thread changes) ends the walk
-    with what it has counted.
+    Classes, modules, builtin functions, loggers and functions defined at the top of a module
+    are shared, so the walk does not enter them; nor a function's globals (a closure's cells
+    are walked), nor dict keys (attribute names, interned and shared). At most
+    ``_MAX_VISITS`` objects are looked at, however wide the graph. An estimate: what goes
+    wrong while walking (a dict another thread changes) ends the walk with what it has counted.
     """
     seen = {id(root)}
     stack = [root]
@@ -187,7 +187,7 @@ def small_object_bytes(root: object) -> int:
             else:
                 children = gc.get_referents(obj)
             for child in itertools.islice(children, room):
-                if id(child) not in seen and not issubclass(type(child), _SHARED):
+                if id(child) not in seen and not _shared(child):
                     seen.add(id(child))
                     stack.append(child)
     except BaseException:  # model code (a __sizeof__ or a proxy) may raise anything
@@ -196,6 +196,20 @@ def small_object_bytes(root: object) -> int:
 
 
 _SHARED = (type, types.ModuleType, types.BuiltinFunctionType, logging.Logger)
+
+
+def _shared(obj: object) -> bool:
+    """Whether ``obj`` belongs to the process rather than to one model: a class, a module, a
+    builtin function, a logger, or a function defined at the top of an imported module (as
+    ``print`` is when a library replaces it: Ray's workers do)."""
+    kind = type(obj)
+    if issubclass(kind, _SHARED):
+        return True
+    if kind is types.FunctionType:
+        function = cast(types.FunctionType, obj)
+        module = sys.modules.get(function.__module__)
+        return getattr(module, function.__qualname__, None) is function
+    return False
 
 
 def _filled(cell: types.CellType) -> bool:
