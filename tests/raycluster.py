@@ -61,6 +61,9 @@ class RayCluster:
     def node_id(self, node: Any) -> str:
         return str(node.node_id)
 
+    def head_node_id(self) -> str:
+        return str(self._cluster.head_node.node_id)
+
     def shutdown(self) -> None:
         self._cluster.shutdown()
 

@@ -96,10 +96,18 @@ def hit_ratio(before: dict[Any, tuple[int, int]], after: dict[Any, tuple[int, in
 def test_three_instances_land_on_three_nodes(ray_cluster: RayCluster, tmp_path: Path) -> None:
     source = sklearn_source(tmp_path / "source", ["m0/model.tar.gz"], N_FEATURES)
     args = ["--model-source", str(source), "--instances", "3"]
-    with ray_fleet(ray_cluster, args, tmp_path) as (server, _):
+    with ray_fleet(ray_cluster, args, tmp_path) as (server, ns):
         nodes = [i["node"] for i in instances(server)]
         assert len(set(nodes)) == 3
         assert set(nodes) == {ray_cluster.node_id(n) for n in ray_cluster.workers}
+        # the controller lives on the head node, which outlives the workers
+        import ray
+
+        from modelfleet.backends.ray import CONTROLLER_NAME
+
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=ns)
+        placed = ray._private.state.actors(actor_id=controller._actor_id.hex())
+        assert placed["Address"]["NodeID"] == ray_cluster.head_node_id()
         with httpx.Client(base_url=server.url, timeout=60) as http:
             assert invoke(http, "m0/model.tar.gz") == 200
 

@@ -114,7 +114,6 @@ class _InstanceActor:
         from modelfleet.instance.server import create_instance_app
         from modelfleet.listener import ClientLimits, listener_config
 
-        tune_process()  # this process is the instance's own, as a subprocess would be
         root = Path(self.spec.settings.cache_dir)
         slot = 0
         while True:  # the first cache folder of this node no other live instance holds
@@ -131,6 +130,9 @@ class _InstanceActor:
             settings, instance_id=self.spec.instance_id, variant=self.spec.variant
         )
         self._active = _Active(app)
+        # The process is the instance's own, as a subprocess would be: tuned by the entry
+        # point, after the app is built and before it serves (as `modelfleet instance` does).
+        tune_process()
         limits = ClientLimits.from_settings(settings).with_keep_alive(75.0)
         config = listener_config(self._active, limits)
         ip = ray.util.get_node_ip_address()
@@ -408,6 +410,7 @@ class _ControllerImpl:
         self._launcher = RayLauncher(namespace)
         self._started: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
+        self._starting: list[asyncio.Task[None]] = []
 
     async def _ready(self) -> None:
         if self._started is None:
@@ -438,7 +441,9 @@ class _ControllerImpl:
                 supervisor.top_up(variant.settings.instances)  # numbered after those found
                 self._supervisors[key] = supervisor
         self._publisher = asyncio.create_task(self._publish())
-        await asyncio.gather(*(s.start() for s in self._supervisors.values()))
+        # Not awaited: a supervisor's start waits for its instances to come up, and routers
+        # must get snapshots meanwhile (a restarted controller replacing lost instances).
+        self._starting = [asyncio.create_task(s.start()) for s in self._supervisors.values()]
 
     async def _find_instances(self) -> dict[tuple[str, str], dict[int, Any]]:
         """The instance actors alive in the namespace (a restarted controller's fleet)."""
@@ -553,10 +558,20 @@ class _ControllerImpl:
         await self._ready()
         if self._publisher is not None:
             self._publisher.cancel()
+        await asyncio.gather(*self._starting, return_exceptions=True)
         await asyncio.gather(*(s.stop() for s in self._supervisors.values()))
 
 
 Controller = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_ControllerImpl)
+
+
+def _head_node() -> Any:
+    """The controller's placement: the head node if there is one to be found (it lives as long
+    as the cluster; a worker node lost would take the controller with it), else Ray's choice."""
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
+    return "DEFAULT"
 
 
 class RayFleet:
@@ -604,6 +619,7 @@ class RayFleet:
                 namespace=self.namespace,
                 lifetime="detached",
                 get_if_exists=True,
+                scheduling_strategy=_head_node(),
             ).remote(self._endpoints, self.namespace)
         else:
             self.controller = ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
