@@ -567,10 +567,12 @@ Controller = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_Contr
 
 def _head_node() -> Any:
     """The controller's placement: the head node if there is one to be found (it lives as long
-    as the cluster; a worker node lost would take the controller with it), else Ray's choice."""
+    as the cluster, and the controller reserves nothing, so it always fits; a worker node lost
+    would take the controller with it), else Ray's choice. Not a soft affinity: Ray placed a
+    soft one on a worker node now and then."""
     for node in ray.nodes():
         if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
-            return NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
+            return NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
     return "DEFAULT"
 
 
