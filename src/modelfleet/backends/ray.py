@@ -65,6 +65,8 @@ _PENDING_AFTER_S = 3.0  # an actor not started after this may be waiting for roo
 _SUSPECT_S = 120.0  # a node whose instance went silent is avoided this long for replacements
 _DRAIN_SETTLE_S = 0.5  # routers learn DRAINING within this; requests sent before it may arrive
 _CONTROL = {"control": 16, "watch": 4}
+_SHUTDOWN_S = 60.0  # the controller's stop of the fleet: instances get 10 s each, side by side
+_ASK_CONTROLLER_S = 30.0  # an admin view waits no longer for the controller
 
 
 def _actor_name(spec: InstanceSpec, generation: int) -> str:
@@ -210,11 +212,10 @@ class _Actor:
         killed = asyncio.ensure_future(self._killed.wait())
         try:
             await asyncio.wait((watch, killed), return_when=asyncio.FIRST_COMPLETED)
-        finally:
+        finally:  # ended, or no longer watched (removed): either way it is done with
             killed.cancel()
-        self.launcher.placed(self.name, None)
-        if not watch.done():
             watch.cancel()
+            self._kill()  # a server that ended in a live actor: the actor goes too
         return None  # Ray does not say whether the instance's own code ended it
 
     async def terminate(self, grace_s: float) -> None:
@@ -232,6 +233,7 @@ class _Actor:
     def _kill(self) -> None:
         with contextlib.suppress(Exception):
             ray.kill(self.handle, no_restart=True)
+        self.launcher.placed(self.name, None)
         self._killed.set()
 
     async def busy(self) -> bool:
@@ -242,6 +244,8 @@ class _Actor:
             return True  # routers may not have seen DRAINING yet
         try:
             return int(await asyncio.wait_for(self.handle.active.remote(), 5.0)) > 0
+        except TimeoutError:
+            return True  # alive but slow to say: assume requests still run
         except Exception:
             return False  # gone: nothing in progress there
 
@@ -349,6 +353,8 @@ class RayLauncher:
         settings = spec.settings
         memory = int(settings.memory_limit + settings.ray_memory_overhead)
         name = _actor_name(spec, generation)
+        handle: Any = None
+        started: asyncio.Future[Any] | None = None
         try:
             strategy = self._strategy(spec)
             while strategy is None:  # every node is at its cap: wait for one to free up
@@ -356,21 +362,17 @@ class RayLauncher:
                 pending()
                 await asyncio.sleep(1.0)
                 strategy = self._strategy(spec)
-        except BaseException:
-            self._pending.pop(name, None)
-            raise
-        if isinstance(strategy, NodeAffinitySchedulingStrategy):
-            self.placed(name, strategy.node_id)  # counted now: launches run side by side
-        handle = InstanceActor.options(
-            name=name,
-            namespace=self.namespace,
-            lifetime="detached",
-            num_cpus=settings.ray_cpus_per_instance,
-            memory=memory,
-            scheduling_strategy=strategy,
-        ).remote(spec)
-        started = asyncio.ensure_future(handle.start.remote())
-        try:
+            if isinstance(strategy, NodeAffinitySchedulingStrategy):
+                self.placed(name, strategy.node_id)  # counted now: launches run side by side
+            handle = InstanceActor.options(
+                name=name,
+                namespace=self.namespace,
+                lifetime="detached",
+                num_cpus=settings.ray_cpus_per_instance,
+                memory=memory,
+                scheduling_strategy=strategy,
+            ).remote(spec)
+            started = asyncio.ensure_future(handle.start.remote())
             done, _ = await asyncio.wait((started,), timeout=_PENDING_AFTER_S)
             unplaced = 0  # checks in a row that found no worker process for it
             while not done:
@@ -380,11 +382,13 @@ class RayLauncher:
                     pending()
                 done, _ = await asyncio.wait((started,), timeout=1.0)
             where = await started
-        except BaseException:
-            started.cancel()
+        except BaseException:  # cancelled (removed), or it could not start: undo it all
+            if started is not None:
+                started.cancel()
             self.placed(name, None)
-            with contextlib.suppress(Exception):
-                ray.kill(handle, no_restart=True)
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(handle, no_restart=True)
             raise
         finally:
             if self._pending.pop(name, None) is not None:
@@ -446,36 +450,50 @@ class _ControllerImpl:
         self._starting = [asyncio.create_task(s.start()) for s in self._supervisors.values()]
 
     async def _find_instances(self) -> dict[tuple[str, str], dict[int, Any]]:
-        """The instance actors alive in the namespace (a restarted controller's fleet)."""
-        found: dict[tuple[str, str], dict[int, Any]] = {}
-        names = [
-            a["name"] if isinstance(a, dict) else a
-            for a in ray.util.list_named_actors(all_namespaces=True)
-            if not isinstance(a, dict) or a.get("namespace") == self.namespace
-        ]
-        for name in names:
+        """The instance actors alive in the namespace (a restarted controller's fleet), asked
+        side by side under one deadline; those that do not answer are killed (replaced as any
+        lost instance), and every name seen numbers the next generations past it."""
+        named: list[tuple[str, str, str, int, int]] = []
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            name = actor["name"] if isinstance(actor, dict) else actor
+            if isinstance(actor, dict) and actor.get("namespace") != self.namespace:
+                continue
             parts = name.split(":")
             if len(parts) != 5 or parts[0] != _PREFIX:
                 continue
             _, endpoint, variant, index, generation = parts
+            named.append((name, endpoint, variant, int(index), int(generation)))
+            spec = InstanceSpec("", int(index), variant, Settings(endpoint_name=endpoint))
+            self._launcher.note_generation(spec, int(generation))
+
+        async def where(name: str) -> tuple[Any, dict[str, Any] | None]:
+            handle = None
             try:
                 handle = ray.get_actor(name, namespace=self.namespace)
-                where = await asyncio.wait_for(handle.describe.remote(), 10.0)
+                answer: dict[str, Any] = await asyncio.wait_for(handle.describe.remote(), 10.0)
+                return handle, answer or None
             except Exception:
-                continue  # dead, or dying: replaced as any lost instance
-            if not where:
-                with contextlib.suppress(Exception):
-                    ray.kill(handle, no_restart=True)  # never started: start afresh
+                return handle, None
+
+        answers = await asyncio.gather(*(where(n[0]) for n in named))
+        found: dict[tuple[str, str], dict[int, Any]] = {}
+        for (name, endpoint, variant, index, generation), (handle, at) in zip(
+            named, answers, strict=True
+        ):
+            if at is None:  # dead, never started, or silent: start afresh
+                if handle is not None:
+                    with contextlib.suppress(Exception):
+                        ray.kill(handle, no_restart=True)
                 continue
             slots = found.setdefault((endpoint, variant), {})
-            mine = (int(generation), name, handle, where)
-            other = slots.get(int(index))
+            mine = (generation, name, handle, at)
+            other = slots.get(index)
             if other is not None:  # two generations of one slot: keep the newer, stop the other
                 mine, other = (mine, other) if mine[0] > other[0] else (other, mine)
                 with contextlib.suppress(Exception):
                     ray.kill(other[2], no_restart=True)
-            slots[int(index)] = mine
-            logger.info("found instance %s again (pid %s)", name, where.get("pid"))
+            slots[index] = mine
+            logger.info("found instance %s again (pid %s)", name, at.get("pid"))
         return found
 
     def _membership(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -558,6 +576,8 @@ class _ControllerImpl:
         await self._ready()
         if self._publisher is not None:
             self._publisher.cancel()
+        for task in self._starting:
+            task.cancel()
         await asyncio.gather(*self._starting, return_exceptions=True)
         await asyncio.gather(*(s.stop() for s in self._supervisors.values()))
 
@@ -627,7 +647,13 @@ class RayFleet:
             self.controller = ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
         self._poll = asyncio.create_task(self._follow(), name="modelfleet-ray-membership")
         self._watch = asyncio.create_task(self._revive(), name="modelfleet-ray-revive")
-        await self._first.wait()
+        try:
+            await asyncio.wait_for(self._first.wait(), READY_TIMEOUT_S)
+        except TimeoutError:
+            raise ServiceUnavailableError(
+                f"the fleet's controller in Ray namespace {self.namespace!r} gave no membership"
+                f" in {READY_TIMEOUT_S:.0f} s (see its log in Ray's log folder)"
+            ) from None
 
     async def stop(self) -> None:
         for task in (self._poll, self._watch):
@@ -637,12 +663,24 @@ class RayFleet:
             *(t for t in (self._poll, self._watch) if t is not None), return_exceptions=True
         )
         if self.own and self.controller is not None:
-            with contextlib.suppress(Exception):
-                await self.controller.shutdown.remote()
+            try:
+                await asyncio.wait_for(self.controller.shutdown.remote(), _SHUTDOWN_S)
+            except Exception as exc:  # its instances are stopped by name instead
+                logger.warning("the controller did not stop the fleet (%r); killing it", exc)
+                self._kill_instances()
             with contextlib.suppress(Exception):
                 ray.kill(self.controller, no_restart=True)
         if self.session is not None:
             await self.session.close()
+
+    def _kill_instances(self) -> None:
+        """Kill every instance actor of the namespace by name (the controller could not)."""
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if not isinstance(actor, dict) or actor.get("namespace") != self.namespace:
+                continue
+            if str(actor.get("name", "")).startswith(f"{_PREFIX}:"):
+                with contextlib.suppress(Exception):
+                    ray.kill(ray.get_actor(actor["name"], namespace=self.namespace))
 
     async def _follow(self) -> None:
         """Long-poll the controller; a controller that is away (restarting) is waited for,
@@ -669,15 +707,27 @@ class RayFleet:
         says up are pinged and taken back once they answer."""
         while True:
             await asyncio.sleep(1.0)
-            for backend in self.backends.values():
-                for instance in backend.instances:
-                    said = backend.said.get(instance.instance_id)
+            for backend in list(self.backends.values()):
+                for instance in list(backend.instances):
+                    if not self._revivable(backend, instance):
+                        continue
+                    url = instance.url
+                    # a snapshot may have changed it meanwhile (draining, a new process)
                     if (
-                        instance.state == InstanceState.DOWN
-                        and said == InstanceState.UP
-                        and await instance.answers_ping()
+                        await instance.answers_ping()
+                        and self._revivable(backend, instance)
+                        and instance.url == url
                     ):
                         instance.state = InstanceState.UP
+
+    @staticmethod
+    def _revivable(backend: RayBackend, instance: RemoteInstance) -> bool:
+        said = backend.said.get(instance.instance_id)
+        return (
+            instance in backend.instances
+            and instance.state == InstanceState.DOWN
+            and said == InstanceState.UP
+        )
 
 
 class RayBackend:
@@ -769,9 +819,23 @@ class RayBackend:
             self.settings = settings
 
     async def describe(self) -> list[dict[str, Any]]:
-        described: list[dict[str, Any]] = await self.fleet.controller.describe.remote(
-            self.endpoint, self.variant
-        )
+        try:
+            described: list[dict[str, Any]] = await asyncio.wait_for(
+                self.fleet.controller.describe.remote(self.endpoint, self.variant),
+                _ASK_CONTROLLER_S,
+            )
+        except Exception:  # the controller is away: what the last snapshot said
+            described = [
+                {
+                    "id": i.instance_id,
+                    "url": i.url or None,
+                    "pid": i.pid,
+                    "node": i.node,
+                    "state": self.said.get(i.instance_id, i.state),
+                    "restarts": None,
+                }
+                for i in self._instances
+            ]
         mine = {i.instance_id: i for i in self._instances}
         for item in described:
             if item["id"] in mine:

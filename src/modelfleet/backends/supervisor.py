@@ -133,6 +133,7 @@ class _Slot:
         self.task: asyncio.Task[None] | None = None
         self.removing = False
         self.held: list[str] = []  # the models it held when last asked (prewarmed at restart)
+        self.prewarming: asyncio.Task[None] | None = None
 
 
 class Supervisor:
@@ -254,6 +255,11 @@ class Supervisor:
                         continue  # removed meanwhile
                     held = await old.loaded_models()
                     new = await self.add_instance()
+                    deadline = time.monotonic() + READY_TIMEOUT_S
+                    while time.monotonic() < deadline:  # waiting for room, then to start
+                        if new.state not in (PENDING, STARTING) or new.restarts >= 2:
+                            break
+                        await asyncio.sleep(0.1)
                     if new.state != UP:
                         await self.remove_instance(new, drain_s=0.0)
                         raise RolloutError(
@@ -340,6 +346,8 @@ class Supervisor:
             await asyncio.sleep(0.05)
 
     async def _terminate(self, slot: _Slot) -> None:
+        if slot.prewarming is not None:
+            slot.prewarming.cancel()
         launched, slot.launched = slot.launched, None
         if launched is None:
             return
@@ -358,7 +366,19 @@ class Supervisor:
                     if not slot.removing:
                         instance.state = PENDING
 
-                launched = await self.launcher.launch(slot.spec, pending)
+                try:
+                    launched = await self.launcher.launch(slot.spec, pending)
+                except Exception:  # it could not start (its node died meanwhile...): again
+                    logger.exception(
+                        "instance %s could not start; trying again in %.1f s",
+                        instance.instance_id,
+                        backoff,
+                    )
+                    instance.state = DOWN
+                    instance.restarts += 1
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_S[1])
+                    continue
                 instance.url, instance.pid = launched.url, launched.pid
                 instance.node = launched.node
                 if not slot.removing:
@@ -368,7 +388,8 @@ class Supervisor:
                 instance.process_started()
             slot.launched = launched
             started = time.monotonic()
-            health = asyncio.create_task(self._watch_health(slot, launched))
+            adopted = instance.state == UP  # found again running: it was up a moment ago
+            health = asyncio.create_task(self._watch_health(slot, launched, adopted=adopted))
             try:
                 how = await launched.ended()
             finally:
@@ -393,14 +414,15 @@ class Supervisor:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_S[1])
 
-    async def _watch_health(self, slot: _Slot, launched: Launched) -> None:
+    async def _watch_health(self, slot: _Slot, launched: Launched, *, adopted: bool) -> None:
         """Mark the instance up while ``/ping`` answers 200, down while it does not; kill it
         (the supervisor restarts it) when it was up and has failed for ``hang_timeout``. A
         restarted instance is prewarmed with the models its predecessor held."""
         assert self._session is not None
         instance = slot.instance
         down_since: float | None = None
-        was_up = False  # this process answered once: from then on, silence may be a hang
+        # this process answered once (or was found serving): from then on, silence may be a hang
+        was_up = adopted
         noted = 0.0
         while True:
             healthy = await self._pings(instance)
@@ -444,6 +466,7 @@ class Supervisor:
             )
 
         task = asyncio.create_task(prewarm())
+        slot.prewarming = task  # cancelled if the instance is removed or stopped first
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _pings(self, instance: RemoteInstance) -> bool:
