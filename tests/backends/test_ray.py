@@ -200,7 +200,7 @@ def test_a_node_removed_under_load_fails_no_request(
 
 
 def controller_pid(ns: str) -> int:
-    from modelfleet.backends.ray import controller_pid as pid_of
+    from modelfleet.backends.rayfleet import controller_pid as pid_of
 
     return pid_of(ns)
 

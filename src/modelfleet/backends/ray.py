@@ -16,10 +16,10 @@ Three parts (DESIGN section 11):
   as the ``local`` backend, per variant, over a :class:`RayLauncher`, and publishes the
   membership as a versioned snapshot that routers long-poll. Restarted (Ray restarts it), it
   finds its instance actors again by name and supervises them without restarting them.
-- :class:`RayFleet` and :class:`RayBackend`: the router's side. One long-poll loop keeps every
-  variant's live instance list in step with the snapshots; requests never touch the controller,
-  so routers keep serving on their last snapshot while it is away, and independent routers
-  agree on placement by rendezvous hashing over the same membership.
+- :mod:`modelfleet.backends.rayfleet`: the router's side (``RayFleet``, ``RayBackend``). One
+  long-poll loop keeps every variant's live instance list in step with the snapshots; requests
+  never touch the controller, so routers keep serving on their last snapshot while it is away,
+  and independent routers agree on placement by rendezvous hashing over the same membership.
 
 Failover is the router's, on the HTTP error, at once; Ray's detection of a dead node (tens of
 seconds) only drives replacement, which the controller's health checks start sooner (an
@@ -40,38 +40,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from modelfleet.backends.base import Instance, InstanceState
 from modelfleet.backends.local import instance_settings
-from modelfleet.backends.remote import RemoteInstance, fetch_metrics, new_session
+from modelfleet.backends.remote import new_session
 from modelfleet.backends.supervisor import READY_TIMEOUT_S, InstanceSpec, Supervisor
 from modelfleet.cache.lock import FolderLock
 from modelfleet.config import Settings
 from modelfleet.endpoint.variants import EndpointConfig
 from modelfleet.errors import CacheInUseError, ServiceUnavailableError
 
-__all__ = ["CONTROLLER_NAME", "Controller", "InstanceActor", "RayBackend", "RayFleet"]
+__all__ = ["CONTROLLER_NAME", "Controller", "InstanceActor", "RayLauncher"]
 
 logger = logging.getLogger(__name__)
 
 CONTROLLER_NAME = "controller"
-_PREFIX = "instance"
+INSTANCE_PREFIX = "instance"
 _PUBLISH_INTERVAL_S = 0.05  # how often the controller looks for a changed membership
-_POLL_S = 10.0  # a router's long poll returns at least this often
+POLL_S = 10.0  # a router's long poll returns at least this often
 _PENDING_AFTER_S = 3.0  # an actor not started after this may be waiting for room
 _SUSPECT_S = 120.0  # a node whose instance went silent is avoided this long for replacements
 _DRAIN_SETTLE_S = 0.5  # routers learn DRAINING within this; requests sent before it may arrive
 _CONTROL = {"control": 16, "watch": 4}
-_SHUTDOWN_S = 60.0  # the controller's stop of the fleet: instances get 10 s each, side by side
-_ASK_CONTROLLER_S = 30.0  # an admin view waits no longer for the controller
 
 
 def _actor_name(spec: InstanceSpec, generation: int) -> str:
     endpoint = spec.settings.endpoint_name
-    return f"{_PREFIX}:{endpoint}:{spec.variant}:{spec.index}:{generation}"
+    return f"{INSTANCE_PREFIX}:{endpoint}:{spec.variant}:{spec.index}:{generation}"
 
 
 class _Active:
@@ -459,7 +455,7 @@ class _ControllerImpl:
             if isinstance(actor, dict) and actor.get("namespace") != self.namespace:
                 continue
             parts = name.split(":")
-            if len(parts) != 5 or parts[0] != _PREFIX:
+            if len(parts) != 5 or parts[0] != INSTANCE_PREFIX:
                 continue
             _, endpoint, variant, index, generation = parts
             named.append((name, endpoint, variant, int(index), int(generation)))
@@ -522,7 +518,7 @@ class _ControllerImpl:
                     self._changed.notify_all()
             await asyncio.sleep(_PUBLISH_INTERVAL_S)
 
-    async def membership(self, known: int, timeout_s: float = _POLL_S) -> dict[str, Any]:
+    async def membership(self, known: int, timeout_s: float = POLL_S) -> dict[str, Any]:
         """The membership snapshot once its version differs from ``known`` (or at the
         timeout): ``{"version", "instances": {endpoint: {variant: [...]}}, "pid"}``."""
         await self._ready()
@@ -583,273 +579,3 @@ class _ControllerImpl:
 
 
 Controller = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_ControllerImpl)
-
-
-def _head_node() -> Any:
-    """The controller's placement: the head node if there is one to be found (it lives as long
-    as the cluster, and the controller reserves nothing, so it always fits; a worker node lost
-    would take the controller with it), else Ray's choice. Not a soft affinity: Ray placed a
-    soft one on a worker node now and then."""
-    for node in ray.nodes():
-        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
-            return NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-    return "DEFAULT"
-
-
-class RayFleet:
-    """A router process's link to the fleet's controller: creates it (``own``: the ``serve``
-    process) or joins it (``modelfleet router``), and keeps every variant's instance list in
-    step with its snapshots."""
-
-    def __init__(
-        self, namespace: str, endpoints: list[EndpointConfig] | None, *, own: bool
-    ) -> None:
-        self.namespace = namespace
-        self.own = own
-        self._endpoints = endpoints
-        self.controller: Any = None
-        self.version = -1
-        self.backends: dict[tuple[str, str], RayBackend] = {}
-        self._poll: asyncio.Task[None] | None = None
-        self._watch: asyncio.Task[None] | None = None
-        self._started = False
-        self._first = asyncio.Event()
-        self.session: aiohttp.ClientSession | None = None
-
-    def backend(self, settings: Settings, endpoint: str, variant: str) -> RayBackend:
-        backend = RayBackend(self, settings, endpoint, variant)
-        self.backends[(endpoint, variant)] = backend
-        return backend
-
-    async def start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        if not ray.is_initialized():
-            raise ServiceUnavailableError(
-                "Ray is not initialized in this process: call ray.init(address=...) first"
-                " (modelfleet serve --backend ray does)"
-            )
-        settings = next(iter(self.backends.values())).settings
-        self.session = new_session(settings)
-        for backend in self.backends.values():
-            for instance in backend.instances:
-                instance.session = self.session
-        if self.own:
-            self.controller = Controller.options(
-                name=CONTROLLER_NAME,
-                namespace=self.namespace,
-                lifetime="detached",
-                get_if_exists=True,
-                scheduling_strategy=_head_node(),
-            ).remote(self._endpoints, self.namespace)
-        else:
-            self.controller = ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
-        self._poll = asyncio.create_task(self._follow(), name="modelfleet-ray-membership")
-        self._watch = asyncio.create_task(self._revive(), name="modelfleet-ray-revive")
-        try:
-            await asyncio.wait_for(self._first.wait(), READY_TIMEOUT_S)
-        except TimeoutError:
-            raise ServiceUnavailableError(
-                f"the fleet's controller in Ray namespace {self.namespace!r} gave no membership"
-                f" in {READY_TIMEOUT_S:.0f} s (see its log in Ray's log folder)"
-            ) from None
-
-    async def stop(self) -> None:
-        for task in (self._poll, self._watch):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in (self._poll, self._watch) if t is not None), return_exceptions=True
-        )
-        if self.own and self.controller is not None:
-            try:
-                await asyncio.wait_for(self.controller.shutdown.remote(), _SHUTDOWN_S)
-            except Exception as exc:  # its instances are stopped by name instead
-                logger.warning("the controller did not stop the fleet (%r); killing it", exc)
-                self._kill_instances()
-            with contextlib.suppress(Exception):
-                ray.kill(self.controller, no_restart=True)
-        if self.session is not None:
-            await self.session.close()
-
-    def _kill_instances(self) -> None:
-        """Kill every instance actor of the namespace by name (the controller could not)."""
-        for actor in ray.util.list_named_actors(all_namespaces=True):
-            if not isinstance(actor, dict) or actor.get("namespace") != self.namespace:
-                continue
-            if str(actor.get("name", "")).startswith(f"{_PREFIX}:"):
-                with contextlib.suppress(Exception):
-                    ray.kill(ray.get_actor(actor["name"], namespace=self.namespace))
-
-    async def _follow(self) -> None:
-        """Long-poll the controller; a controller that is away (restarting) is waited for,
-        the last snapshot serving meanwhile."""
-        backoff = 0.1
-        while True:
-            try:
-                snapshot = await self.controller.membership.remote(self.version, _POLL_S)
-            except Exception as exc:
-                logger.warning("controller unreachable (%s); serving on the last snapshot", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.1
-            if snapshot["version"] != self.version:
-                self.version = snapshot["version"]
-                members = snapshot["instances"] or {}
-                for (endpoint, variant), backend in self.backends.items():
-                    backend.sync(members.get(endpoint, {}).get(variant, []))
-            self._first.set()
-
-    async def _revive(self) -> None:
-        """Instances this router marked down (a failed forward) while the controller still
-        says up are pinged and taken back once they answer."""
-        while True:
-            await asyncio.sleep(1.0)
-            for backend in list(self.backends.values()):
-                for instance in list(backend.instances):
-                    if not self._revivable(backend, instance):
-                        continue
-                    url = instance.url
-                    # a snapshot may have changed it meanwhile (draining, a new process)
-                    if (
-                        await instance.answers_ping()
-                        and self._revivable(backend, instance)
-                        and instance.url == url
-                    ):
-                        instance.state = InstanceState.UP
-
-    @staticmethod
-    def _revivable(backend: RayBackend, instance: RemoteInstance) -> bool:
-        said = backend.said.get(instance.instance_id)
-        return (
-            instance in backend.instances
-            and instance.state == InstanceState.DOWN
-            and said == InstanceState.UP
-        )
-
-
-class RayBackend:
-    """One variant's instances on Ray, as a router sees them (a
-    :class:`~modelfleet.backends.base.Backend`); changes go to the controller."""
-
-    def __init__(self, fleet: RayFleet, settings: Settings, endpoint: str, variant: str) -> None:
-        self.fleet = fleet
-        self.settings = settings
-        self.endpoint = endpoint
-        self.variant = variant
-        self.elastic = fleet.own  # a joined router serves; the serve process steers
-        self.scaling = asyncio.Lock()
-        self.on_removed: list[Callable[[str], None]] = []
-        self._instances: list[RemoteInstance] = []
-        self.said: dict[str, InstanceState] = {}  # each instance's state in the last snapshot
-
-    @property
-    def instances(self) -> list[RemoteInstance]:
-        return self._instances
-
-    def sync(self, members: list[dict[str, Any]]) -> None:
-        """Bring the live instance list in step with a snapshot."""
-        by_id = {i.instance_id: i for i in self._instances}
-        seen = set()
-        for member in members:
-            instance_id = member["id"]
-            seen.add(instance_id)
-            instance = by_id.get(instance_id)
-            if instance is None:
-                instance = RemoteInstance(instance_id, member["url"])
-                instance.session = self.fleet.session
-                self._instances.append(instance)
-            state = InstanceState(member["state"])
-            # No process_started(): nothing here learns how a process ended, so a request an
-            # instance dropped is retried at once (RequestDroppedError), never held back.
-            instance.url, instance.pid = member["url"], member["pid"]
-            instance.node = member["node"]
-            instance.state = state
-            self.said[instance_id] = state
-        for instance in [i for i in self._instances if i.instance_id not in seen]:
-            self._instances.remove(instance)
-            self.said.pop(instance.instance_id, None)
-            for listener in self.on_removed:
-                listener(instance.instance_id)
-
-    async def start(self) -> None:
-        await self.fleet.start()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            waiting = (InstanceState.UP, InstanceState.PENDING)
-            if self._instances and all(i.state in waiting for i in self._instances):
-                return  # those waiting for room start when it comes: serve without them
-            await asyncio.sleep(0.05)
-        logger.warning("%s/%s: not every instance is up yet", self.endpoint, self.variant)
-
-    async def stop(self) -> None:
-        """The last variant of the fleet to stop stops the fleet (its controller and its
-        instances, when this process owns them)."""
-        self.fleet.backends.pop((self.endpoint, self.variant), None)
-        if not self.fleet.backends:
-            await self.fleet.stop()
-
-    async def _appears(self, instance_id: str) -> RemoteInstance:
-        deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline:
-            for instance in self._instances:
-                if instance.instance_id == instance_id:
-                    return instance
-            await asyncio.sleep(0.02)
-        raise ServiceUnavailableError(f"instance {instance_id} did not appear in the membership")
-
-    async def add_instance(self) -> Instance:
-        instance_id = await self.fleet.controller.add_instance.remote(self.endpoint, self.variant)
-        return await self._appears(instance_id)
-
-    async def remove_instance(self, instance: Instance, *, drain_s: float = 60.0) -> None:
-        await self.fleet.controller.remove_instance.remote(
-            self.endpoint, self.variant, instance.instance_id, drain_s
-        )
-
-    async def resize(self, count: int) -> None:
-        async with self.scaling:
-            await self.fleet.controller.resize.remote(self.endpoint, self.variant, count)
-
-    async def replace(self, settings: Settings) -> None:
-        async with self.scaling:
-            await self.fleet.controller.replace.remote(self.endpoint, self.variant, settings)
-            self.settings = settings
-
-    async def describe(self) -> list[dict[str, Any]]:
-        try:
-            described: list[dict[str, Any]] = await asyncio.wait_for(
-                self.fleet.controller.describe.remote(self.endpoint, self.variant),
-                _ASK_CONTROLLER_S,
-            )
-        except Exception:  # the controller is away: what the last snapshot said
-            described = [
-                {
-                    "id": i.instance_id,
-                    "url": i.url or None,
-                    "pid": i.pid,
-                    "node": i.node,
-                    "state": self.said.get(i.instance_id, i.state),
-                    "restarts": None,
-                }
-                for i in self._instances
-            ]
-        mine = {i.instance_id: i for i in self._instances}
-        for item in described:
-            if item["id"] in mine:
-                item["in_flight"] = mine[item["id"]].in_flight  # requests from this router
-        return described
-
-    async def metrics_texts(self) -> list[str]:
-        if self.fleet.session is None:
-            return []
-        return await fetch_metrics(self.fleet.session, self._instances)
-
-
-def controller_pid(namespace: str) -> int:
-    """The controller's PID (tests: kill it and see the fleet survive)."""
-    controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace)
-    snapshot: dict[str, Any] = ray.get(controller.membership.remote(-1, 0.0))
-    return int(snapshot["pid"])

@@ -142,7 +142,7 @@ class EndpointServer:
 
     def _ray_fleet(self, endpoints: list[EndpointConfig]) -> Any:
         if self._ray is None:
-            from modelfleet.backends.ray import RayFleet  # the ray extra, only when asked for
+            from modelfleet.backends.rayfleet import RayFleet  # the ray extra, only when asked for
 
             self._ray = RayFleet(self.settings.ray_namespace, endpoints, own=not self._join)
         return self._ray
