@@ -208,10 +208,12 @@ class _Actor:
         killed = asyncio.ensure_future(self._killed.wait())
         try:
             await asyncio.wait((watch, killed), return_when=asyncio.FIRST_COMPLETED)
-        finally:  # ended, or no longer watched (removed): either way it is done with
+        finally:  # cancelled: the supervisor stops it (terminate: gracefully) or moved on
             killed.cancel()
-            watch.cancel()
-            self._kill()  # a server that ended in a live actor: the actor goes too
+            if not watch.done():
+                watch.cancel()
+        if not self._killed.is_set():
+            self._kill()  # its server ended, or the actor died: nothing of it may linger
         return None  # Ray does not say whether the instance's own code ended it
 
     async def terminate(self, grace_s: float) -> None:
