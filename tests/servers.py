@@ -125,15 +125,15 @@ class ProcessServer:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                log = self._log_path.read_text()
-                if "address already in use" in log and self._port_tries < 3:
+                text = self._log_path.read_text()
+                if "address already in use" in text and self._port_tries < 3:
                     # the free port was taken meanwhile (Ray's processes bind many): another
                     self._port_tries += 1
                     self.port = free_port()
                     self.url = f"http://127.0.0.1:{self.port}"
                     self._args[self._args.index("--port") + 1] = str(self.port)
                     return self.start()
-                raise RuntimeError(f"server exited early:\n{log}")
+                raise RuntimeError(f"server exited early:\n{text}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/ping", timeout=1).status_code == 200:
                     return self
