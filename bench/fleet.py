@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import json
 import os
 import random
 import signal
@@ -74,19 +73,18 @@ import psutil
 
 from bench import servers
 from bench.common import parser, print_table, write_results
-from bench.zipf_http import N_FEATURES, Workload, build_models, modelfleet_counts, zipf_trace
+from bench.zipf_http import (
+    N_FEATURES,
+    Workload,
+    build_models,
+    landed,
+    modelfleet_counts,
+    zipf_trace,
+)
 from tests.artifacts import features, inference_py_artifact
 
 INSTANCES = 3
 ROOM_PER_INSTANCE = 8
-
-
-def landed(cache: Path) -> Counter[str]:
-    """Models found in the instances' disk caches: model -> number of instances."""
-    counts: Counter[str] = Counter()
-    for meta in cache.glob("instance-*/models/*/meta.json"):
-        counts[json.loads(meta.read_text())["target_model"]] += 1
-    return counts
 
 
 def run(

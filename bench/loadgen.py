@@ -3,7 +3,7 @@ server under test.
 
 ``python -m bench.loadgen --url URL --concurrency 16 --duration 10 [--requests N]
 --header 'Name: value' --body-file F [--targets-file F]`` prints one JSON object: requests,
-errors, seconds, throughput, p50/p90/p99 latency in ms, plus per-status counts. With
+errors, seconds, throughput, p50/p90/p99/p99.9 latency in ms, plus per-status counts. With
 ``--targets-file`` (one target model a line) request *i* sends target line *i* in the
 ``X-Amzn-SageMaker-Target-Model`` header (a replayable trace).
 """
@@ -83,6 +83,7 @@ async def run(
         "p50_ms": 1000 * percentile(ok, 0.50),
         "p90_ms": 1000 * percentile(ok, 0.90),
         "p99_ms": 1000 * percentile(ok, 0.99),
+        "p999_ms": 1000 * percentile(ok, 0.999),
     }
 
 

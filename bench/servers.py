@@ -311,11 +311,16 @@ def bare(port: int, model: Path, *, fast: bool = False, threaded: bool = False) 
     return Server(f"{name}-{model.stem}", argv, port, env=uvicorn_env(fast), cwd=ROOT)
 
 
-def bare_lru(port: int, model_dir: Path, budget_bytes: int, *, fast: bool = False) -> Server:
-    """The bare byte-LRU multi-model app."""
+def bare_lru(
+    port: int, model_dir: Path, budget: int, *, models: bool = False, fast: bool = False
+) -> Server:
+    """The bare LRU multi-model app: ``budget`` bytes, or ``budget`` models (``models``: the
+    count-LRU, loading on its event loop)."""
     argv = [MAIN_PYTHON, "-m", "bench.peers.bare_lru", "--model-dir", str(model_dir)]
-    argv += ["--budget-bytes", str(budget_bytes), "--port", str(port), *_uvicorn_flags(fast)]
-    return Server("bare-lru", argv, port, env=uvicorn_env(fast), cwd=ROOT)
+    argv += ["--budget-models" if models else "--budget-bytes", str(budget)]
+    argv += ["--port", str(port), *_uvicorn_flags(fast)]
+    name = "bare-lru-count" if models else "bare-lru"
+    return Server(name, argv, port, env=uvicorn_env(fast), cwd=ROOT)
 
 
 def _uvicorn_flags(fast: bool) -> list[str]:

@@ -140,6 +140,10 @@ class Settings(BaseSettings):
     inline_inference_ms: float = Field(default=1.0, ge=0.0)
     """Models averaging at most this many ms per call run on the event loop (0: never)."""
 
+    inline_load_ms: float = Field(default=5.0, ge=0.0)
+    """Loads from a load snapshot of an artifact whose last load took at most this many ms
+    run on the event loop when no other load is running (0: never)."""
+
     max_artifact_size: ByteSize = Field(default=parse_size("20GiB"), gt=0)
     """Largest total size an archive may unpack to."""
 

@@ -40,6 +40,11 @@ class Snapshotter:
         self._failures: dict[str, int] = {}  # only models whose snapshot failed
         self._stopping = False
 
+    @property
+    def writing(self) -> bool:
+        """Whether a snapshot is being written now."""
+        return bool(self._background)
+
     def path_for(self, disk_entry: DiskEntry | None) -> Path | None:
         """The snapshot a load of ``disk_entry`` should read, if it has one and they are on."""
         if self.enabled and disk_entry is not None and disk_entry.snapshot_bytes:

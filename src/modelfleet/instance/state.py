@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -83,6 +84,17 @@ class Resident:
             self.pool_calls >= self.pool_calls_needed and self.latency_ewma_s <= inline_max_s
         )
 
+    def resume(self, known: Known, inline_max_s: float) -> None:
+        """Go on from what the last residency of this very artifact measured (``known``):
+        its warm-up is behind it, so the first call is measured too; one that runs inline is
+        judged like any inline call (sent back to the pool if slow)."""
+        self.calls = 1
+        self.latency_ewma_s = known.latency_s
+        self.pool_calls = known.pool_calls
+        self.inline = known.inline or (
+            known.pool_calls >= self.pool_calls_needed and known.latency_s <= inline_max_s
+        )
+
     def timed_invoke(
         self, body: bytes, content_type: str | None, accept: str | None, attributes: str | None
     ) -> tuple[Prediction, float, float]:
@@ -91,6 +103,41 @@ class Resident:
         started, wall = time.thread_time(), time.perf_counter()
         prediction = self.model.invoke(body, content_type, accept, attributes)
         return prediction, time.thread_time() - started, time.perf_counter() - wall
+
+
+@dataclass(slots=True)
+class Known:
+    """What the last residency of one artifact showed: its calls' speed, and its load time."""
+
+    latency_s: float = 0.0  # CPU seconds a call, averaged (0 until a call was measured)
+    pool_calls: int = 0
+    inline: bool = False
+    measured: bool = False  # calls were measured (the first, warm-up, is not)
+    load_s: float | None = None  # seconds its last load took
+
+
+class History:
+    """What earlier loads of each artifact (by folder: a version of a model) showed, kept
+    past their unload for the next load of the same artifact, at most ``limit`` of them
+    (least recently noted dropped first; about 200 bytes each)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._known: OrderedDict[Path, Known] = OrderedDict()
+        self._limit = limit
+
+    def get(self, url: Path) -> Known | None:
+        return self._known.get(url)
+
+    def note(self, url: Path) -> Known:
+        """The record of ``url`` (a new one if there is none), to be updated."""
+        known = self._known.get(url)
+        if known is None:
+            known = self._known[url] = Known()
+            if len(self._known) > self._limit:
+                self._known.popitem(last=False)
+        else:
+            self._known.move_to_end(url)
+        return known
 
 
 @dataclass(eq=False, slots=True)
