@@ -1,4 +1,5 @@
-"""Instance choice: holders first, then rendezvous order under a load bound; failover."""
+"""Instance choice: a new model where the fewest misses were, a placed one on its holders,
+copies only for hot models; failover."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class FakeInstance:
     in_flight: int = 0
     up: bool = True
     fail: bool = False
+    hits: bool = True  # what it answers: a cache hit, or a miss
     served: list[str] = field(default_factory=list)
 
     def available(self) -> bool:
@@ -33,7 +35,7 @@ class FakeInstance:
         if self.fail:
             raise Unreachable(f"{self.instance_id} is gone")
         self.served.append(target_model)
-        return InvokeResult(Prediction(self.instance_id.encode(), "text/plain"), True, 0.0)
+        return InvokeResult(Prediction(self.instance_id.encode(), "text/plain"), self.hits, 0.0)
 
 
 def fleet(count: int) -> list[FakeInstance]:
@@ -78,18 +80,33 @@ def test_a_model_goes_back_to_its_home_after_a_failover() -> None:
     assert call(router, "m") == home.instance_id
 
 
-def test_holders_win_until_the_load_bound() -> None:
+def test_a_placed_model_stays_on_its_holder_however_busy() -> None:
     instances = fleet(3)
     router = Router({"v": list(instances)})
-    model = "m"
-    home = router.candidates(model, list(instances))[0]
-    assert call(router, model) == home.instance_id
-    home.in_flight = 10  # busy: the bound is ceil(2 * 11 / 3) = 8
-    order = router.candidates(model, list(instances))
-    assert order[0] is not home
-    assert order[-1] is home
-    home.in_flight = 0
-    assert router.candidates(model, list(instances))[0] is home
+    home = router.candidates("m", list(instances))[0]
+    assert call(router, "m") == home.instance_id
+    home.in_flight = 10  # far over the bound, ceil(2 * 11 / 3) = 8: no copy for a busy moment
+    order = router.candidates("m", list(instances))
+    assert order[0] is home
+    assert call(router, "m") == home.instance_id
+
+
+def test_a_new_model_goes_where_the_fewest_misses_were() -> None:
+    instances = fleet(3)
+    router = Router({"v": list(instances)})
+    models = [f"model-{i}" for i in range(60)]
+    thrashing = instances[0]
+    thrashing.hits = False
+    for model in models:  # every model placed on the thrashing instance misses there
+        if router.candidates(model, list(instances))[0] is thrashing:
+            assert call(router, model) == thrashing.instance_id
+    assert thrashing.served  # it missed lately: the next new models go elsewhere
+    fresh = [f"fresh-{i}" for i in range(30)]
+    assert all(router.candidates(m, list(instances))[0] is not thrashing for m in fresh)
+    others = {router.candidates(m, list(instances))[0].instance_id for m in fresh}
+    assert others == {"1", "2"}  # neither missed: rendezvous order spreads them
+    instances[1].in_flight = 10  # at the bound: passed over for a placement
+    assert all(router.candidates(m, list(instances))[0] is instances[2] for m in fresh)
 
 
 def test_down_and_failing_instances_are_skipped() -> None:
@@ -139,6 +156,17 @@ def test_a_model_on_two_instances_gets_a_third_only_when_hot() -> None:
     assert router.candidates("m", list(instances))[0] is third
 
 
+def failed_over(router: Router, instances: list[FakeInstance], model: str) -> str:
+    """Serve ``model`` on its home, then on a stand-in while the home is down; the home is up
+    again and both hold it. The stand-in's id."""
+    home = router.candidates(model, list(instances))[0]
+    assert call(router, model) == home.instance_id
+    home.up = False
+    stand_in = call(router, model)
+    home.up = True
+    return stand_in
+
+
 def test_idle_copies_keep_the_latest_holder_and_old_entries_are_forgotten(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -146,17 +174,14 @@ def test_idle_copies_keep_the_latest_holder_and_old_entries_are_forgotten(
     router = Router({"v": list(instances)})
     clock = {"now": 1_000.0}
     monkeypatch.setattr(router_mod.time, "monotonic", lambda: clock["now"])
-    home = router.candidates("m", list(instances))[0]
-    assert call(router, "m") == home.instance_id
-    home.in_flight = 10  # busy: the next request loads a copy elsewhere
+    copy = failed_over(router, instances, "m")
     clock["now"] += 1
-    copy = call(router, "m")
-    assert copy != home.instance_id
-    home.in_flight = 0
+    home = call(router, "m")  # back home: the stand-in holds an idle copy
+    assert home != copy
     call(router, "solo")  # one holder: never an idle copy
     assert router.idle_copies(idle_s=30) == []  # both copies served within the last 30 s
     clock["now"] += 31
-    assert router.idle_copies(idle_s=30) == [("m", home.instance_id)]  # copy served last
+    assert router.idle_copies(idle_s=30) == [("m", copy)]  # the home served last
     assert router.idle_copies(idle_s=30) == []  # forgotten once reported
     clock["now"] += router_mod._FORGET_AFTER_S + 1
     router.idle_copies(idle_s=30)
@@ -174,13 +199,7 @@ def test_a_copy_idle_longer_than_the_forget_time_is_still_reported(
     router = Router({"v": list(instances)})
     clock = {"now": 1_000.0}
     monkeypatch.setattr(router_mod.time, "monotonic", lambda: clock["now"])
-    home = router.candidates("m", list(instances))[0]
-    call(router, "m")
-    home.in_flight = 10
-    clock["now"] += 1
-    copy = call(router, "m")
-    assert copy != home.instance_id
-    home.in_flight = 0
+    copy = failed_over(router, instances, "m")
     idle_s = 2 * router_mod._FORGET_AFTER_S
     reported = []
     for _ in range(40):  # the app checks every few seconds; here every 5 minutes

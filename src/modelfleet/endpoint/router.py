@@ -2,28 +2,33 @@
 
 Instance choice for a target model (DESIGN section 7), among the variant's instances that are up:
 
-1. an instance known to hold the model (it answered for it before) whose in-flight requests
-   are under the load bound, the least busy first;
-2. otherwise the instances in rendezvous-hash order of (model, instance id), skipping those at
-   the load bound: independent routers agree on where a model goes without sharing state, and a
-   model lands on few instances;
-3. otherwise (every instance at the bound) the rest in the same order.
-
-A model that already has two holders and is not hot (see below) stays on them: its requests
-go to the least busy of them even above the bound, rather than load a third copy for a busy
-moment.
+1. A model the router has not placed yet (no instance answered for it) goes to the instance
+   that missed least lately (its cache misses per second, decaying with a half-life of
+   ``_MISS_HALF_LIFE_S``, learned from the instances' answers), skipping those at the load
+   bound; ties, and a fleet that has not missed yet, in rendezvous-hash order of (model,
+   instance id). An instance that misses less has room to spare for one more model, so the
+   fleet's caches fill as evenly as one cache would: with the rendezvous home alone, the
+   hottest models' instance thrashed while another held cold ones (end-to-end Zipf benchmark,
+   200 models, room for 20: the 2-instance fleet's hit ratio was 0.39 against one instance's
+   0.53).
+2. A placed model goes to the instances that hold it (that answered for it), the least busy
+   first, even above the load bound: it is loaded nowhere else for a busy moment, since a copy
+   would take cache room from other models and load it for nothing once the moment passes.
+   The other instances follow in rendezvous order, for failover only.
+3. A hot model (below) is the exception: its holders under the bound first, then the others
+   under the bound, then the rest.
 
 A model most of whose requests wait at their instance for an inference slot (the instances
-say so: their pool was full, or the model serves one call at a time and was busy), while its
-holders are busier than the next instance (more than twice its requests in flight, plus one),
-gets a copy: one request goes to the next instance in rendezvous order, which loads the model
-and becomes a holder (one new copy per second at most). Copies that then serve nothing for
-``copy_idle_timeout`` are unloaded (:meth:`Router.idle_copies`).
+say so: their pool was full, or the model serves one call at a time and was busy) is hot.
+While its holders are busier than the next instance (more than twice its requests in flight,
+plus one), it gets a copy: one request goes to the next instance in rendezvous order, which
+loads the model and becomes a holder (one new copy per second at most). Copies that then serve
+nothing for ``copy_idle_timeout`` are unloaded (:meth:`Router.idle_copies`).
 
-The load bound is ``ceil(2 x (in-flight + 1) / instances)``: a request spills past its model's
-home only when that instance is far busier than the average, because a spill to an instance
-that does not hold the model costs a load there (with 1.25, as in bounded-load consistent
-hashing, the end-to-end Zipf benchmark's 2-instance hit ratio fell from 0.48 to 0.36). A
+Placement is this router's: routers do not share what they placed (the ``ray`` backend runs one
+per node), so two routers may place one model on two instances.
+
+The load bound is ``ceil(2 x (in-flight + 1) / instances)``. A
 request that finds its instance unreachable or full (507) moves to the next candidate;
 inference is idempotent. A request that an instance dropped (:class:`RequestDroppedError`: it
 got no answer, the instance was killed or hung while holding it) is tried once more, on the
@@ -52,7 +57,7 @@ from modelfleet.instance.state import InvokeResult
 DEFAULT_VARIANT = "AllTraffic"
 _LOAD_FACTOR = 2.0
 _GROW_INTERVAL_S = 1.0  # one new copy of a model per second at most
-_MAX_COLD_COPIES = 2  # copies a model may get from the load bound alone (more: it is hot)
+_MISS_HALF_LIFE_S = 5.0  # how fast an instance's cache misses are forgotten
 _MAX_DROPPED = 1  # a request an instance dropped mid-way is retried once, not on every instance
 _FORGET_AFTER_S = 3600.0  # what the router knows of a model unused this long is dropped
 
@@ -93,6 +98,23 @@ class _Pressure:
         return self.queued < 0.05 and time.monotonic() - self.grown_at > 60.0
 
 
+class _Misses:
+    """Cache misses per second at one instance, decaying with a half-life."""
+
+    __slots__ = ("at", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.at = 0.0
+
+    def rate(self, now: float) -> float:
+        return self.value * math.exp2((self.at - now) / _MISS_HALF_LIFE_S)
+
+    def add(self, now: float) -> None:
+        self.value = self.rate(now) + 1.0 / _MISS_HALF_LIFE_S
+        self.at = now
+
+
 def rendezvous_score(target_model: str, instance_id: str) -> int:
     """Highest-random-weight hash of (model, instance): the same on every router."""
     digest = hashlib.blake2b(f"{instance_id}\0{target_model}".encode(), digest_size=8).digest()
@@ -123,6 +145,7 @@ class Router:
         # a model costs one entry per holder (about 70 bytes) and not a dict of its own
         self._held: dict[str, dict[str, float]] = {}
         self._pressure: dict[str, _Pressure] = {}  # models whose requests queue at holders
+        self._misses: dict[str, _Misses] = {}  # instance id -> its cache misses lately
         # per variant: requests served, and per model since the autoscaler last looked
         self.served: dict[str, int] = dict.fromkeys(variants, 0)
         self.recent: dict[str, dict[str, int]] = {name: {} for name in variants}
@@ -158,17 +181,20 @@ class Router:
         holders = {iid for iid, held in self._held.items() if target_model in held}
         ranked = sorted(up, key=lambda i: rendezvous_score(target_model, i.instance_id))
         ranked.reverse()
+        if not any(i.instance_id in holders for i in ranked):
+            now = time.monotonic()
+            idle = _Misses()  # an instance that never missed
+            ranked.sort(key=lambda i: self._misses.get(i.instance_id, idle).rate(now))
+            return [i for i in ranked if i.in_flight < bound] + [
+                i for i in ranked if i.in_flight >= bound
+            ]
         pressure = self._pressure.get(target_model)
-        hot = pressure is not None and pressure.queued >= 0.5
-        if len(holders) >= _MAX_COLD_COPIES and not hot:
-            # A model already on two instances gets a third only when it is hot (its requests
-            # queue for a slot); a busy moment waits at a holder rather than load a copy.
+        if pressure is None or pressure.queued < 0.5:  # not hot: only its holders serve it
             mine = sorted(
                 (i for i in ranked if i.instance_id in holders), key=lambda i: i.in_flight
             )
             return mine + [i for i in ranked if i.instance_id not in holders]
-        # least busy holder first; among equals the rendezvous order, so a model goes back to
-        # its home instance when that one returns from a restart
+        # hot: the least busy holder under the bound first, then the others under it
         held = sorted(
             (i for i in ranked if i.instance_id in holders and i.in_flight < bound),
             key=lambda i: i.in_flight,
@@ -180,7 +206,6 @@ class Router:
         if (
             held
             and spare
-            and pressure is not None
             # the holders are busy and the next instance is not: a copy adds capacity (when
             # every instance is busy the wait is the machine's, and a copy would only add loads)
             and min(i.in_flight for i in held) > 2 * spare[0].in_flight + 1
@@ -195,8 +220,8 @@ class Router:
         """Extra copies of models that served nothing for ``idle_s``: (model, instance id).
 
         A model keeps the copy that served it last; the others it no longer needs (its demand
-        fell back to what fewer instances serve: with the load under the bound, requests go to
-        the rendezvous-first holder and the rest go idle) are forgotten here, for the caller to
+        fell back to what fewer instances serve: once it is not hot, requests go to the least
+        busy holder, and the others go idle) are forgotten here, for the caller to
         unload.
         """
         now = time.monotonic()
@@ -238,6 +263,7 @@ class Router:
     def forget_instance(self, instance_id: str) -> None:
         """Drop what the router learned about ``instance_id`` (it was removed)."""
         self._held.pop(instance_id, None)
+        self._misses.pop(instance_id, None)
 
     async def invoke(
         self,
@@ -297,7 +323,12 @@ class Router:
             held = self._held.get(instance.instance_id)
             if held is None:
                 held = self._held[instance.instance_id] = {}
-            held[target_model] = time.monotonic()
+            now = held[target_model] = time.monotonic()
+            if not result.cache_hit:
+                misses = self._misses.get(instance.instance_id)
+                if misses is None:
+                    misses = self._misses[instance.instance_id] = _Misses()
+                misses.add(now)
             self._note_queueing(target_model, result)
             self.served[variant] += 1
             if self.track_recent:
