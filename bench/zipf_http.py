@@ -172,10 +172,12 @@ def modelfleet_counts(server: Server) -> dict[str, float]:
 
 def landed(cache: Path) -> Counter[str]:
     """Models whose artifact is in an instance's disk cache under ``cache``: model -> number
-    of instances (``instance-N/`` folders of the local backend, ``slot-N/`` of the ray one)."""
+    of instances (``instance-N/`` folders of the local backend, ``slot-N/cache/`` of the ray
+    one)."""
     counts: Counter[str] = Counter()
-    for meta in cache.glob("*/models/*/meta.json"):
-        counts[json.loads(meta.read_text())["target_model"]] += 1
+    for pattern in ("*/models/*/meta.json", "slot-*/cache/models/*/meta.json"):
+        for meta in cache.glob(pattern):
+            counts[json.loads(meta.read_text())["target_model"]] += 1
     return counts
 
 
