@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import modelfleet.instance.unloader as unloader_mod
 from modelfleet.errors import ModelNotFoundError
 from modelfleet.handlers.base import LoadedModel
 from modelfleet.source.store import ArtifactInfo
-from tests.instance.fakes import Block, FakeSource, Harness, invoke, spin
+from tests.instance.fakes import Block, FakeSource, Harness, invoke
 from tests.instance.test_lifecycle import make_source
 from tests.instance.test_snapshots import answer, manager_for, snapshots_written
 
@@ -45,6 +46,15 @@ class CheckedSource(FakeSource):
         return dataclasses.replace(info, etag=self.etag)
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Bounded poll (10 s) for what worker threads do."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
 async def loaded_again(manager: Any, harness: Harness, name: str) -> None:
     """Load ``name`` once, then unload it: its artifact stays in the disk cache."""
     await invoke(manager, name)
@@ -67,18 +77,13 @@ async def test_a_load_does_not_wait_for_the_models_it_evicts_to_unload(
 
     monkeypatch.setattr(unloader_mod, "close_model", close_model)
     await invoke(manager, "a")
-    result = await invoke(manager, "b")  # evicts a, whose close is stuck
+    result = await invoke(manager, "b")  # evicts a, whose close will be stuck
     assert result.prediction.body == b"ok"
-    assert closing.started.is_set()
     assert "a" not in manager.memory
-    assert not harness.models["a"][0].closed  # still unloading, in the background
+    assert await asyncio.to_thread(closing.started.wait, 30)  # a's close began, in the back
+    assert not harness.models["a"][0].closed  # and is still stuck: b did not wait for it
     closing.release.set()
-    for _ in range(1000):  # bounded: the unload finishes once its close returns
-        if harness.models["a"][0].closed and not manager.unloader.background:
-            break
-        await asyncio.sleep(0.01)
-    assert harness.models["a"][0].closed
-    assert not manager.unloader.background
+    await until(lambda: harness.models["a"][0].closed and not manager.unloader.background)
 
 
 async def test_a_cached_copy_loads_while_it_is_checked_and_is_served_once_allowed(
@@ -89,7 +94,8 @@ async def test_a_cached_copy_loads_while_it_is_checked_and_is_served_once_allowe
     await loaded_again(manager, harness, "a")
     source.check_block = Block()
     request = asyncio.create_task(invoke(manager, "a"))
-    await spin(lambda: len(harness.models["a"]) == 2 and source.check_block.started.is_set())
+    block = source.check_block
+    await until(lambda: len(harness.models["a"]) == 2 and block.started.is_set())
     for _ in range(100):  # loaded while the check is out, and not admitted before it answers
         await asyncio.sleep(0)
     assert not request.done()

@@ -121,6 +121,7 @@ class ModelManager:
         )
         self._inline_load_s = settings.inline_load_ms / 1000.0
         self._pool_loads = 0  # loads running on the load pool now
+        self._load_turns = asyncio.Semaphore(settings.effective_load_concurrency)
         self._room = asyncio.Event()
         self.pins = Pins(on_idle=self._idle)
         self.snapshots = Snapshotter(
@@ -454,26 +455,30 @@ class ModelManager:
         self._states[name] = ModelState.LOADING
         snapshot = self.snapshots.path_for(disk_entry)
         try:
-            victims = await self._with_room(lambda: self.memory.reserve(name, max(disk_bytes, 1)))
-            try:
-                self.unloader.unload_later(victims)
-                if self._loads_inline(url, snapshot):
-                    loaded = self.loader.load(name, url, disk_bytes, snapshot)
-                else:
-                    self._pool_loads += 1
-                    try:
-                        loaded = await run_blocking(
-                            self.pools.load, self.loader.load, name, url, disk_bytes, snapshot
-                        )
-                    finally:
-                        self._pool_loads -= 1
-                self.history.note(url).load_s = loaded.load_s
-                # A framework import's growth belongs to the process: raise the mark by it.
-                self.pressure.imported(loaded.imported)
-            except BaseException:
-                self.memory.release(name)
-                self._signal_room()
-                raise
+            # A turn first, then room: a load waiting for its turn holds no reservation, so
+            # queued misses do not evict models that hits still want.
+            async with self._load_turns:
+                room = max(disk_bytes, 1)
+                victims = await self._with_room(lambda: self.memory.reserve(name, room))
+                try:
+                    self.unloader.unload_later(victims)
+                    if self._loads_inline(url, snapshot):
+                        loaded = self.loader.load(name, url, disk_bytes, snapshot)
+                    else:
+                        self._pool_loads += 1
+                        try:
+                            loaded = await run_blocking(
+                                self.pools.load, self.loader.load, name, url, disk_bytes, snapshot
+                            )
+                        finally:
+                            self._pool_loads -= 1
+                    self.history.note(url).load_s = loaded.load_s
+                    # A framework import's growth belongs to the process: raise the mark by it.
+                    self.pressure.imported(loaded.imported)
+                except BaseException:
+                    self.memory.release(name)
+                    self._signal_room()
+                    raise
             model = loaded.model
             try:
                 if gate is not None and not await gate:
