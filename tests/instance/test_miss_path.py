@@ -17,6 +17,7 @@ import pytest
 import modelfleet.instance.unloader as unloader_mod
 from modelfleet.errors import ModelNotFoundError
 from modelfleet.handlers.base import LoadedModel
+from modelfleet.instance.state import ModelState
 from modelfleet.source.store import ArtifactInfo
 from tests.instance.fakes import Block, FakeSource, Harness, invoke
 from tests.instance.test_lifecycle import make_source
@@ -192,3 +193,27 @@ async def test_a_fast_reload_from_its_snapshot_runs_on_the_event_loop(
     assert threads[0].startswith("mf-load")  # never loaded: its load time is unknown
     on_loop = threads[1] == threading.current_thread().name
     assert on_loop is (inline_load_ms > 0)
+
+
+async def test_a_load_waiting_for_its_turn_evicts_nothing_yet(
+    harness: Harness, make_manager: Any
+) -> None:
+    manager = await make_manager(
+        FakeSource({"a": 400_000, "b": 400_000, "c": 400_000}),
+        load_concurrency=1,
+        disk_limit=10_000_000,
+    )
+    await invoke(manager, "c")  # resident; room for one more
+    harness.load_blocks["a"] = Block()
+    first = asyncio.create_task(invoke(manager, "a"))
+    await until(harness.load_blocks["a"].started.is_set)  # a holds the one turn
+    second = asyncio.create_task(invoke(manager, "b"))
+    await until(lambda: manager.states().get("b") is ModelState.LOADING)  # downloaded
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert "c" in manager.memory  # b waits for a turn without reserving (which would evict c)
+    assert manager.memory.used_bytes < 900_000  # c and a's reservation, none for b
+    harness.load_blocks["a"].release.set()
+    await asyncio.gather(first, second)
+    assert "b" in manager.memory
+    assert "c" not in manager.memory  # evicted once b's turn came
