@@ -217,3 +217,19 @@ async def test_a_load_waiting_for_its_turn_evicts_nothing_yet(
     await asyncio.gather(first, second)
     assert "b" in manager.memory
     assert "c" not in manager.memory  # evicted once b's turn came
+
+
+async def test_every_caller_that_waited_for_a_load_counts_as_a_use(
+    harness: Harness, make_manager: Any
+) -> None:
+    manager = await make_manager(FakeSource({"a": 10}))
+    harness.load_blocks["a"] = Block()
+    calls = [asyncio.create_task(invoke(manager, "a")) for _ in range(3)]
+    await until(harness.load_blocks["a"].started.is_set)
+    for _ in range(100):  # the other two join the load
+        await asyncio.sleep(0)
+    harness.load_blocks["a"].release.set()
+    await asyncio.gather(*calls)
+    entry = manager.memory.entry("a")
+    assert entry is not None
+    assert entry.hits == 3  # the loading request's use and the two that joined it

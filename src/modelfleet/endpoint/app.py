@@ -130,6 +130,7 @@ class EndpointServer:
             retry_on=(InstanceUnreachableError, InstanceFullError),
             randomly=self.settings.routing == "random",
             weights={v.name: v.weight for v in config.variants},
+            balance=not self._ray_backed,  # several routers must agree (see router.py)
         )
         for backend in backends.values():
             backend.on_removed.append(router.forget_instance)

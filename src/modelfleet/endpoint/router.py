@@ -2,13 +2,15 @@
 
 Instance choice for a target model (DESIGN section 7), among the variant's instances that are up:
 
-1. A model the router has not placed yet (no instance answered for it) goes to the instance
-   that missed least lately (its cache misses per second, decaying with a half-life of
-   ``_MISS_HALF_LIFE_S``, learned from the instances' answers), skipping those at the load
-   bound; ties, and a fleet that has not missed yet, in rendezvous-hash order of (model,
-   instance id). An instance that misses less has room to spare for one more model, so the
-   fleet's caches fill as evenly as one cache would: with the rendezvous home alone, the
-   hottest models' instance thrashed while another held cold ones (end-to-end Zipf benchmark,
+1. A model the router has not placed yet (no instance answered for it) goes to the first
+   instance in rendezvous-hash order of (model, instance id), so that independent routers
+   agree on where it goes without sharing state, except past instances that miss far more than
+   the least missing one (over ``_PLACE_SLACK`` times its cache misses a second, and over
+   ``_PLACE_FLOOR``; learned from the instances' answers, decaying with a half-life of
+   ``_MISS_HALF_LIFE_S``); those come last, the least missing first, and instances at the load
+   bound after the rest. An instance that misses far more is thrashing: the models the hash
+   gave it are more than its cache holds, while another has room to spare. With the rendezvous
+   order alone the instance that drew the hottest models thrashed (end-to-end Zipf benchmark,
    200 models, room for 20: the 2-instance fleet's hit ratio was 0.39 against one instance's
    0.53).
 2. A placed model goes to the instances that hold it (that answered for it), the least busy
@@ -25,8 +27,10 @@ plus one), it gets a copy: one request goes to the next instance in rendezvous o
 loads the model and becomes a holder (one new copy per second at most). Copies that then serve
 nothing for ``copy_idle_timeout`` are unloaded (:meth:`Router.idle_copies`).
 
-Placement is this router's: routers do not share what they placed (the ``ray`` backend runs one
-per node), so two routers may place one model on two instances.
+Step 1's detour past thrashing instances (``balance``) is for a fleet with one router (the
+``local`` backend): routers do not share what they placed, and two routers whose counts of an
+instance's misses differ would place one model on two instances. With the ``ray`` backend,
+whose routers run one per node, placement follows the rendezvous order alone, so they agree.
 
 The load bound is ``ceil(2 x (in-flight + 1) / instances)``. A
 request that finds its instance unreachable or full (507) moves to the next candidate;
@@ -58,6 +62,8 @@ DEFAULT_VARIANT = "AllTraffic"
 _LOAD_FACTOR = 2.0
 _GROW_INTERVAL_S = 1.0  # one new copy of a model per second at most
 _MISS_HALF_LIFE_S = 5.0  # how fast an instance's cache misses are forgotten
+_PLACE_SLACK = 1.5  # instances missing up to this many times the least are placed on alike
+_PLACE_FLOOR = 1.0  # misses a second under which every instance counts as missing little
 _MAX_DROPPED = 1  # a request an instance dropped mid-way is retried once, not on every instance
 _FORGET_AFTER_S = 3600.0  # what the router knows of a model unused this long is dropped
 
@@ -131,6 +137,7 @@ class Router:
         retry_on: tuple[type[BaseException], ...] = (),
         randomly: bool = False,
         weights: dict[str, float] | None = None,
+        balance: bool = True,
     ) -> None:
         if not variants:
             raise ValueError("an endpoint needs at least one variant")
@@ -141,6 +148,7 @@ class Router:
         self._weights = list(weighted.values()) or [1.0]
         self._retry_on = retry_on  # errors that move a request on (RequestDroppedError: once)
         self._randomly = randomly
+        self._balance = balance  # place past thrashing instances (only where one router routes)
         # instance id -> {model: when the instance last served it (monotonic)}; by instance, so
         # a model costs one entry per holder (about 70 bytes) and not a dict of its own
         self._held: dict[str, dict[str, float]] = {}
@@ -182,11 +190,9 @@ class Router:
         ranked = sorted(up, key=lambda i: rendezvous_score(target_model, i.instance_id))
         ranked.reverse()
         if not any(i.instance_id in holders for i in ranked):
-            now = time.monotonic()
-            idle = _Misses()  # an instance that never missed
-            ranked.sort(key=lambda i: self._misses.get(i.instance_id, idle).rate(now))
-            return [i for i in ranked if i.in_flight < bound] + [
-                i for i in ranked if i.in_flight >= bound
+            order = self._placement(ranked)
+            return [i for i in order if i.in_flight < bound] + [
+                i for i in order if i.in_flight >= bound
             ]
         pressure = self._pressure.get(target_model)
         if pressure is None or pressure.queued < 0.5:  # not hot: only its holders serve it
@@ -215,6 +221,23 @@ class Router:
             # a copy and becomes a holder (at most one new copy per _GROW_INTERVAL_S).
             return [spare[0], *held, *spare[1:], *rest]
         return held + spare + rest
+
+    def _placement(self, ranked: list[Instance]) -> list[Instance]:
+        """Where a model no instance answered for yet should go, best first: the rendezvous
+        order (``ranked``), except that instances missing far more than the least missing one
+        (over ``_PLACE_SLACK`` times its rate, and over ``_PLACE_FLOOR`` misses a second) go
+        last, the least missing of them first (when ``balance``)."""
+        if not self._balance:
+            return ranked
+        now = time.monotonic()
+        idle = _Misses()  # an instance that never missed
+        rates = {i.instance_id: self._misses.get(i.instance_id, idle).rate(now) for i in ranked}
+        limit = max(_PLACE_SLACK * min(rates.values()), _PLACE_FLOOR)
+        usual = [i for i in ranked if rates[i.instance_id] <= limit]
+        thrashing = sorted(
+            (i for i in ranked if rates[i.instance_id] > limit), key=lambda i: rates[i.instance_id]
+        )
+        return usual + thrashing
 
     def idle_copies(self, idle_s: float) -> list[tuple[str, str]]:
         """Extra copies of models that served nothing for ``idle_s``: (model, instance id).

@@ -502,6 +502,12 @@ class ModelManager:
             flight = self._pending.get(name)
             if flight is not None:
                 self.pins.take_for_waiters(entry, flight)
+                # Each caller that waited is a use, as a hit is: the eviction policy counts the
+                # loading request's own (see cache/policies/base.py) and every request that
+                # joined the load. Uncounted, a popular model evicted under load came back
+                # with the use count of a cold one.
+                for _ in range(flight.waiters):
+                    self.memory.get(name)
             self._loaded(entry, loaded, disk_entry, dropped=snapshot is not None)
             self.unloader.unload_later(victims)
             self._update_gauges()
