@@ -1,7 +1,8 @@
 """Keeping cached models true to the source: revalidation of artifacts on disk and in memory.
 
 A model found on disk but not in memory (after an eviction, UnloadModel or a restart) is checked
-before it is loaded: its files against their manifest if the last server stopped uncleanly
+while it loads, and admitted only once the check allows it (the manager's gate): its files
+against their manifest if the last server stopped uncleanly
 (:meth:`~modelfleet.cache.disk.DiskCache.verify`), and its version against the source's with one
 metadata request (a HEAD for an object, a listing for a folder), never one per request. A new
 version is downloaded and loaded; a model gone from the source is gone from the cache too; a
