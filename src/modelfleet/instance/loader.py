@@ -3,10 +3,10 @@
 A model's footprint is the largest of the process RSS growth during its load, the growth of the
 bytes malloc has handed out (which sees memory the load took from heap pages an earlier unload
 freed, where the RSS does not grow), the handler's own figure and the size of its files. The
-growth figures are only trusted when they can be the model's: not when another load ran at the
-same time, and not when the load imported a framework (that growth stays with the process after
-the model goes; it is reported separately so the instance can raise its RSS high-water mark by
-it).
+growth figures are only trusted when they can be the model's: not when another load (or an
+unload, which frees memory and allocates some) ran at the same time, and not when the load
+imported a framework (that growth stays with the process after the model goes; it is reported
+separately so the instance can raise its RSS high-water mark by it).
 
 Neither growth figure sees most of a small model: CPython serves objects of up to 512 bytes from
 its own arenas, which malloc does not count and which an unload leaves mapped for the next load
@@ -68,12 +68,12 @@ class Loader:
     def __init__(self, *, handler: str | None, walk_trees: bool = True) -> None:
         self._handler = handler
         self._walk_trees = walk_trees
-        self._overlaps = OverlapTracker()
+        self.overlaps = OverlapTracker()  # loads, and unloads (which free and allocate too)
 
     def load(self, name: str, url: Path, disk_bytes: int, snapshot: Path | None = None) -> Loaded:
         """Load ``url`` as ``name`` (blocking), from its ``snapshot`` if it has a usable one."""
         modules_before = len(sys.modules)
-        with self._overlaps.track() as overlap:
+        with self.overlaps.track() as overlap:
             rss_before, allocated_before = current_rss(), allocated_bytes()
             started = time.perf_counter()
             failure: ModelError | None = None

@@ -96,6 +96,7 @@ class ModelManager:
         self.pressure = MemoryPressure(
             memory_limit=settings.memory_limit, high_water=settings.rss_high_water
         )
+        self.loader = Loader(handler=settings.handler, walk_trees=settings.walk_trees)
         self.unloader = Unloader(
             memory=self.memory,
             disk=self.disk,
@@ -104,13 +105,13 @@ class ModelManager:
             pools=lambda: self.pools,
             changed=self._update_gauges,
             unloading=lambda entry: self.runner.remember(entry),
+            overlaps=self.loader.overlaps,
         )
         self._watcher: asyncio.Task[None] | None = None
         self._revalidating: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         # swapped out (by id), unloaded once their calls are done
         self._retired: dict[int, Entry] = {}
-        self.loader = Loader(handler=settings.handler, walk_trees=settings.walk_trees)
         self.history = History()  # per artifact: its calls' speed and load time, past unloads
         self.runner = Runner(
             inline_max_s=settings.inline_inference_ms / 1000.0,

@@ -18,7 +18,7 @@ from typing import Any
 from modelfleet.cache.disk import DiskCache
 from modelfleet.cache.memory import MemoryCache
 from modelfleet.handlers.base import LoadedModel
-from modelfleet.instance.pools import Pools, release_memory, run_blocking
+from modelfleet.instance.pools import OverlapTracker, Pools, release_memory, run_blocking
 from modelfleet.instance.pressure import CHECK_INTERVAL_S, MemoryPressure
 from modelfleet.instance.state import Entry, Resident
 from modelfleet.metrics import Metrics
@@ -39,6 +39,7 @@ class Unloader:
         pools: Callable[[], Pools],
         changed: Callable[[], None],
         unloading: Callable[[Entry], None] = lambda entry: None,
+        overlaps: OverlapTracker | None = None,
     ) -> None:
         self._memory = memory
         self._disk = disk
@@ -47,10 +48,17 @@ class Unloader:
         self._pools = pools
         self._changed = changed
         self._unloading = unloading  # told of each entry before its model is closed
+        # Loads that overlap an unload do not trust their memory growth (see loader.py): the
+        # unload frees memory, and allocates some, meanwhile.
+        self._overlaps = overlaps or OverlapTracker()
         self.background: set[asyncio.Task[None]] = set()
 
     async def unload(self, entry: Entry, *, delete_files: bool = False) -> None:
         """Unload an entry already removed from the memory tier."""
+        with self._overlaps.track():
+            await self._unload(entry, delete_files=delete_files)
+
+    async def _unload(self, entry: Entry, *, delete_files: bool) -> None:
         started = time.perf_counter()
         pool = self._pools().load
         disk_entry = entry.value.disk
