@@ -56,11 +56,15 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition never held")
 
 
-async def loaded_again(manager: Any, harness: Harness, name: str) -> None:
-    """Load ``name`` once, then unload it: its artifact stays in the disk cache."""
-    await invoke(manager, name)
-    await manager.unload(name)
-    assert harness.models[name][-1].closed
+async def cached(make_manager: Any, harness: Harness) -> tuple[CheckedSource, Any]:
+    """A manager over a checked source whose model "a" was loaded once and unloaded: its
+    artifact stays in the disk cache, so the next request loads that copy."""
+    source = CheckedSource({"a": 10})
+    manager = await make_manager(source)
+    await invoke(manager, "a")
+    await manager.unload("a")
+    assert harness.models["a"][-1].closed
+    return source, manager
 
 
 async def test_a_load_does_not_wait_for_the_models_it_evicts_to_unload(
@@ -90,9 +94,7 @@ async def test_a_load_does_not_wait_for_the_models_it_evicts_to_unload(
 async def test_a_cached_copy_loads_while_it_is_checked_and_is_served_once_allowed(
     harness: Harness, make_manager: Any
 ) -> None:
-    source = CheckedSource({"a": 10})
-    manager = await make_manager(source)
-    await loaded_again(manager, harness, "a")
+    source, manager = await cached(make_manager, harness)
     source.check_block = Block()
     request = asyncio.create_task(invoke(manager, "a"))
     block = source.check_block
@@ -110,9 +112,7 @@ async def test_a_cached_copy_loads_while_it_is_checked_and_is_served_once_allowe
 async def test_a_copy_the_check_finds_outdated_is_never_served(
     harness: Harness, make_manager: Any
 ) -> None:
-    source = CheckedSource({"a": 10})
-    manager = await make_manager(source)
-    await loaded_again(manager, harness, "a")
+    source, manager = await cached(make_manager, harness)
     source.etag = "v2"
     assert (await invoke(manager, "a")).prediction.body == b"ok"
     stale, fresh = harness.models["a"][1], harness.models["a"][2]
@@ -127,9 +127,7 @@ async def test_a_copy_the_check_finds_outdated_is_never_served(
 async def test_a_copy_of_a_model_gone_from_the_source_is_never_served(
     harness: Harness, make_manager: Any
 ) -> None:
-    source = CheckedSource({"a": 10})
-    manager = await make_manager(source)
-    await loaded_again(manager, harness, "a")
+    source, manager = await cached(make_manager, harness)
     source.gone = True
     with pytest.raises(ModelNotFoundError):
         await invoke(manager, "a")
@@ -185,6 +183,7 @@ async def test_a_fast_reload_from_its_snapshot_runs_on_the_event_loop(
     try:
         first = await answer(manager, name)
         assert len(await snapshots_written(manager, 1)) == 1
+        await until(lambda: not manager.snapshots.writing)  # (a write in progress: the pool)
         await manager.unload(name)
         assert await answer(manager, name) == first
         assert manager.metrics.snapshot_loads._value.get() == 1
