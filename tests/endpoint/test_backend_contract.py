@@ -18,6 +18,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
@@ -203,11 +204,13 @@ def test_an_instance_killed_under_load_fails_no_request(
         statuses: list[int] = []
         with invoking(server.url, MODELS, BODY, statuses, clients=4):
 
-            def noted() -> bool:  # the supervisor knows what the instance holds
-                return instances(server)[0]["prewarm_on_restart"] > 0
+            def holding() -> list[dict[str, Any]]:  # the supervisor knows what they hold
+                return [i for i in instances(server) if i["prewarm_on_restart"] > 0]
 
-            wait_until(noted, "the models of the instance to be noted")
-            victim = instances(server)[0]
+            # An instance that holds models (each model has one home: not every instance
+            # need hold one of these six)
+            wait_until(lambda: bool(holding()), "the models of an instance to be noted")
+            victim = holding()[0]
             os.kill(victim["pid"], signal.SIGKILL)
             wait_until(lambda: process_gone(victim["pid"]), "the killed instance to end")
             count = len(statuses)
