@@ -32,6 +32,11 @@ class MemoryEntry(Generic[V]):
     extra: dict[str, object] = field(default_factory=dict)
 
 
+class VictimInUseError(OutOfMemoryError):
+    """The room a reservation needs is the policy's first victims', and one of them is in use:
+    waiting for it is better than evicting a model the policy values more."""
+
+
 class MemoryCache(Generic[V]):
     """Loaded models under a byte budget; the policy chooses victims, pinned ones are skipped."""
 
@@ -64,6 +69,11 @@ class MemoryCache(Generic[V]):
         """Bytes held by admitted models plus reservations of loads in progress."""
         return self._used + sum(self._reserved.values())
 
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes held by reservations (loads in progress, models waiting to be unloaded)."""
+        return sum(self._reserved.values())
+
     def entry(self, key: str) -> MemoryEntry[V] | None:
         """The entry for ``key`` without counting a use."""
         return self._entries.get(key)
@@ -87,19 +97,21 @@ class MemoryCache(Generic[V]):
             entry.pins -= 1
 
     # -- admission and eviction -------------------------------------------------------------
-    def reserve(self, key: str, size_bytes: int) -> list[MemoryEntry[V]]:
+    def reserve(self, key: str, size_bytes: int, *, in_order: bool = False) -> list[MemoryEntry[V]]:
         """Hold ``size_bytes`` for a load of ``key``; return the entries evicted to make room.
 
         The returned entries are already out of the cache: the caller unloads them. Raises
         :class:`ModelTooLargeError` when the model can never fit and :class:`OutOfMemoryError`
-        when the room is held by pinned models or other loads.
+        when the room is held by pinned models or other loads. With ``in_order``, victims are
+        taken strictly in the policy's order: a pinned one among those needed raises
+        :class:`VictimInUseError` (nothing evicted) instead of being passed over.
         """
         if size_bytes > self.budget_bytes:
             raise ModelTooLargeError(
                 f"Model '{key}' needs {size_bytes} bytes of memory but the instance's whole "
                 f"memory budget is {self.budget_bytes} bytes."
             )
-        victims = self._make_room(size_bytes)
+        victims = self._make_room(size_bytes, in_order=in_order)
         self._reserved[key] = self._reserved.get(key, 0) + size_bytes
         return victims
 
@@ -157,7 +169,7 @@ class MemoryCache(Generic[V]):
                 return self.pop(key)
         return None
 
-    def _make_room(self, size_bytes: int) -> list[MemoryEntry[V]]:
+    def _make_room(self, size_bytes: int, *, in_order: bool = False) -> list[MemoryEntry[V]]:
         need = self.used_bytes + size_bytes - self.budget_bytes
         if need <= 0:
             return []
@@ -165,6 +177,8 @@ class MemoryCache(Generic[V]):
         freed = 0
         for key in self.policy.victims():
             entry = self._entries.get(key)
+            if entry is not None and entry.pins > 0 and in_order:
+                raise VictimInUseError(f"Model '{key}', next to be evicted, is in use.")
             if entry is None or entry.pins > 0:
                 continue
             chosen.append(key)

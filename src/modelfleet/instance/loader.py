@@ -58,8 +58,9 @@ class Loaded(NamedTuple):
 
     model: LoadedModel
     size: int  # footprint charged to the memory budget, bytes
-    load_s: float
+    load_s: float  # wall seconds
     imported: int  # RSS growth of framework imports during the load (0: none)
+    cpu_s: float  # CPU seconds of the loading thread (what the load cost the machine)
 
 
 class Loader:
@@ -76,6 +77,7 @@ class Loader:
         with self.overlaps.track() as overlap:
             rss_before, allocated_before = current_rss(), allocated_bytes()
             started = time.perf_counter()
+            cpu_started = time.thread_time()
             failure: ModelError | None = None
             try:
                 model = load_model(
@@ -91,6 +93,7 @@ class Loader:
                 release_memory(collect=True)
                 raise failure
             load_s = time.perf_counter() - started
+            cpu_s = time.thread_time() - cpu_started
             grown = current_rss() - rss_before
             allocated = allocated_bytes() - allocated_before
         imported = 0
@@ -102,7 +105,7 @@ class Loader:
         size = max(grown, allocated, declared or 0, disk_bytes, 1)
         if declared is None and size < WALK_BELOW:
             size = max(size, max(allocated, 0) + small_object_bytes(model))
-        return Loaded(model, size, load_s, imported)
+        return Loaded(model, size, load_s, imported, cpu_s)
 
 
 def failed_load(name: str, exc: BaseException) -> ModelError:

@@ -51,6 +51,15 @@ class Snapshotter:
             return disk_entry.snapshot_path
         return None
 
+    def will_save(self, disk_entry: DiskEntry | None, model: LoadedModel, size_bytes: int) -> bool:
+        """Whether ``model``, loaded from the artifact of ``disk_entry`` and ``size_bytes`` in
+        memory, gets a snapshot (if the disk has room for it when it is written)."""
+        if not self.enabled or disk_entry is None or self._stopping:
+            return False
+        too_big = max(disk_entry.artifact_bytes, size_bytes) > snapshots.MAX_BYTES
+        failed = self._failures.get(disk_entry.target_model, 0) >= _MAX_FAILURES
+        return model.snapshot_capable and not too_big and not failed
+
     def loaded(
         self, entry: Entry, disk_entry: DiskEntry, model: LoadedModel, *, dropped: bool
     ) -> None:
@@ -62,13 +71,7 @@ class Snapshotter:
         if dropped:
             self._disk.drop_snapshot(disk_entry)
             self._failed(name)
-        too_big = max(disk_entry.artifact_bytes, entry.size_bytes) > snapshots.MAX_BYTES
-        if (
-            self._stopping
-            or not model.snapshot_capable
-            or too_big
-            or self._failures.get(name, 0) >= _MAX_FAILURES
-        ):
+        if not self.will_save(disk_entry, model, entry.size_bytes):
             return
         if entry.pins > 0:
             self._unsaved[entry.key] = (disk_entry, model)

@@ -114,6 +114,7 @@ class Known:
     inline: bool = False
     measured: bool = False  # calls were measured (the first, warm-up, is not)
     load_s: float | None = None  # seconds its last load took
+    reload_s: float | None = None  # CPU seconds its last load from a load snapshot took
 
 
 class History:
@@ -138,6 +139,48 @@ class History:
         else:
             self._known.move_to_end(url)
         return known
+
+
+class MissCosts:
+    """What a model's next miss will cost, in CPU seconds: the figure the eviction policy
+    weighs a model's uses by (``cost_s`` of :meth:`~modelfleet.cache.memory.MemoryCache.admit`).
+
+    Not the load just measured. Its wall time is mostly waiting when loads overlap (for the
+    GIL and the cores: one model's reloads varied 5-28x on the end-to-end Zipf benchmark), and
+    a model's first load, from its artifact (with a framework import, for the first model of
+    a framework), costs many times what its next one will, from the load snapshot that load
+    leaves. Priced by that first load, a model loaded once held its room long after its
+    popularity was gone; a 2-instance fleet, whose instances each pay more first loads for the
+    same room, lost a tenth of its hit ratio to it (a sequential replay of each instance's
+    requests). So a load's CPU seconds count, and a load from the artifact that will leave a
+    snapshot is priced as a reload: the model's own last one, or at this instance's CPU
+    seconds per byte of reloads lately.
+    """
+
+    __slots__ = ("_per_byte",)
+
+    def __init__(self) -> None:
+        self._per_byte: float | None = None  # CPU seconds per byte of reloads, averaged
+
+    def reloaded(self, known: Known, cpu_s: float, size_bytes: int) -> float:
+        """A load from its snapshot took ``cpu_s``; what the next will cost."""
+        known.reload_s = cpu_s
+        rate = cpu_s / max(size_bytes, 1)
+        self._per_byte = rate if self._per_byte is None else 0.9 * self._per_byte + 0.1 * rate
+        return cpu_s
+
+    def first_loaded(
+        self, known: Known, cpu_s: float, size_bytes: int, *, snapshot_follows: bool
+    ) -> float:
+        """A load from the artifact took ``cpu_s``; what the next will cost (a reload, when
+        ``snapshot_follows``)."""
+        if not snapshot_follows:
+            return cpu_s
+        if known.reload_s is not None:
+            return min(known.reload_s, cpu_s)
+        if self._per_byte is not None:
+            return min(self._per_byte * size_bytes, cpu_s)
+        return cpu_s
 
 
 @dataclass(eq=False, slots=True)
