@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelfleet.cache.memory import MemoryCache
+from modelfleet.cache.memory import MemoryCache, VictimInUseError
 from modelfleet.cache.policy import LRUPolicy
 from modelfleet.errors import ModelTooLargeError, OutOfMemoryError
 
@@ -98,3 +98,25 @@ def test_get_counts_hits() -> None:
     entry = cache.entry("a")
     assert entry is not None
     assert entry.hits == 2
+
+
+def test_an_in_order_reservation_evicts_nothing_while_its_first_victim_is_in_use() -> None:
+    cache = make(100)
+    load(cache, "a", 40)
+    load(cache, "b", 40)
+    cache.pin("a")  # the least recently used, in use
+    with pytest.raises(VictimInUseError):
+        cache.reserve("c", 40, in_order=True)
+    assert sorted(cache) == ["a", "b"]
+    assert cache.reserved_bytes == 0
+    cache.unpin("a")
+    assert [e.key for e in cache.reserve("c", 40, in_order=True)] == ["a"]
+    assert cache.reserved_bytes == 40
+
+
+def test_a_reservation_passes_over_a_victim_in_use() -> None:
+    cache = make(100)
+    load(cache, "a", 40)
+    load(cache, "b", 40)
+    cache.pin("a")
+    assert [e.key for e in cache.reserve("c", 40)] == ["b"]
