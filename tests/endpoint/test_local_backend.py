@@ -108,6 +108,9 @@ def test_each_model_is_loaded_by_one_instance(source: Path, tmp_path: Path) -> N
         assert [line.split()[:4] for line in lines[1:]] == [
             ["default", "AllTraffic", str(i), "up"] for i in range(3)
         ]
+    # serve --log-level warning: the instances' INFO lines (a load, each) are not written
+    log = (tmp_path / "server.log").read_text()
+    assert " INFO modelfleet.instance" not in log
 
 
 @pytest.mark.slow

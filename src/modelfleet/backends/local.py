@@ -157,6 +157,9 @@ class SubprocessLauncher:
         argv = [sys.executable, "-m", "modelfleet", "instance", "--fd", str(fd)]
         argv += ["--instance-id", spec.instance_id, "--parent-pid", str(os.getpid())]
         argv += ["--variant", spec.variant]
+        # The router's log level (``serve --log-level``) is the instances' too.
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        argv += ["--log-level", str(level).lower()]
         process = await asyncio.create_subprocess_exec(
             *argv, pass_fds=(fd,), stdin=asyncio.subprocess.PIPE, start_new_session=True
         )
