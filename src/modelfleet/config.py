@@ -129,7 +129,8 @@ class Settings(BaseSettings):
     + max(64 MiB, 10% of it), raised by the RSS of framework imports."""
 
     load_concurrency: PositiveInt | None = None
-    """Models loading at once; default 2 x CPUs (4 x CPUs with the model cache disabled)."""
+    """Models loading at once; default 2 x CPUs (4 x CPUs with the model cache disabled). Loads
+    in flight also reserve at most a quarter of the memory budget between them."""
 
     download_concurrency: PositiveInt | None = None
     """Artifacts downloading at once; default 4 x CPUs (8 x CPUs with the cache disabled)."""

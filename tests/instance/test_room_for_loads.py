@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import modelfleet.instance.manager as manager_mod
+from modelfleet.config import ModelCacheSetting
 from modelfleet.instance.state import Known, MissCosts, ModelState
 from tests.instance.fakes import Block, FakeSource, Harness, invoke
 from tests.instance.test_miss_path import until
@@ -114,3 +115,22 @@ def test_a_miss_is_priced_at_the_next_load_a_reload_from_the_snapshot() -> None:
     # never above the load just measured, and without a snapshot to follow, that load
     assert costs.first_loaded(other, 0.001, 2_000, snapshot_follows=True) == 0.001
     assert costs.first_loaded(known, 0.4, 1_000, snapshot_follows=False) == 0.4
+
+
+@pytest.mark.usefixtures("patient")
+async def test_with_the_model_cache_disabled_loads_do_not_wait_for_a_share(
+    harness: Harness, make_manager: Any
+) -> None:
+    sizes = {"a": 200_000, "b": 200_000}
+    harness.model_sizes = dict(sizes)
+    manager = await make_manager(
+        FakeSource(sizes), load_concurrency=4, model_cache=ModelCacheSetting.DISABLED
+    )
+    harness.load_blocks["a"] = Block()
+    first = asyncio.create_task(invoke(manager, "a"))
+    await until(harness.load_blocks["a"].started.is_set)
+    result = await invoke(manager, "b")  # nothing cached to spare: b loads beside a at once
+    assert result.prediction.body == b"ok"
+    assert not first.done()
+    harness.load_blocks["a"].release.set()
+    await first

@@ -18,8 +18,9 @@ but the hottest model was pinned, so the hottest model was the one evicted, 28 t
 requests where a sequential replay of the same requests loaded it once. So loads in flight may
 hold at most a quarter of the budget between them (one always may), and a load whose
 policy-chosen victims are in use waits for them (both up to 0.2 s) rather than evicting what
-the policy ranks above them. The 2-instance fleet's hit ratio went from 0.78-0.80 to 0.96 of
-one instance's with the whole room.
+the policy ranks above them. The 2-instance fleet's hit ratio went from 0.75 to 0.91 of one
+instance's with the whole room on that benchmark's Zipf trace, from 0.90 to 0.99 on its
+shifting one (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -601,9 +602,10 @@ class ModelManager:
         * while the policy's next victims are in use (a model just loaded, its callers still
           in inference), it waits for them rather than evicting models the policy ranks above.
 
-        Then it evicts as it can, waiting only for the room models in use hold.
+        Then it evicts as it can, waiting only for the room models in use hold. With the model
+        cache disabled there are no such models to spare, and neither wait applies.
         """
-        deadline = time.monotonic() + _VICTIM_WAIT_S
+        deadline = time.monotonic() + (_VICTIM_WAIT_S if self._cache_enabled else 0.0)
         limit = _LOADING_SHARE * self.memory.budget_bytes
         while (remaining := deadline - time.monotonic()) > 0:
             loading = self.memory.reserved_bytes
