@@ -37,6 +37,7 @@ async def run(
     limit = len(targets) if targets is not None else args.requests
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
+    failures: list[dict[str, object]] = []  # the first few, to say what went wrong
     issued = 0
     deadline = time.perf_counter() + args.duration
     connector = aiohttp.TCPConnector(limit=args.concurrency, force_close=False)
@@ -55,10 +56,14 @@ async def run(
                 started = time.perf_counter()
                 try:
                     async with session.post(args.url, data=body, headers=sent) as response:
-                        await response.read()
+                        answer = await response.read()
                         statuses[response.status] += 1
-                except (aiohttp.ClientError, TimeoutError):
+                        if response.status != 200 and len(failures) < _FAILURES_KEPT:
+                            failures.append(_failure(response.status, sent, answer))
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     statuses[-1] += 1
+                    if len(failures) < _FAILURES_KEPT:
+                        failures.append(_failure(-1, sent, repr(exc).encode()))
                     continue
                 latencies.append(time.perf_counter() - started)
 
@@ -84,7 +89,17 @@ async def run(
         "p90_ms": 1000 * percentile(ok, 0.90),
         "p99_ms": 1000 * percentile(ok, 0.99),
         "p999_ms": 1000 * percentile(ok, 0.999),
+        "failures": failures,
     }
+
+
+_FAILURES_KEPT = 5
+
+
+def _failure(status: int, headers: dict[str, str], answer: bytes) -> dict[str, object]:
+    """What one failed request was sent and got (its answer cut to 500 characters)."""
+    text = answer.decode("utf-8", "replace")[:500]
+    return {"status": status, "target": headers.get(TARGET_HEADER), "answer": text}
 
 
 def main() -> None:

@@ -100,17 +100,17 @@ def test_get_counts_hits() -> None:
     assert entry.hits == 2
 
 
-def test_an_in_order_reservation_evicts_nothing_while_its_first_victim_is_in_use() -> None:
+def test_a_reservation_evicts_nothing_while_a_victim_it_waits_for_is_in_use() -> None:
     cache = make(100)
     load(cache, "a", 40)
     load(cache, "b", 40)
     cache.pin("a")  # the least recently used, in use
     with pytest.raises(VictimInUseError):
-        cache.reserve("c", 40, in_order=True)
+        cache.reserve("c", 40, wait_for=lambda entry: entry.key == "a")
     assert sorted(cache) == ["a", "b"]
     assert cache.reserved_bytes == 0
     cache.unpin("a")
-    assert [e.key for e in cache.reserve("c", 40, in_order=True)] == ["a"]
+    assert [e.key for e in cache.reserve("c", 40, wait_for=lambda entry: True)] == ["a"]
     assert cache.reserved_bytes == 40
 
 
@@ -119,4 +119,4 @@ def test_a_reservation_passes_over_a_victim_in_use() -> None:
     load(cache, "a", 40)
     load(cache, "b", 40)
     cache.pin("a")
-    assert [e.key for e in cache.reserve("c", 40)] == ["b"]
+    assert [e.key for e in cache.reserve("c", 40, wait_for=lambda entry: False)] == ["b"]

@@ -134,3 +134,24 @@ async def test_with_the_model_cache_disabled_loads_do_not_wait_for_a_share(
     assert not first.done()
     harness.load_blocks["a"].release.set()
     await first
+
+
+@pytest.mark.usefixtures("patient")
+async def test_a_load_does_not_wait_for_a_victim_whose_calls_are_slow(
+    harness: Harness, make_manager: Any
+) -> None:
+    sizes = {"x": 400_000, "hot": 400_000, "y": 400_000}
+    harness.model_sizes = dict(sizes)
+    manager = await make_manager(FakeSource(sizes), eviction_policy="lru", disk_limit=10_000_000)
+    harness.invoke_blocks["x"] = Block()
+    first = asyncio.create_task(invoke(manager, "x"))
+    await until(harness.invoke_blocks["x"].started.is_set)
+    await invoke(manager, "hot")
+    slow = manager.memory.entry("x")
+    assert slow is not None
+    slow.value.latency_ewma_s = 1.0  # its calls take a second of CPU: not worth waiting for
+    result = await invoke(manager, "y")  # at once, though the wait's bound is 30 s here
+    assert result.prediction.body == b"ok"
+    assert sorted(manager.memory) == ["x", "y"]
+    harness.invoke_blocks["x"].release.set()
+    await first

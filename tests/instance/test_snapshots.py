@@ -228,3 +228,35 @@ async def test_no_pickling_without_disk_room(
         assert list((tmp_path / "cache").glob("models/*/snapshot")) == []
     finally:
         await manager.stop()
+
+
+async def test_a_load_beside_a_snapshot_write_does_not_trust_its_memory_growth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pickling allocates about the model's size: a load that ran meanwhile is charged its own
+    files, not the process's growth (a 3.3 MB model once measured 13.9 MB that way)."""
+    writing, release = threading.Event(), threading.Event()
+    real = SklearnModel.snapshot
+
+    def slow(self: SklearnModel) -> Any:
+        writing.set()
+        assert release.wait(30)
+        return real(self)
+
+    monkeypatch.setattr(SklearnModel, "snapshot", slow)
+    source = make_source(tmp_path / "source", 1)
+    manager = await manager_for(source, tmp_path / "cache")
+    try:
+        await answer(manager, "model-0/model.tar.gz")
+        assert await asyncio.to_thread(writing.wait, 30)
+        with manager.loader.overlaps.track() as load:  # a load, while the write runs
+            pass
+        assert load.happened
+        release.set()
+        assert len(await snapshots_written(manager, 1)) == 1
+        with manager.loader.overlaps.track() as alone:
+            pass
+        assert not alone.happened
+    finally:
+        release.set()
+        await manager.stop()

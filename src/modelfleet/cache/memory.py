@@ -97,21 +97,27 @@ class MemoryCache(Generic[V]):
             entry.pins -= 1
 
     # -- admission and eviction -------------------------------------------------------------
-    def reserve(self, key: str, size_bytes: int, *, in_order: bool = False) -> list[MemoryEntry[V]]:
+    def reserve(
+        self,
+        key: str,
+        size_bytes: int,
+        *,
+        wait_for: Callable[[MemoryEntry[V]], bool] | None = None,
+    ) -> list[MemoryEntry[V]]:
         """Hold ``size_bytes`` for a load of ``key``; return the entries evicted to make room.
 
         The returned entries are already out of the cache: the caller unloads them. Raises
         :class:`ModelTooLargeError` when the model can never fit and :class:`OutOfMemoryError`
-        when the room is held by pinned models or other loads. With ``in_order``, victims are
-        taken strictly in the policy's order: a pinned one among those needed raises
-        :class:`VictimInUseError` (nothing evicted) instead of being passed over.
+        when the room is held by pinned models or other loads. Pinned entries among the
+        policy's victims are passed over, except those ``wait_for`` accepts: one of those among
+        the victims needed raises :class:`VictimInUseError`, nothing evicted.
         """
         if size_bytes > self.budget_bytes:
             raise ModelTooLargeError(
                 f"Model '{key}' needs {size_bytes} bytes of memory but the instance's whole "
                 f"memory budget is {self.budget_bytes} bytes."
             )
-        victims = self._make_room(size_bytes, in_order=in_order)
+        victims = self._make_room(size_bytes, wait_for=wait_for)
         self._reserved[key] = self._reserved.get(key, 0) + size_bytes
         return victims
 
@@ -169,7 +175,9 @@ class MemoryCache(Generic[V]):
                 return self.pop(key)
         return None
 
-    def _make_room(self, size_bytes: int, *, in_order: bool = False) -> list[MemoryEntry[V]]:
+    def _make_room(
+        self, size_bytes: int, *, wait_for: Callable[[MemoryEntry[V]], bool] | None = None
+    ) -> list[MemoryEntry[V]]:
         need = self.used_bytes + size_bytes - self.budget_bytes
         if need <= 0:
             return []
@@ -177,7 +185,7 @@ class MemoryCache(Generic[V]):
         freed = 0
         for key in self.policy.victims():
             entry = self._entries.get(key)
-            if entry is not None and entry.pins > 0 and in_order:
+            if entry is not None and entry.pins > 0 and wait_for is not None and wait_for(entry):
                 raise VictimInUseError(f"Model '{key}', next to be evicted, is in use.")
             if entry is None or entry.pins > 0:
                 continue

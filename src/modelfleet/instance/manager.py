@@ -76,6 +76,13 @@ logger = logging.getLogger(__name__)
 _MAX_LOAD_ROUNDS = 3
 _LOADING_SHARE = 0.25  # of the memory budget that loads in flight may reserve between them
 _VICTIM_WAIT_S = 0.2  # longest a load waits for that share, or for its victims to be idle
+_SHORT_CALL_S = 0.02  # a victim in use is waited for only if its calls are this short
+
+
+def _soon_idle(entry: Entry) -> bool:
+    """Whether a model in use is worth a load's wait: its calls average at most
+    ``_SHORT_CALL_S`` of CPU (a model whose calls were never measured, one just loaded, is)."""
+    return entry.value.latency_ewma_s <= _SHORT_CALL_S
 
 
 class _Refused(Exception):
@@ -146,6 +153,7 @@ class ModelManager:
             disk=self.disk,
             pools=lambda: self.pools,
             enabled=self._cache_enabled and settings.snapshots,
+            overlaps=self.loader.overlaps,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -600,7 +608,9 @@ class ModelManager:
         * while the reservations of other loads would take more than ``_LOADING_SHARE`` of
           the budget with this one, it waits for one of them to be admitted;
         * while the policy's next victims are in use (a model just loaded, its callers still
-          in inference), it waits for them rather than evicting models the policy ranks above.
+          in inference), it waits for them rather than evicting models the policy ranks above;
+          not for a model whose calls are slow (:func:`_soon_idle`): it would wait the whole
+          bound at every miss while that model serves.
 
         Then it evicts as it can, waiting only for the room models in use hold. With the model
         cache disabled there are no such models to spare, and neither wait applies.
@@ -611,7 +621,7 @@ class ModelManager:
             loading = self.memory.reserved_bytes
             if not loading or loading + size_bytes <= limit:
                 try:
-                    return self.memory.reserve(name, size_bytes, in_order=True)
+                    return self.memory.reserve(name, size_bytes, wait_for=_soon_idle)
                 except OutOfMemoryError:
                     pass  # a victim in use, or no room at all: wait for a pin or a load
             with contextlib.suppress(TimeoutError):
