@@ -4,7 +4,8 @@ A model's footprint is the largest of the process RSS growth during its load, th
 bytes malloc has handed out (which sees memory the load took from heap pages an earlier unload
 freed, where the RSS does not grow), the handler's own figure and the size of its files. The
 growth figures are only trusted when they can be the model's: not when another load (or an
-unload, which frees memory and allocates some) ran at the same time, and not when the load
+unload, which frees memory and allocates some, or a load snapshot's write, which allocates about
+a model's size) ran at the same time, and not when the load
 imported a framework (that growth stays with the process after the model goes; it is reported
 separately so the instance can raise its RSS high-water mark by it).
 
@@ -69,7 +70,8 @@ class Loader:
     def __init__(self, *, handler: str | None, walk_trees: bool = True) -> None:
         self._handler = handler
         self._walk_trees = walk_trees
-        self.overlaps = OverlapTracker()  # loads, and unloads (which free and allocate too)
+        # loads, unloads and snapshot writes (which free and allocate too)
+        self.overlaps = OverlapTracker()
 
     def load(self, name: str, url: Path, disk_bytes: int, snapshot: Path | None = None) -> Loaded:
         """Load ``url`` as ``name`` (blocking), from its ``snapshot`` if it has a usable one."""
