@@ -18,9 +18,9 @@ but the hottest model was pinned, so the hottest model was the one evicted, 28 t
 requests where a sequential replay of the same requests loaded it once. So loads in flight may
 hold at most a quarter of the budget between them (one always may), and a load whose
 policy-chosen victims are in use waits for them (both up to 0.2 s) rather than evicting what
-the policy ranks above them. The 2-instance fleet's hit ratio went from 0.75 to 0.91 of one
-instance's with the whole room on that benchmark's Zipf trace, from 0.90 to 0.99 on its
-shifting one (docs/benchmarks.md).
+the policy ranks above them. The 2-instance fleet's hit ratio went from 0.75 to 0.91-0.92 of
+one instance's with the whole room on that benchmark's Zipf trace, from 0.90 to 0.99-1.00 on
+its shifting one (docs/benchmarks.md).
 """
 
 from __future__ import annotations
