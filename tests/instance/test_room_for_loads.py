@@ -22,18 +22,40 @@ def patient(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manager_mod, "_VICTIM_WAIT_S", 30.0)
 
 
-@pytest.mark.usefixtures("patient")
-async def test_a_load_waits_for_its_victim_in_use_rather_than_evict_a_model_used_since(
-    harness: Harness, make_manager: Any
-) -> None:
+async def x_in_use_then_hot(harness: Harness, make_manager: Any) -> tuple[Any, asyncio.Task[Any]]:
+    """An LRU manager with room for two of its three models: "x" in inference (until its
+    block is released; the returned task is that call), then "hot" used after it, so x is the
+    policy's first victim and a load of "y" needs the room of one of them."""
     sizes = {"x": 400_000, "hot": 400_000, "y": 400_000}
     harness.model_sizes = dict(sizes)
     manager = await make_manager(FakeSource(sizes), eviction_policy="lru", disk_limit=10_000_000)
     harness.invoke_blocks["x"] = Block()
-    first = asyncio.create_task(invoke(manager, "x"))  # in inference until released
+    first = asyncio.create_task(invoke(manager, "x"))
     await until(harness.invoke_blocks["x"].started.is_set)
-    await invoke(manager, "hot")  # used after x: x is the policy's first victim
-    third = asyncio.create_task(invoke(manager, "y"))  # needs the room of one of them
+    await invoke(manager, "hot")
+    return manager, first
+
+
+async def a_loading(
+    harness: Harness, make_manager: Any, **overrides: Any
+) -> tuple[Any, asyncio.Task[Any]]:
+    """A manager whose load of "a" (200,000 bytes of a 1,000,000-byte budget) is stuck until
+    its block is released; the returned task is the call waiting for it."""
+    sizes = {"a": 200_000, "b": 200_000}
+    harness.model_sizes = dict(sizes)
+    manager = await make_manager(FakeSource(sizes), load_concurrency=4, **overrides)
+    harness.load_blocks["a"] = Block()
+    first = asyncio.create_task(invoke(manager, "a"))  # one load always may start
+    await until(harness.load_blocks["a"].started.is_set)
+    return manager, first
+
+
+@pytest.mark.usefixtures("patient")
+async def test_a_load_waits_for_its_victim_in_use_rather_than_evict_a_model_used_since(
+    harness: Harness, make_manager: Any
+) -> None:
+    manager, first = await x_in_use_then_hot(harness, make_manager)
+    third = asyncio.create_task(invoke(manager, "y"))
     await until(lambda: manager.states().get("y") is ModelState.LOADING)
     for _ in range(100):
         await asyncio.sleep(0)
@@ -49,13 +71,7 @@ async def test_a_victim_in_use_for_longer_than_the_wait_is_passed_over(
     harness: Harness, make_manager: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(manager_mod, "_VICTIM_WAIT_S", 0.05)
-    sizes = {"x": 400_000, "hot": 400_000, "y": 400_000}
-    harness.model_sizes = dict(sizes)
-    manager = await make_manager(FakeSource(sizes), eviction_policy="lru", disk_limit=10_000_000)
-    harness.invoke_blocks["x"] = Block()
-    first = asyncio.create_task(invoke(manager, "x"))
-    await until(harness.invoke_blocks["x"].started.is_set)
-    await invoke(manager, "hot")
+    manager, first = await x_in_use_then_hot(harness, make_manager)
     result = await invoke(manager, "y")  # x stays in use: y evicts hot after the wait
     assert result.prediction.body == b"ok"
     assert sorted(manager.memory) == ["x", "y"]
@@ -67,12 +83,7 @@ async def test_a_victim_in_use_for_longer_than_the_wait_is_passed_over(
 async def test_loads_in_flight_hold_at_most_a_quarter_of_the_budget(
     harness: Harness, make_manager: Any
 ) -> None:
-    sizes = {"a": 200_000, "b": 200_000, "c": 200_000}
-    harness.model_sizes = dict(sizes)
-    manager = await make_manager(FakeSource(sizes), load_concurrency=4)
-    harness.load_blocks["a"] = Block()
-    first = asyncio.create_task(invoke(manager, "a"))  # one load always may start
-    await until(harness.load_blocks["a"].started.is_set)
+    manager, first = await a_loading(harness, make_manager)
     second = asyncio.create_task(invoke(manager, "b"))  # 400,000 of 1,000,000 with a's
     await until(lambda: manager.states().get("b") is ModelState.LOADING)
     for _ in range(100):
@@ -88,12 +99,7 @@ async def test_a_load_waits_for_the_share_no_longer_than_the_bound(
     harness: Harness, make_manager: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(manager_mod, "_VICTIM_WAIT_S", 0.05)
-    sizes = {"a": 200_000, "b": 200_000}
-    harness.model_sizes = dict(sizes)
-    manager = await make_manager(FakeSource(sizes), load_concurrency=4)
-    harness.load_blocks["a"] = Block()
-    first = asyncio.create_task(invoke(manager, "a"))
-    await until(harness.load_blocks["a"].started.is_set)
+    manager, first = await a_loading(harness, make_manager)
     result = await invoke(manager, "b")  # a is still loading: b went ahead after the wait
     assert result.prediction.body == b"ok"
     assert not first.done()
@@ -121,14 +127,7 @@ def test_a_miss_is_priced_at_the_next_load_a_reload_from_the_snapshot() -> None:
 async def test_with_the_model_cache_disabled_loads_do_not_wait_for_a_share(
     harness: Harness, make_manager: Any
 ) -> None:
-    sizes = {"a": 200_000, "b": 200_000}
-    harness.model_sizes = dict(sizes)
-    manager = await make_manager(
-        FakeSource(sizes), load_concurrency=4, model_cache=ModelCacheSetting.DISABLED
-    )
-    harness.load_blocks["a"] = Block()
-    first = asyncio.create_task(invoke(manager, "a"))
-    await until(harness.load_blocks["a"].started.is_set)
+    manager, first = await a_loading(harness, make_manager, model_cache=ModelCacheSetting.DISABLED)
     result = await invoke(manager, "b")  # nothing cached to spare: b loads beside a at once
     assert result.prediction.body == b"ok"
     assert not first.done()
@@ -140,13 +139,7 @@ async def test_with_the_model_cache_disabled_loads_do_not_wait_for_a_share(
 async def test_a_load_does_not_wait_for_a_victim_whose_calls_are_slow(
     harness: Harness, make_manager: Any
 ) -> None:
-    sizes = {"x": 400_000, "hot": 400_000, "y": 400_000}
-    harness.model_sizes = dict(sizes)
-    manager = await make_manager(FakeSource(sizes), eviction_policy="lru", disk_limit=10_000_000)
-    harness.invoke_blocks["x"] = Block()
-    first = asyncio.create_task(invoke(manager, "x"))
-    await until(harness.invoke_blocks["x"].started.is_set)
-    await invoke(manager, "hot")
+    manager, first = await x_in_use_then_hot(harness, make_manager)
     slow = manager.memory.entry("x")
     assert slow is not None
     slow.value.latency_ewma_s = 1.0  # its calls take a second of CPU: not worth waiting for
