@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import modelfleet.instance.manager as manager_mod
+import modelfleet.instance.room as room_mod
 from modelfleet.config import ModelCacheSetting
 from modelfleet.instance.state import Known, MissCosts, ModelState
 from tests.instance.fakes import Block, FakeSource, Harness, invoke
@@ -19,7 +19,7 @@ from tests.instance.test_miss_path import until
 @pytest.fixture
 def patient(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loads wait for room as long as a slow test machine needs (the real bound is 0.2 s)."""
-    monkeypatch.setattr(manager_mod, "_VICTIM_WAIT_S", 30.0)
+    monkeypatch.setattr(room_mod, "VICTIM_WAIT_S", 30.0)
 
 
 async def x_in_use_then_hot(harness: Harness, make_manager: Any) -> tuple[Any, asyncio.Task[Any]]:
@@ -70,7 +70,7 @@ async def test_a_load_waits_for_its_victim_in_use_rather_than_evict_a_model_used
 async def test_a_victim_in_use_for_longer_than_the_wait_is_passed_over(
     harness: Harness, make_manager: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(manager_mod, "_VICTIM_WAIT_S", 0.05)
+    monkeypatch.setattr(room_mod, "VICTIM_WAIT_S", 0.05)
     manager, first = await x_in_use_then_hot(harness, make_manager)
     result = await invoke(manager, "y")  # x stays in use: y evicts hot after the wait
     assert result.prediction.body == b"ok"
@@ -98,7 +98,7 @@ async def test_loads_in_flight_hold_at_most_a_quarter_of_the_budget(
 async def test_a_load_waits_for_the_share_no_longer_than_the_bound(
     harness: Harness, make_manager: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(manager_mod, "_VICTIM_WAIT_S", 0.05)
+    monkeypatch.setattr(room_mod, "VICTIM_WAIT_S", 0.05)
     manager, first = await a_loading(harness, make_manager)
     result = await invoke(manager, "b")  # a is still loading: b went ahead after the wait
     assert result.prediction.body == b"ok"

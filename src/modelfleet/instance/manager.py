@@ -10,23 +10,12 @@ memory (and its artifact on disk) while any call uses it, from before its first 
 inference thread has returned, and a fresh model arrives pinned once for every caller that
 waited for it. Nothing pinned is ever evicted, unloaded or deleted.
 
-Room for a load is taken so that the models hits want stay (:meth:`ModelManager._reserve`).
-Loads in flight hold their reservations, and a model just loaded is pinned until its callers'
-inference returns; a small budget holds few models, and on the end-to-end Zipf benchmark
-(2 instances with room for about 10 models each) these filled most of it at times: every entry
-but the hottest model was pinned, so the hottest model was the one evicted, 28 times in 5,000
-requests where a sequential replay of the same requests loaded it once. So loads in flight may
-hold at most a quarter of the budget between them (one always may), and a load whose
-policy-chosen victims are in use waits for them (both up to 0.2 s) rather than evicting what
-the policy ranks above them. The 2-instance fleet's hit ratio went from 0.75 to 0.91-0.92 of
-one instance's with the whole room on that benchmark's Zipf trace, from 0.90 to 0.99-1.00 on
-its shifting one (docs/benchmarks.md).
+Room for a load is taken so that the models hits want stay (:mod:`modelfleet.instance.room`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -44,7 +33,6 @@ from modelfleet.errors import (
     ModelNotFoundError,
     ModelNotLoadedError,
     ModelNotReadyError,
-    OutOfMemoryError,
     ValidationError,
 )
 from modelfleet.handlers.detect import INFERENCE_PY
@@ -54,6 +42,7 @@ from modelfleet.instance.pins import Pins
 from modelfleet.instance.pools import Pools, run_blocking
 from modelfleet.instance.pressure import MemoryPressure
 from modelfleet.instance.revalidator import Revalidator, Verdict
+from modelfleet.instance.room import Room
 from modelfleet.instance.runner import Runner
 from modelfleet.instance.snapshots import Snapshotter
 from modelfleet.instance.state import (
@@ -74,15 +63,6 @@ from modelfleet.source import ModelSource, validate_target_model
 logger = logging.getLogger(__name__)
 
 _MAX_LOAD_ROUNDS = 3
-_LOADING_SHARE = 0.25  # of the memory budget that loads in flight may reserve between them
-_VICTIM_WAIT_S = 0.2  # longest a load waits for that share, or for its victims to be idle
-_SHORT_CALL_S = 0.02  # a victim in use is waited for only if its calls are this short
-
-
-def _soon_idle(entry: Entry) -> bool:
-    """Whether a model in use is worth a load's wait: its calls average at most
-    ``_SHORT_CALL_S`` of CPU (a model whose calls were never measured, one just loaded, is)."""
-    return entry.value.latency_ewma_s <= _SHORT_CALL_S
 
 
 class _Refused(Exception):
@@ -147,7 +127,9 @@ class ModelManager:
         self._inline_load_s = settings.inline_load_ms / 1000.0
         self._pool_loads = 0  # loads running on the load pool now
         self._load_turns = asyncio.Semaphore(settings.effective_load_concurrency)
-        self._room = asyncio.Event()
+        self.room = Room(
+            self.memory, timeout_s=settings.invoke_timeout, spare_cached=self._cache_enabled
+        )
         self.pins = Pins(on_idle=self._idle)
         self.snapshots = Snapshotter(
             disk=self.disk,
@@ -293,7 +275,7 @@ class ModelManager:
 
     def _idle(self, entry: Entry) -> None:
         """``entry``'s last pin was released."""
-        self._signal_room()
+        self.room.changed()
         self.snapshots.released(entry.key)
         drained = self._drained.pop(entry.key, None)
         if drained is not None:
@@ -431,7 +413,7 @@ class ModelManager:
             await self.unloader.unload(entry)
         finally:
             self.memory.release(f"{name}\0retired")
-            self._signal_room()
+            self.room.changed()
 
     def _hold_retired(self, name: str, entry: Entry) -> None:
         """Take ``entry`` out of the memory tier, its bytes held under another key until
@@ -485,7 +467,7 @@ class ModelManager:
             # queued misses do not evict models that hits still want.
             async with self._load_turns:
                 room = max(disk_bytes, 1)
-                victims = await self._reserve(name, room)
+                victims = await self.room.for_load(name, room)
                 try:
                     self.unloader.unload_later(victims)
                     if self._loads_inline(url, snapshot):
@@ -504,7 +486,7 @@ class ModelManager:
                     self.pressure.imported(loaded.imported)
                 except BaseException:
                     self.memory.release(name)
-                    self._signal_room()
+                    self.room.changed()
                     raise
             model = loaded.model
             cost_s = self._miss_cost(known, loaded, disk_entry)
@@ -519,13 +501,13 @@ class ModelManager:
                         self._hold_retired(name, replacing)
                     return self.memory.admit(name, resident, loaded.size, cost_s=cost_s)
 
-                victims = await self._with_room(admit)
+                victims = await self.room.wait_for(admit)
             except BaseException:  # no room for its measured size, or cancelled meanwhile
                 self.memory.release(name)
-                self._signal_room()
+                self.room.changed()
                 await asyncio.shield(run_blocking(self.pools.load, close_model, model))
                 raise
-            self._signal_room()  # its reservation is an entry now: the next load may start
+            self.room.changed()  # its reservation is an entry now: the next load may start
             entry = self.memory.entry(name)
             assert entry is not None
             flight = self._pending.get(name)
@@ -598,58 +580,6 @@ class ModelManager:
             return False
         entries = (self.memory.entry(key) for key in list(self.memory))
         return not any(e and e.value.model.handler_name == INFERENCE_PY for e in entries)
-
-    async def _reserve(self, name: str, size_bytes: int) -> list[Entry]:
-        """Reserve room for loading ``name``; return the models evicted for it.
-
-        Two waits come first, each bounded by ``_VICTIM_WAIT_S``, for the sake of the models
-        that hits still want (what this changed is in the module doc):
-
-        * while the reservations of other loads would take more than ``_LOADING_SHARE`` of
-          the budget with this one, it waits for one of them to be admitted;
-        * while the policy's next victims are in use (a model just loaded, its callers still
-          in inference), it waits for them rather than evicting models the policy ranks above;
-          not for a model whose calls are slow (:func:`_soon_idle`): it would wait the whole
-          bound at every miss while that model serves.
-
-        Then it evicts as it can, waiting only for the room models in use hold. With the model
-        cache disabled there are no such models to spare, and neither wait applies.
-        """
-        deadline = time.monotonic() + (_VICTIM_WAIT_S if self._cache_enabled else 0.0)
-        limit = _LOADING_SHARE * self.memory.budget_bytes
-        while (remaining := deadline - time.monotonic()) > 0:
-            loading = self.memory.reserved_bytes
-            if not loading or loading + size_bytes <= limit:
-                try:
-                    return self.memory.reserve(name, size_bytes, wait_for=_soon_idle)
-                except OutOfMemoryError:
-                    pass  # a victim in use, or no room at all: wait for a pin or a load
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), remaining)
-        return await self._with_room(lambda: self.memory.reserve(name, size_bytes))
-
-    async def _with_room(self, attempt: Callable[[], list[Entry]]) -> list[Entry]:
-        """Run ``attempt`` (a reservation or an admission), waiting while models in use hold
-        the memory room.
-
-        Calls in flight unpin their models within milliseconds, so a load that finds the
-        budget held by pins waits for room (up to the invoke timeout) rather than failing.
-        """
-        deadline = time.monotonic() + self.settings.invoke_timeout
-        while True:
-            try:
-                return attempt()
-            except OutOfMemoryError:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), remaining)
-
-    def _signal_room(self) -> None:
-        """Wake loads waiting for memory room (a pin or a reservation was dropped)."""
-        room, self._room = self._room, asyncio.Event()
-        room.set()
 
     async def enforce_rss(self) -> int:
         """Evict idle models worth the RSS excess over the high-water mark (see Unloader)."""
