@@ -1,14 +1,14 @@
 """End-to-end Zipf through HTTP: many forests, little memory, replayable traces for everyone.
 
 ``python -m bench.zipf_http [--quick] [--peers] [--systems a,b,...] [--traces zipf,shifting]
-[--rounds K]``
+[--rounds K] [--room-models R]``
 
 200 scikit-learn forests whose joblib files are 0.5-5 MB (log-uniform; popularity rank drawn
 independently of size), 5,000 requests sent at concurrency 8 by ``bench.loadgen --targets-file``
-from an empty cache, with memory room R for 20 models. Two traces, fixed seeds: ``zipf`` draws
-every request from Zipf(1.0); ``shifting`` draws from Zipf(1.0) too but over a new random ranking
-every 1,000 requests (the hot set changes five times). Every system runs every trace from an
-empty cache.
+from an empty cache, with memory room R for 20 models (``--room-models``; the same forests). Two
+traces, fixed seeds: ``zipf`` draws every request from Zipf(1.0); ``shifting`` draws from Zipf(1.0)
+too but over a new random ranking every 1,000 requests (the hot set changes five times). Every
+system runs every trace from an empty cache.
 
 One instance: ``modelfleet`` (``--memory-limit`` R = 20 times the mean file size),
 ``modelfleet-predict`` (``--no-walk-trees``: scikit-learn's own forest ``predict``, as the others
@@ -329,8 +329,14 @@ def main() -> None:
     p.add_argument("--systems", help="comma-separated systems (default: by mode)")
     p.add_argument("--traces", default=",".join(TRACES), help="comma-separated traces")
     p.add_argument("--rounds", type=int, default=1, help="runs of everything (medians shown)")
+    p.add_argument("--room-models", type=int, help="memory room R in mean-sized models")
     args = p.parse_args()
     w = Workload(100, 1000, 10, phase=200) if args.quick else Workload(200, 5000, 20)
+    key = hashlib.sha256(repr(replace(w, phase=0)).encode()).hexdigest()[:12]  # the forests'
+    if args.room_models is not None:
+        if args.room_models < 1:
+            p.error("--room-models must be at least 1")
+        w = replace(w, room_models=args.room_models)
     if args.systems:
         systems = args.systems.split(",")
     else:
@@ -346,7 +352,6 @@ def main() -> None:
         )
         if needs_ray and "ray" not in unavailable:
             servers.ensure_isolated("bench.zipf_http", sys.argv[1:])
-    key = hashlib.sha256(repr(replace(w, phase=0)).encode()).hexdigest()[:12]
     models = Path(tempfile.gettempdir()) / f"modelfleet-bench-zipf-{key}"
     began = time.perf_counter()
     sizes = build_models(models, w)
