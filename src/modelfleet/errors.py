@@ -147,6 +147,15 @@ class ModelNotLoadedError(ModelfleetError):
         self.model_name = model_name
 
 
+class ModelUrlNotFoundError(ModelfleetError):
+    """Instance contract: LoadModel's url does not exist (404, as the inference toolkit's model
+    server answers)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"Model url '{url}' does not exist on this instance.")
+        self.url = url
+
+
 class ModelAlreadyLoadedError(ModelfleetError):
     """Instance contract: the named model is already loaded."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -39,10 +40,80 @@ def test_csv_one_row_is_one_dimensional_like_genfromtxt() -> None:
     )
 
 
-def test_csv_matches_genfromtxt_on_blank_lines_and_missing_values() -> None:
-    text = "1,,3\n\n4,5,6\r\n"
-    expected = np.genfromtxt(io.StringIO(text), delimiter=",")
-    np.testing.assert_array_equal(codecs.decode(text.encode(), "text/csv"), expected)
+# Bodies the inference toolkit's decoder turns into arrays of many kinds: what an inference.py
+# model's default input_fn hands on. Each must decode here exactly as there.
+TOOLKIT_CSV = [
+    "1,2,3\n4,5,6",  # integers stay integers
+    "1.5,2.5\n3.5,4.5",
+    "7",  # a single value: a 0-d array
+    "1\n2\n3",  # one column: 1-D
+    "1,2,3",  # one row: 1-D
+    "a,b,c\n1,2,3",  # a header row: strings
+    '"x","y"\n"1","2"',  # quoted fields: strings, quotes kept
+    "1,,3\n\n4,5,6\r\n",  # an empty field in an integer column, a blank line, CRLF
+    "1.5,,3.5\n4.5,5.5,6.5",  # an empty field in a float column: NaN
+    "-1e3,2E-2,+3.0",
+    "true,false",
+    "",
+]
+
+
+@pytest.mark.parametrize("body", TOOLKIT_CSV)
+def test_csv_decodes_as_the_inference_toolkit_does(body: str) -> None:
+    from sagemaker_inference import decoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # genfromtxt: "Empty input file"
+        theirs = decoder.decode(body, "text/csv")
+    mine = codecs.decode(body, "text/csv")
+    assert mine.dtype == theirs.dtype
+    assert mine.shape == theirs.shape
+    np.testing.assert_array_equal(mine, theirs)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [("1,2.5", [1.0, 2.5]), ("1,2.5\n3,4", [[1.0, 2.5], [3.0, 4.0]])],
+)
+def test_mixed_integer_and_float_columns_are_floats_not_a_structured_array(
+    body: str, expected: list[float]
+) -> None:
+    from sagemaker_inference import decoder
+
+    assert decoder.decode(body, "text/csv").dtype.names is not None  # what no model takes
+    mine = codecs.decode(body, "text/csv")
+    assert mine.dtype == np.float64
+    np.testing.assert_array_equal(mine, expected)
+
+
+@pytest.mark.parametrize(
+    "body", [b"[[1, 2], [3, 4]]", b"[1.5, 2]", b"7", b'["a", "b"]', b"[[1, 2], [3]]"]
+)
+def test_json_decodes_as_the_inference_toolkit_does(body: bytes) -> None:
+    from sagemaker_inference import decoder
+
+    try:
+        theirs = decoder.decode(body.decode(), "application/json")
+    except ValueError:  # ragged rows: numpy refuses them
+        with pytest.raises(ModelInvocationError, match="not valid application/json"):
+            codecs.decode(body, "application/json")
+        return
+    mine = codecs.decode(body, "application/json")
+    assert mine.dtype == theirs.dtype
+    np.testing.assert_array_equal(mine, theirs)
+
+
+def test_npz_decodes_to_the_sparse_matrix_the_toolkit_gives() -> None:
+    import scipy.sparse
+    from sagemaker_inference import decoder
+
+    buffer = io.BytesIO()
+    scipy.sparse.save_npz(buffer, scipy.sparse.csr_matrix(np.array([[0, 1.5], [2.0, 0]])))
+    theirs = decoder.decode(buffer.getvalue(), "application/x-npz")
+    mine = codecs.decode(buffer.getvalue(), "application/x-npz")
+    assert (mine != theirs).nnz == 0
+    with pytest.raises(ModelInvocationError, match="not valid application/x-npz"):
+        codecs.decode(b"not a zip", "application/x-npz")
 
 
 def test_csv_matrix_keeps_one_row_two_dimensional() -> None:
@@ -66,7 +137,17 @@ def test_large_csv_takes_the_vectorized_path() -> None:
         (b"\xff\xfe", "not valid text/csv"),
     ],
 )
-def test_bad_csv_is_a_clear_400(body: bytes, message: str) -> None:
+def test_bad_csv_rows_are_a_clear_400(body: bytes, message: str) -> None:
+    with pytest.raises(ModelInvocationError, match=message) as caught:
+        codecs.decode_matrix(body, "text/csv")
+    assert caught.value.original_status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [(b"1,2\n3", "Line #2 \\(got 1 columns instead of 2\\)"), (b"\xff\xfe", "not valid text/csv")],
+)
+def test_csv_the_toolkit_cannot_read_is_a_clear_400(body: bytes, message: str) -> None:
     with pytest.raises(ModelInvocationError, match=message) as caught:
         codecs.decode(body, "text/csv")
     assert caught.value.original_status_code == 400
@@ -108,7 +189,7 @@ def test_bad_npy_is_refused_without_unpickling(body: bytes, message: str) -> Non
         codecs.decode(body, "application/x-npy")
 
 
-@pytest.mark.parametrize("content_type", [None, "", "image/png", "application/x-npz"])
+@pytest.mark.parametrize("content_type", [None, "", "image/png", "application/x-parquet"])
 def test_unknown_content_type_is_415(content_type: str | None) -> None:
     with pytest.raises(UnsupportedContentTypeError) as caught:
         codecs.decode(b"1", content_type)

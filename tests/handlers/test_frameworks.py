@@ -467,6 +467,32 @@ def test_corrupt_files_are_load_errors(
 
 
 @TORCHSCRIPT_DEPRECATED
+def test_model_pth_is_torchscript_as_model_pt_is(make_folder: FolderFactory) -> None:
+    import torch
+
+    network, raw = torchscript_model(seed=3, n_features=4)
+    model = load_model(make_folder({"model.pth": raw}), model_id="t")
+    assert model.handler_name == "torch"
+    rows = features(5, 2, 4)
+    with torch.inference_mode():
+        expected = network(torch.from_numpy(rows.astype(np.float32))).numpy()
+    np.testing.assert_allclose(json_answer(model, csv_body(rows), "text/csv"), expected, rtol=1e-6)
+
+
+@TORCHSCRIPT_DEPRECATED
+@pytest.mark.parametrize("whole", [False, True])
+def test_a_state_dict_pth_says_to_use_inference_py(make_folder: FolderFactory, whole: bool) -> None:
+    import torch
+
+    network = torch.nn.Linear(3, 1)
+    buffer = io.BytesIO()
+    torch.save(network if whole else network.state_dict(), buffer)
+    with pytest.raises(ModelLoadError, match="it is not TorchScript") as caught:
+        load_model(make_folder({"model.pth": buffer.getvalue()}), model_id="m")
+    assert "code/inference.py whose model_fn builds the module" in str(caught.value)
+
+
+@TORCHSCRIPT_DEPRECATED
 def test_corrupt_torchscript_is_a_load_error(make_folder: FolderFactory) -> None:
     with pytest.raises(ModelLoadError, match=r"torch handler could not load model\.pt"):
         load_model(make_folder({"model.pt": b"garbage"}), model_id="m")

@@ -93,9 +93,16 @@ def test_load_model_that_cannot_fit_is_507(tmp_path: Path, model_dirs: list[Path
 def test_load_model_bad_requests(server: ThreadServer, tmp_path: Path) -> None:
     with httpx.Client(base_url=server.url) as http:
         assert http.post("/models", content=b"not json").status_code == 400
+        # a url that does not exist: 404, as the inference toolkit's MME tests expect
         missing = http.post("/models", json={"model_name": "x", "url": str(tmp_path / "none")})
-        assert missing.status_code == 400
-        assert "not a folder" in missing.json()["message"]
+        assert missing.status_code == 404
+        assert missing.headers["x-amzn-errortype"] == "ModelNotFound"
+        assert "does not exist" in missing.json()["message"]
+        a_file = tmp_path / "a-file"
+        a_file.write_bytes(b"x")
+        not_folder = http.post("/models", json={"model_name": "x", "url": str(a_file)})
+        assert not_folder.status_code == 400
+        assert "not a folder" in not_folder.json()["message"]
         empty = tmp_path / "empty-model"
         empty.mkdir()
         broken = http.post("/models", json={"model_name": "x", "url": str(empty)})

@@ -3,8 +3,11 @@
 The defaults follow the SageMaker inference toolkit's ``default_input_fn`` and
 ``default_output_fn`` (its ``decoder`` and ``encoder`` modules):
 
-* ``text/csv`` decodes like ``np.genfromtxt(..., delimiter=",")`` into floats (empty fields are
-  NaN; a payload of one row or one column gives a 1-D array) and encodes like
+* ``text/csv`` decodes, for ``inference.py`` models (:func:`decode`), with the toolkit's own
+  ``np.genfromtxt(..., dtype=None, delimiter=",")`` (see :func:`decode` for what that gives and
+  the two differences); for the framework handlers (:func:`decode_matrix`), into rows of floats
+  (empty fields NaN, as the SageMaker XGBoost container reads them; integers become floats; a
+  header row or quoted field is a 400), parsed without genfromtxt for speed. It encodes like
   ``np.savetxt(..., delimiter=",", fmt="%s")`` (one line per row, one value per line for a 1-D
   array);
 * ``application/json`` decodes with ``np.array(json.loads(body))`` and encodes with ``json.dumps``
@@ -30,17 +33,20 @@ import ast
 import io
 import json
 import math
+import warnings
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.recfunctions import structured_to_unstructured
 
 from modelfleet.errors import ModelInvocationError, UnsupportedContentTypeError, ValidationError
 
 CSV = "text/csv"
 JSON = "application/json"
 NPY = "application/x-npy"
+NPZ = "application/x-npz"
 ANY = "*/*"
 
 #: media types the default codecs decode and encode
@@ -91,14 +97,20 @@ def unsupported_content_type(content_type: str | None) -> UnsupportedContentType
 # ---------------------------------------------------------------- decoding
 
 
-def decode(data: bytes | str, content_type: str | None) -> Array:
-    """Decode a request like the inference toolkit's ``default_input_fn``."""
+def decode(data: bytes | str, content_type: str | None) -> Any:
+    """Decode a request as the inference toolkit's ``decoder.decode`` does (the default
+    ``input_fn`` of ``inference.py`` models): CSV through ``np.genfromtxt(dtype=None,
+    delimiter=",")`` itself, so integers stay integers, a single value is a 0-d array, a header
+    row or a quoted field gives strings, and an empty field is what genfromtxt fills in. Two
+    differences, on purpose: rows mixing integer and float columns, which genfromtxt turns into a
+    structured array no model takes, are plain float64; and a body genfromtxt cannot read is a 400
+    (the toolkit's error is a 500). ``application/x-npz`` is a SciPy sparse matrix, as in the
+    toolkit."""
     kind = media_type(content_type) if content_type else ""
     if kind == CSV:
-        matrix = _csv_matrix(data)
-        if matrix.shape[0] == 1 or matrix.shape[1] == 1:
-            return matrix.reshape(-1)
-        return matrix
+        return _genfromtxt(_text(data, CSV))
+    if kind == NPZ:
+        return _npz_matrix(data)
     if kind == JSON:
         return _json_array(data)
     if kind == NPY:
@@ -148,6 +160,35 @@ def _text(data: bytes | str, content_type: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise bad_payload(content_type, exc) from exc
+
+
+def _genfromtxt(text: str) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Empty input file" for an empty body
+        try:
+            array = np.genfromtxt(io.StringIO(text), dtype=None, delimiter=",")
+        except ValueError as exc:  # rows of different lengths
+            raise bad_payload(CSV, _one_line(exc)) from exc
+    fields = array.dtype.fields
+    if fields and all(np.dtype(f[0]).kind in "biuf" for f in fields.values()):
+        array = structured_to_unstructured(array, dtype=np.float64)
+    return array
+
+
+def _npz_matrix(data: bytes | str) -> Any:
+    import scipy.sparse  # the toolkit's dependency for .npz; the frameworks bring it here
+
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        return scipy.sparse.load_npz(io.BytesIO(raw))  # allow_pickle=False inside
+    except (ValueError, OSError, KeyError) as exc:
+        raise bad_payload(NPZ, exc) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (genfromtxt's spans several)."""
+    text = str(exc).strip()
+    return " ".join(text.split()) if text else type(exc).__name__
 
 
 def _csv_matrix(data: bytes | str) -> Array:

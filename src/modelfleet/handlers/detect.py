@@ -60,6 +60,7 @@ _SUFFIXES = {
     ".txt": LIGHTGBM,
     ".onnx": ONNX,
     ".pt": TORCH,
+    ".pth": TORCH,
     ".pt2": TORCH,
 }
 _PREFERRED_STEMS = ("model", XGBOOST_BUILTIN_FILE)
@@ -67,7 +68,7 @@ _SNIFF_BYTES = 4096
 SUPPORTED_TEXT = (
     "code/inference.py, xgboost-model, *.json/*.ubj/*.bst/*.model (XGBoost), "
     "*.joblib/*.pkl/*.pickle (scikit-learn), *.txt (LightGBM), *.onnx, "
-    "*.pt (TorchScript), *.pt2 (torch.export)"
+    "*.pt/*.pth (TorchScript), *.pt2 (torch.export)"
 )
 
 

@@ -10,19 +10,22 @@ toolkit's ``Transformer``:
 * a ``text/csv`` or ``application/json`` body reaches ``input_fn`` as ``str``, other bodies as
   ``bytes``; ``content_type`` and ``accept`` are the request's header values as sent;
 * a missing ``Accept`` or ``*/*`` becomes ``application/json`` before ``output_fn`` sees it;
-* missing ``input_fn``/``output_fn`` use the toolkit defaults (:mod:`.codecs`);
+* missing ``input_fn``/``predict_fn``/``output_fn`` are the defaults of the framework whose
+  container would serve the model: chosen from what ``model_fn`` returned, or by
+  ``MODELFLEET_FRAMEWORK`` (:mod:`.script_defaults`);
 * ``output_fn``/``transform_fn`` return the body (``bytes`` or ``str``), or a ``(body,
   content_type)`` tuple; a bare body is answered with the accept type;
 * a function whose signature has one parameter more than the call gets a ``context``
   (:mod:`.context`), which carries the request's custom attributes and can set the response's.
 
-Differences, on purpose: ``model_fn`` and ``predict_fn`` (or ``transform_fn``) are required at
-load time, where the toolkit fails at the first request; calls into one model's code are
-serialized, as a toolkit worker serves one request at a time, unless ``inference.py`` sets
-``MODELFLEET_THREAD_SAFE = True``. The module and its helpers are imported in a private namespace
-(:mod:`.isolation`). Whatever the model's code raises, ``SystemExit`` (``sys.exit()``) and
-``KeyboardInterrupt`` included, fails the load (:class:`~modelfleet.errors.ModelLoadError`) or
-the request (:class:`~modelfleet.errors.ModelInvocationError`), never the server.
+Differences, on purpose: ``model_fn`` is required, and ``predict_fn`` (or ``transform_fn``) where
+the framework has no default, at load time, where the toolkit fails at the first request; calls into
+one model's code are serialized, as a toolkit worker serves one request at a time, unless
+``inference.py`` sets ``MODELFLEET_THREAD_SAFE = True``. The module and its helpers are imported in
+a private namespace (:mod:`.isolation`). Whatever the model's code raises, ``SystemExit``
+(``sys.exit()``) and ``KeyboardInterrupt`` included, fails the load
+(:class:`~modelfleet.errors.ModelLoadError`) or the request
+(:class:`~modelfleet.errors.ModelInvocationError`), never the server.
 """
 
 from __future__ import annotations
@@ -32,13 +35,13 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from modelfleet.errors import ModelError, ModelInvocationError, ModelLoadError
-from modelfleet.handlers import codecs
+from modelfleet.handlers import codecs, script_defaults
 from modelfleet.handlers.arraymodel import first_line
 from modelfleet.handlers.base import LoadedModel, Prediction
 from modelfleet.handlers.context import RequestContext
@@ -79,14 +82,6 @@ class HandlerFunction:
         return self.func(*args)
 
 
-def _default_input_fn(data: bytes | str, content_type: str | None) -> Any:
-    return codecs.decode(data, content_type)
-
-
-def _default_output_fn(prediction: Any, accept: str) -> tuple[bytes, str]:
-    return codecs.encode(prediction, accept)
-
-
 def _status_of(exc: BaseException) -> int:
     """A toolkit error's ``status_code`` (``BaseInferenceToolkitError``), else 500."""
     status = getattr(exc, "status_code", None)
@@ -102,19 +97,21 @@ def _user_function(module: ModuleType, name: str) -> Callable[..., Any] | None:
 
 @dataclass(frozen=True)
 class Functions:
-    """The resolved handler functions of one ``inference.py``."""
+    """The handler functions of one ``inference.py``: its own, then the defaults filled in
+    (:meth:`complete`) once ``model_fn`` has said which framework's they are."""
 
     model_fn: HandlerFunction
     transform_fn: HandlerFunction | None
-    input_fn: HandlerFunction
+    input_fn: HandlerFunction | None
     predict_fn: HandlerFunction | None
-    output_fn: HandlerFunction
+    output_fn: HandlerFunction | None
     pre_model_fn: HandlerFunction | None
     model_warmup_fn: HandlerFunction | None
+    framework: str | None = None  # whose defaults fill the gaps (script_defaults)
 
     @classmethod
     def resolve(cls, module: ModuleType) -> Functions:
-        """Read and check the functions ``module`` defines, filling in the defaults."""
+        """Read and check the functions ``module`` defines."""
         found = {
             name: _user_function(module, name)
             for name in (
@@ -137,11 +134,6 @@ class Functions:
         model_fn = found["model_fn"]
         if model_fn is None:
             raise ModelLoadError("inference.py must define model_fn(model_dir)")
-        if found["transform_fn"] is None and found["predict_fn"] is None:
-            raise ModelLoadError(
-                "inference.py must define predict_fn(data, model) or "
-                "transform_fn(model, data, content_type, accept)"
-            )
 
         def optional(name: str, arity: int) -> HandlerFunction | None:
             func = found[name]
@@ -150,13 +142,37 @@ class Functions:
         return cls(
             model_fn=HandlerFunction.wrap("model_fn", model_fn, 1),
             transform_fn=optional("transform_fn", 4),
-            input_fn=optional("input_fn", 2)
-            or HandlerFunction("input_fn", _default_input_fn, False),
+            input_fn=optional("input_fn", 2),
             predict_fn=optional("predict_fn", 2),
-            output_fn=optional("output_fn", 2)
-            or HandlerFunction("output_fn", _default_output_fn, False),
+            output_fn=optional("output_fn", 2),
             pre_model_fn=optional("pre_model_fn", 1),
             model_warmup_fn=optional("model_warmup_fn", 2),
+        )
+
+    def complete(self, model: Any, setting: object) -> Functions:
+        """The functions with ``model``'s framework defaults where ``inference.py`` has none
+        (``setting``: its ``MODELFLEET_FRAMEWORK``, if any)."""
+        framework = script_defaults.chosen(setting) or script_defaults.framework_of(model)
+        if self.transform_fn is not None:
+            return replace(self, framework=framework)
+        chosen = script_defaults.defaults(framework)
+        if self.predict_fn is None and chosen.predict_fn is None:
+            raise ModelLoadError(
+                "inference.py must define predict_fn(data, model) or transform_fn(model, data, "
+                f"content_type, accept): model_fn returned a {type(model).__name__}, which has "
+                "no default predict_fn (scikit-learn estimators, torch.nn.Module and XGBoost "
+                f"Booster have one; {script_defaults.SETTING} chooses)"
+            )
+
+        def default(name: str, func: Callable[..., Any] | None) -> HandlerFunction | None:
+            return None if func is None else HandlerFunction(f"default {name}", func, False)
+
+        return replace(
+            self,
+            input_fn=self.input_fn or default("input_fn", chosen.input_fn),
+            predict_fn=self.predict_fn or default("predict_fn", chosen.predict_fn),
+            output_fn=self.output_fn or default("output_fn", chosen.output_fn),
+            framework=framework,
         )
 
     def any_takes_context(self) -> bool:
@@ -252,11 +268,11 @@ class ToolkitModel(LoadedModel):
         with self._lock:
             if transform_fn is not None:
                 result = _run(transform_fn, context, self.model, data, content_type, accept)
-            elif predict_fn is not None:
+            elif predict_fn and functions.input_fn and functions.output_fn:
                 decoded = _run(functions.input_fn, context, data, content_type)
                 prediction = _run(predict_fn, context, decoded, self.model)
                 result = _run(functions.output_fn, context, prediction, accept)
-            else:  # pragma: no cover - Functions.resolve requires one of them
+            else:  # pragma: no cover - Functions.complete fills them or refuses the model
                 raise ModelInvocationError("inference.py has neither predict_fn nor transform_fn")
         answered = accept.split(",", 1)[0].strip()
         if isinstance(result, tuple) and len(result) == 2:
@@ -316,11 +332,17 @@ def load(model_dir: Path, *, model_id: str) -> ToolkitModel:
         if functions.pre_model_fn is not None:
             _load_call(namespace, functions.pre_model_fn, context, root)
         model = _load_call(namespace, functions.model_fn, context, root)
+        functions = functions.complete(model, getattr(module, script_defaults.SETTING, None))
         if functions.model_warmup_fn is not None:
             _load_call(namespace, functions.model_warmup_fn, context, root, model)
         thread_safe = getattr(module, _THREAD_SAFE_FLAG, False) is True
     except BaseException:
         namespace.close()
         raise
-    logger.debug("Loaded inference.py model %s (namespace %s)", model_id, namespace.package)
+    logger.debug(
+        "Loaded inference.py model %s (namespace %s, %s defaults)",
+        model_id,
+        namespace.package,
+        functions.framework,
+    )
     return ToolkitModel(model_id, model_dir, namespace, functions, model, thread_safe=thread_safe)

@@ -1,4 +1,6 @@
-"""PyTorch models on the CPU: TorchScript (``*.pt``) and ``torch.export`` programs (``*.pt2``).
+"""PyTorch models on the CPU: TorchScript (``*.pt``, ``*.pth``) and ``torch.export`` programs
+(``*.pt2``). As in the PyTorch inference toolkit's ``default_model_fn``, ``model.pth`` is
+TorchScript as ``model.pt`` is.
 
 ``torch.jit.load(path, map_location="cpu")`` reads a TorchScript file and the module is put in
 ``eval()`` mode; ``torch.export.load(path).module()`` reads an exported program (TorchScript is
@@ -8,7 +10,8 @@ batch), the forward pass runs under ``torch.inference_mode()``, and the first te
 output (the output itself, or the first item of a tuple or list) is encoded with the toolkit's
 defaults. Neither kind of module mutates itself in its forward pass, so threads share one.
 Eager-mode pickles (``torch.save(model)``) and state dicts are not served: script or trace the
-model, or use ``code/inference.py``.
+model, or use ``code/inference.py`` with a ``model_fn`` (the toolkit refuses them too, "Please
+ensure model is saved using torchscript").
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from modelfleet.errors import ModelInvocationError
+from modelfleet.errors import ModelInvocationError, ModelLoadError
 from modelfleet.handlers import codecs
 from modelfleet.handlers.arraymodel import ArrayModel, import_framework, load_error
 from modelfleet.handlers.detect import TORCH, model_file
@@ -73,6 +76,12 @@ def load(model_dir: Path, *, model_id: str) -> TorchModel:
             module = torch.jit.load(str(path), map_location="cpu")
             module.eval()
     except Exception as exc:
+        if path.suffix.lower() != ".pt2" and "constants.pkl" in str(exc):
+            raise ModelLoadError(
+                f"The torch handler could not load {path.name}: it is not TorchScript (a state "
+                "dict or a module saved with torch.save?). Save it with torch.jit.save, or serve "
+                "it with code/inference.py whose model_fn builds the module and loads it."
+            ) from exc
         raise load_error(TORCH, path, exc) from exc
     logger.debug("Loaded PyTorch module from %s", path)
     return TorchModel(model_id, path, module, torch)

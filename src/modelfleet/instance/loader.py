@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import NamedTuple, cast
 
 from modelfleet.cache.disk import tree_size
-from modelfleet.errors import ModelError, ModelLoadError, ValidationError
+from modelfleet.errors import ModelError, ModelLoadError, ModelUrlNotFoundError, ValidationError
 from modelfleet.handlers import load_model
 from modelfleet.handlers.arraymodel import first_line
 from modelfleet.handlers.base import LoadedModel
@@ -238,7 +238,10 @@ def _imported_shared(before: int) -> bool:
 
 
 def folder_size(path: Path) -> int:
-    """Bytes under the LoadModel folder ``path``; ValidationError if it is not a folder."""
+    """Bytes under the LoadModel folder ``path``: ModelUrlNotFoundError if there is nothing
+    there, ValidationError if it is not a folder."""
+    if not path.exists():
+        raise ModelUrlNotFoundError(str(path))
     if not path.is_dir():
         raise ValidationError(f"Model url '{path}' is not a folder on this instance.")
     return tree_size(path)
