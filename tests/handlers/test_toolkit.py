@@ -298,3 +298,36 @@ def test_thread_safe_user_code_runs_calls_at_once(tmp_path: Path) -> None:
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda _: model.invoke(b"1", "application/json", None), range(2)))
     assert [a.body for a in answers] == [b"2", b"2"]
+
+
+MISSING_IMPORT = """
+    import modelfleet_test_absent_package.sub
+
+    def model_fn(model_dir):
+        return None
+"""
+
+MISSING_AT_LOAD = """
+    def model_fn(model_dir):
+        import modelfleet_test_absent_package
+        return modelfleet_test_absent_package
+
+    def predict_fn(data, model):
+        return data
+"""
+
+
+@pytest.mark.parametrize("source", [MISSING_IMPORT, MISSING_AT_LOAD])
+def test_a_missing_module_names_it_and_the_models_requirements_txt(
+    tmp_path: Path, source: str
+) -> None:
+    requirements = {"code/requirements.txt": b"modelfleet-test-absent-package==1.0\n"}
+    with pytest.raises(ModelLoadError) as caught:
+        load_code(tmp_path, source, requirements)
+    message = str(caught.value)
+    assert "No module named 'modelfleet_test_absent_package" in message
+    assert "the module 'modelfleet_test_absent_package' is not installed" in message
+    assert "code/requirements.txt lists its requirements" in message
+    with pytest.raises(ModelLoadError) as caught:
+        load_code(tmp_path, source)
+    assert "the model has no code/requirements.txt" in str(caught.value)

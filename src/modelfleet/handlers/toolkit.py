@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 _ENTRY_MODULE = "inference"
 _THREAD_SAFE_FLAG = "MODELFLEET_THREAD_SAFE"
+#: the per-model requirements file of the SageMaker framework containers, in ``code/``
+REQUIREMENTS = "requirements.txt"
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,31 @@ class ToolkitModel(LoadedModel):
         self.namespace.close()
 
 
+def _requirements_hint(namespace: ModelNamespace, exc: BaseException) -> str:
+    """What to say about a module ``exc`` says is missing (nothing for other errors)."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return ""
+    missing = exc.name
+    if missing.partition(".")[0] in namespace.top_level:
+        return (
+            f" (a pickle refers to the module '{missing}' of code/, which is private to"
+            " the model: see 'Isolation between models' in docs/handlers.md)"
+        )
+    top = missing.partition(".")[0]
+    requirements = namespace.code_dir / REQUIREMENTS
+    if requirements.is_file():
+        return (
+            f" (the module '{top}' is not installed where this server runs; the model's "
+            f"code/{REQUIREMENTS} lists its requirements, which SageMaker's multi-model "
+            "containers and this server do not install: install them in the server's "
+            "environment)"
+        )
+    return (
+        f" (the module '{top}' is not installed where this server runs, and the model has no "
+        f"code/{REQUIREMENTS}: install it in the server's environment)"
+    )
+
+
 def _load_call(
     namespace: ModelNamespace, function: HandlerFunction, context: RequestContext, *args: Any
 ) -> Any:
@@ -295,14 +322,13 @@ def _load_call(
     except ModelError:
         raise
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the model's failure
-        hint = ""
-        if isinstance(exc, KeyError | ModuleNotFoundError):
-            missing = exc.name if isinstance(exc, ModuleNotFoundError) else exc.args[0]
-            if isinstance(missing, str) and missing.partition(".")[0] in namespace.top_level:
-                hint = (
-                    f" (a pickle refers to the module '{missing}' of code/, which is private to"
-                    " the model: see 'Isolation between models' in docs/handlers.md)"
-                )
+        hint = _requirements_hint(namespace, exc)
+        key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
+        if isinstance(key, str) and key.partition(".")[0] in namespace.top_level:
+            hint = (
+                f" (a pickle refers to the module '{key}' of code/, which is private"
+                " to the model: see 'Isolation between models' in docs/handlers.md)"
+            )
         raise ModelLoadError(
             f"inference.py {function.name} failed: {type(exc).__name__}: {first_line(exc)}{hint}"
         ) from exc
@@ -314,6 +340,7 @@ def _import_entry(namespace: ModelNamespace) -> ModuleType:
     except BaseException as exc:  # an import that calls sys.exit() fails the load only
         raise ModelLoadError(
             f"Could not import code/inference.py: {type(exc).__name__}: {first_line(exc)}"
+            f"{_requirements_hint(namespace, exc)}"
         ) from exc
 
 
