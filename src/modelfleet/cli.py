@@ -116,6 +116,16 @@ def main() -> None:
     help="Keep a fast-to-read pickle of loaded scikit-learn models in the disk cache "
     "(default: on).",
 )
+@click.option(
+    "--model-requirements",
+    type=click.Choice(["ignore", "install"]),
+    help="A model's code/requirements.txt: ignore (default, as SageMaker MME) or install (an "
+    "environment and a worker process per model; pip runs what the model source names).",
+)
+@click.option(
+    "--model-requirements-timeout", type=float, help="Seconds pip may take per environment (600)."
+)
+@click.option("--pip-args", help="Extra pip arguments, e.g. '--no-index --find-links DIR'.")
 @click.option("--eviction-policy", help="Eviction policy (lrfu; lru = SageMaker).")
 @click.option("--max-header-size", help="Largest request line plus headers, e.g. 64KiB (431).")
 @click.option("--max-header-count", type=int, help="Most headers in one request (100; 431).")

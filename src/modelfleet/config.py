@@ -224,6 +224,18 @@ class Settings(BaseSettings):
     """Save a model loaded from a scikit-learn artifact as a pickle beside the artifact in the
     disk cache, read back ~6x faster than joblib when the model is loaded again."""
 
+    model_requirements: Literal["ignore", "install"] = "ignore"
+    """What a model's ``code/requirements.txt`` does: ``ignore`` (as SageMaker's multi-model
+    containers; a missing module fails the load and names the file) or ``install`` (the model
+    gets an environment of its own, built with pip, and a worker process: docs/handlers.md)."""
+
+    model_requirements_timeout: PositiveFloat = 600.0
+    """Seconds pip may take to build one model's environment before the load fails."""
+
+    pip_args: str = ""
+    """Extra arguments for pip when it builds a model's environment (shell words), e.g.
+    ``--no-index --find-links /srv/wheels`` or ``--index-url https://pypi.internal/simple``."""
+
     source_timeout: PositiveFloat = 30.0
     """Seconds before one object-store request times out."""
 

@@ -19,6 +19,9 @@ from modelfleet.errors import ModelError, ModelLoadError
 from modelfleet.handlers import snapshot as snapshots
 from modelfleet.handlers.base import LoadedModel, Prediction
 from modelfleet.handlers.detect import HANDLER_NAMES, INFERENCE_PY, detect_handler
+from modelfleet.handlers.environments import Environments
+
+REQUIREMENTS = "requirements.txt"  # in code/, as the SageMaker framework containers read it
 
 __all__ = [
     "HANDLER_NAMES",
@@ -68,13 +71,16 @@ def load_model(
     handler: str | None = None,
     walk_trees: bool = True,
     snapshot: Path | None = None,
+    environments: Environments | None = None,
 ) -> LoadedModel:
     """Load the model in ``model_dir`` (an unpacked artifact) with ``handler`` or the detected one.
 
     ``walk_trees=False`` keeps scikit-learn's own ``predict`` for forests (see the sklearn
     handler). ``snapshot``: a load snapshot of this artifact, if one was saved
     (:func:`save_snapshot`); it is read instead of the artifact when its handler and versions
-    match, and deleted when it can't be used.
+    match, and deleted when it can't be used. ``environments``: where an ``inference.py``
+    model with ``code/requirements.txt`` gets its own environment and a worker process
+    (``--model-requirements install``); None serves every model in this process.
 
     Raises :class:`~modelfleet.errors.ModelLoadError` (or its subclass
     :class:`~modelfleet.errors.MissingExtraError`) when the folder holds no loadable model, or
@@ -88,9 +94,15 @@ def load_model(
     name = normalize_handler(handler) if handler else detect_handler(model_dir)
     started = time.perf_counter()
     module = importlib.import_module(_MODULES[name])
+    requirements = model_dir / "code" / REQUIREMENTS
     try:
         if name == "sklearn":
             model: LoadedModel = module.load(model_dir, model_id=model_id, walk_trees=walk_trees)
+        elif name == INFERENCE_PY and environments is not None and requirements.is_file():
+            from modelfleet.handlers.worker import WorkerModel
+
+            python = environments.python_for(requirements)
+            model = WorkerModel(model_id, model_dir, python)
         else:
             model = module.load(model_dir, model_id=model_id)
     except ModelError:

@@ -17,9 +17,10 @@ is the model's ``code/`` folder:
 Limits: ``importlib.import_module("helper")`` and other imports that bypass ``__import__`` are not
 redirected; packages in ``code/`` need an ``__init__.py`` to be seen as top-level names; C
 extensions in ``code/`` load under the private name but the shared library is loaded once per
-process; ``requirements.txt`` is not installed; the loader never writes ``__pycache__`` into the
-artifact; process-wide state (logging configuration, environment variables, monkeypatches of
-shared libraries) is not isolated.
+process; ``requirements.txt`` is not installed (``--model-requirements install`` serves such a model
+from a worker process in an environment of its own instead: :mod:`.worker`); the loader never writes
+``__pycache__`` into the artifact; process-wide state (logging configuration, environment variables,
+monkeypatches of shared libraries) is not isolated.
 """
 
 from __future__ import annotations

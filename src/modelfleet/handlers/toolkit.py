@@ -54,6 +54,10 @@ _ENTRY_MODULE = "inference"
 _THREAD_SAFE_FLAG = "MODELFLEET_THREAD_SAFE"
 #: the per-model requirements file of the SageMaker framework containers, in ``code/``
 REQUIREMENTS = "requirements.txt"
+_INSTALL_HINT = (
+    "install them in the server's environment, or start the server with --model-requirements "
+    "install (each such model then gets an environment of its own: docs/handlers.md)"
+)
 
 
 @dataclass(frozen=True)
@@ -305,8 +309,7 @@ def _requirements_hint(namespace: ModelNamespace, exc: BaseException) -> str:
         return (
             f" (the module '{top}' is not installed where this server runs; the model's "
             f"code/{REQUIREMENTS} lists its requirements, which SageMaker's multi-model "
-            "containers and this server do not install: install them in the server's "
-            "environment)"
+            f"containers and this server (by default) do not install: {_INSTALL_HINT})"
         )
     return (
         f" (the module '{top}' is not installed where this server runs, and the model has no "

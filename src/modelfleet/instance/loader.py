@@ -43,6 +43,7 @@ from modelfleet.errors import ModelError, ModelLoadError, ModelUrlNotFoundError,
 from modelfleet.handlers import load_model
 from modelfleet.handlers.arraymodel import first_line
 from modelfleet.handlers.base import LoadedModel
+from modelfleet.handlers.environments import Environments
 from modelfleet.handlers.isolation import ROOT_PACKAGE
 from modelfleet.instance.pools import (
     OverlapTracker,
@@ -67,9 +68,16 @@ class Loaded(NamedTuple):
 class Loader:
     """Loads models with a handler (detected, or the one configured) and sizes them."""
 
-    def __init__(self, *, handler: str | None, walk_trees: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        handler: str | None,
+        walk_trees: bool = True,
+        environments: Environments | None = None,
+    ) -> None:
         self._handler = handler
         self._walk_trees = walk_trees
+        self._environments = environments
         # loads, unloads and snapshot writes (which free and allocate too)
         self.overlaps = OverlapTracker()
 
@@ -88,6 +96,7 @@ class Loader:
                     handler=self._handler,
                     walk_trees=self._walk_trees,
                     snapshot=snapshot,
+                    environments=self._environments,
                 )
             except BaseException as exc:  # SystemExit too: it would stop the event loop
                 failure = failed_load(name, exc)

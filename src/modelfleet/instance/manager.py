@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import shlex
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -36,6 +37,7 @@ from modelfleet.errors import (
     ValidationError,
 )
 from modelfleet.handlers.detect import INFERENCE_PY
+from modelfleet.handlers.environments import Environments
 from modelfleet.instance.downloader import Downloader
 from modelfleet.instance.loader import Loaded, Loader, folder_size
 from modelfleet.instance.pins import Pins
@@ -99,7 +101,16 @@ class ModelManager:
         self.pressure = MemoryPressure(
             memory_limit=settings.memory_limit, high_water=settings.rss_high_water
         )
-        self.loader = Loader(handler=settings.handler, walk_trees=settings.walk_trees)
+        environments = None
+        if settings.model_requirements == "install":
+            environments = Environments(
+                Path(settings.cache_dir) / "envs",
+                timeout_s=settings.model_requirements_timeout,
+                pip_args=tuple(shlex.split(settings.pip_args)),
+            )
+        self.loader = Loader(
+            handler=settings.handler, walk_trees=settings.walk_trees, environments=environments
+        )
         self.unloader = Unloader(
             memory=self.memory,
             disk=self.disk,
