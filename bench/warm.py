@@ -6,7 +6,9 @@ Systems: ``bare`` (Starlette + uvicorn calling ``predict``, on modelfleet's stac
 ``bare-fast`` (uvloop + httptools), ``bare-thread`` (``predict`` in a thread pool, as a server that
 keeps its loop free must), ``modelfleet`` (uvloop + httptools, its own dependencies: compare it
 with ``bare-fast``), ``modelfleet-predict`` (the same with ``--no-walk-trees``: scikit-learn's own
-forest ``predict``, as every other system calls it, so the serving overhead alone), Ray Serve
+forest ``predict``, as every other system calls it, so the serving overhead alone),
+``modelfleet-sigv4`` (``modelfleet`` with ``--auth sigv4``: every request's signature verified;
+the requests are signed once by botocore's signer, so the client spends nothing on it), Ray Serve
 with ``@serve.multiplexed`` in its defaults (``ray-default``) and its documented high-throughput
 configuration (``ray-best``), and MLServer with mlserver-sklearn (``mlserver-default``: one
 parallel worker; ``mlserver-best``: inference in the server process). Models: a scikit-learn
@@ -53,6 +55,7 @@ FULL_SYSTEMS = (
     "bare-thread",
     "modelfleet",
     "modelfleet-predict",
+    "modelfleet-sigv4",
     "ray-default",
     "ray-best",
     "mlserver-default",
@@ -88,6 +91,24 @@ def build_models(folder: Path) -> dict[str, Path]:
         paths[name] = folder / f"{name}.joblib"
         joblib.dump(estimator, paths[name])
     return paths
+
+
+SIGV4_KEY = ("AKIDBENCHWARM001", "bench-warm-secret-key")
+
+
+def signed(target: Target) -> Target:
+    """``target`` with SigV4 headers made once by botocore's signer (as boto3 signs): the
+    server verifies every request as if new (it cannot tell a replay within the 5-minute window
+    from a fresh request), and the load generator spends no CPU signing."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(
+        method="POST", url=target.url, data=target.body_file.read_bytes(), headers=target.headers
+    )
+    SigV4Auth(Credentials(*SIGV4_KEY), "sagemaker", "us-east-1").add_auth(request)
+    return Target(target.url, dict(request.headers.items()), target.body_file, target.pid)
 
 
 @dataclass(frozen=True)
@@ -132,6 +153,19 @@ class Bench:
                 for name, path in self.models.items()
             }
             return list(started.values()), lambda m: self.sagemaker(started[m], m)
+        if system == "modelfleet-sigv4":
+            credentials = self.work / "credentials.toml"
+            credentials.write_text(
+                f'[[keys]]\naccess_key_id = "{SIGV4_KEY[0]}"\n'
+                f'secret_access_key = "{SIGV4_KEY[1]}"\n'
+            )
+            extra = ["--auth", "sigv4", "--credentials-file", str(credentials)]
+            one = servers.modelfleet(
+                port(), self.source, self.work / f"cache-{system}", extra=extra
+            )
+            one.name = system
+            one.start(logs)
+            return [one], lambda m: signed(self.sagemaker(one, m))
         if system.startswith("modelfleet"):
             cache = self.work / f"cache-{system}"
             walk = system != "modelfleet-predict"

@@ -7,6 +7,7 @@ logging handlers and exits the process.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import sys
@@ -42,10 +43,54 @@ def main() -> None:
     """modelfleet: many models behind one SageMaker-compatible endpoint."""
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _check_auth(settings: Settings) -> None:
+    """Refuse to start open to the network, or with credentials that do not load."""
+    if settings.auth == "none":
+        if not settings.insecure and not _loopback(settings.host):
+            raise click.UsageError(
+                f"refusing to serve on {settings.host} without authentication: pass --auth "
+                "sigv4 or --auth token with --credentials-file, or --insecure to serve anyway."
+            )
+        return
+    from modelfleet.auth import make_verifier
+
+    try:
+        make_verifier(settings.auth, settings.credentials_file, settings.auth_region)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @main.command()
 @click.option("--model-source", help="Folder, file:// URI or s3://bucket/prefix/ of artifacts.")
 @click.option("--endpoint-name", help="Endpoint name in /endpoints/{name}/invocations.")
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option(
+    "--auth",
+    type=click.Choice(["none", "sigv4", "token"]),
+    help="Who may call: none (default; loopback only unless --insecure), sigv4 (AWS SigV4, as "
+    "boto3 signs) or token (Authorization: Bearer).",
+)
+@click.option(
+    "--credentials-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file of the [[keys]] and [[tokens]] --auth accepts (docs/security.md).",
+)
+@click.option("--auth-region", help="Region SigV4 signatures are scoped to (us-east-1).")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=None,
+    help="Serve without authentication on an address other than loopback.",
+)
 @click.option("--port", type=int, help="Port to listen on (default 8080; 0 picks a free one).")
 @click.option("--memory-limit", help="Memory budget for loaded models, e.g. 2GiB.")
 @click.option("--disk-limit", help="Disk budget for the artifact cache, e.g. 10GiB.")
@@ -171,6 +216,7 @@ def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
         except pydantic.ValidationError as exc:
             raise click.UsageError(_settings_error(exc)) from None
         _ensure_examples(settings)
+    _check_auth(settings)
 
     import uvicorn
 
@@ -230,6 +276,7 @@ def router(ray_address: str, ray_namespace: str, host: str, port: int, log_level
     endpoints = ray.get(controller.config.remote())
     first = endpoints[0].variants[0].settings
     settings = first.model_copy(update={"host": host, "port": port, "backend": "ray"})
+    _check_auth(settings)  # the fleet's --auth, and its credentials file at the same path here
     app = create_app(settings, endpoints, join=True)
     config = listener_config(app, ClientLimits.from_settings(settings), host=host, port=port)
     tune_process()

@@ -118,6 +118,21 @@ class Settings(BaseSettings):
     invoke_timeout: PositiveFloat = 60.0
     """Seconds a request waits for a cold model before ModelNotReadyException (429)."""
 
+    auth: Literal["none", "sigv4", "token"] = "none"
+    """Who may call: ``none`` (only allowed on a loopback address unless ``insecure``),
+    ``sigv4`` (AWS Signature Version 4, as boto3 signs) or ``token`` (``Authorization: Bearer``);
+    the keys and tokens come from ``credentials_file`` (docs/security.md)."""
+
+    credentials_file: Path | None = None
+    """TOML file of the access keys (``[[keys]]``) and tokens (``[[tokens]]``) ``auth`` accepts,
+    with the endpoints each may invoke."""
+
+    auth_region: str = Field(default="us-east-1", min_length=1)
+    """The region SigV4 signatures must be scoped to (the clients' ``region_name``)."""
+
+    insecure: bool = False
+    """Serve without authentication on an address other than loopback."""
+
     max_body_size: ByteSize = Field(default=parse_size("6MiB"), gt=0)
     """Largest accepted request body."""
 

@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from starlette.requests import Request
 from starlette.responses import Response
 
+from modelfleet.auth import Refused
 from modelfleet.errors import (
     CapacityError,
     ModelAlreadyLoadedError,
@@ -174,3 +175,16 @@ class ContextFilter(logging.Filter):
         record.request_id = request_id_var.get()
         record.target_model = target_model_var.get()
         return True
+
+
+def refusal_response(refused: Refused) -> Response:
+    """The answer to a request the authentication refused (as SageMaker answers it)."""
+    request_id = new_request_id()
+    body = {"__type": refused.code, "message": refused.message}
+    headers = {"x-amzn-RequestId": request_id, "x-amzn-ErrorType": refused.code}
+    return Response(
+        json.dumps(body).encode(),
+        status_code=refused.status,
+        headers=headers,
+        media_type="application/json",
+    )

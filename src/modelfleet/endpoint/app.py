@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from modelfleet.auth import AuthMiddleware, make_verifier
 from modelfleet.backends.base import Backend, Instance
 from modelfleet.backends.inprocess import InProcessBackend
 from modelfleet.backends.local import LocalBackend
@@ -35,6 +36,7 @@ from modelfleet.edge import (
     error_response,
     new_request_id,
     read_body,
+    refusal_response,
     request_id_var,
     target_model_var,
     utf8_header,
@@ -107,6 +109,14 @@ class EndpointServer:
                 self.endpoints[config.name] = self._fleet(config, endpoints)
             routes.append(Route("/ping", self.ping, methods=["GET"]))
         self.app = Starlette(routes=routes, lifespan=self._lifespan)
+        verifier = make_verifier(settings.auth, settings.credentials_file, settings.auth_region)
+        if verifier is not None:  # every path but /ping (docs/security.md)
+            self.app.add_middleware(
+                AuthMiddleware,
+                verifier=verifier,
+                max_body_bytes=int(settings.max_body_size),
+                refuse=refusal_response,
+            )
 
     @property
     def _ray_backed(self) -> bool:

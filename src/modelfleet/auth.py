@@ -1,0 +1,423 @@
+"""Caller authentication for the public listener: AWS Signature Version 4, or bearer tokens.
+
+``--auth sigv4 --credentials-file FILE``: every request but ``GET /ping`` must be signed as boto3
+and the SageMaker SDK sign (service ``sagemaker``, the configured region). The signature is
+recomputed with botocore's own signer (``SigV4Auth``: canonical request, string to sign, key
+derivation) from the request as received, its body included, and compared in constant time.
+``--auth token``: ``Authorization: Bearer <token>``, compared in constant time against each
+configured token. Refusals are answered as SageMaker answers them (403 with
+``x-amzn-ErrorType``), so boto3 raises the same ``ClientError`` codes:
+
+=============================== =====================================================
+``MissingAuthenticationToken``  no ``Authorization`` header (no credentials)
+``IncompleteSignature``          a malformed ``Authorization`` or no ``X-Amz-Date``
+``UnrecognizedClient``           an access key id (or a token) that is not configured
+``InvalidSignature``             a wrong signature (wrong secret, tampered body or path),
+                                 a wrong region or service, a date outside ±5 minutes
+``AccessDenied``                 a key not allowed on that endpoint (or on admin paths)
+=============================== =====================================================
+
+(each with the ``Exception`` suffix the service adds). The credentials file (TOML) lists keys
+and tokens with the endpoints each may invoke (globs) and whether it may use the other paths
+(``/metrics``, ``/admin/*``, the container contract)::
+
+    [[keys]]
+    access_key_id = "AKIAEXAMPLE"
+    secret_access_key = "..."
+    endpoints = ["*"]
+    admin = false
+
+    [[tokens]]
+    token = "..."
+    endpoints = ["fraud-*"]
+
+Refusals are logged with the request id, the reason and the key id, never a secret.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import hashlib
+import hmac
+import logging
+import re
+import tomllib
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "sagemaker"
+CLOCK_SKEW = dt.timedelta(minutes=5)
+_AMZ_DATE = "%Y%m%dT%H%M%SZ"
+_ALGORITHM = "AWS4-HMAC-SHA256"
+_AUTH_PARTS = re.compile(r"(\w+)=([^,\s]+)")
+_INVOKE_PATH = re.compile(r"^/endpoints/([^/]+)/invocations$")
+_OPEN_PATHS = frozenset({"/ping"})
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _Grant(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoints: tuple[str, ...] = ("*",)
+    """Endpoint names (fnmatch globs) this credential may invoke."""
+    admin: bool = False
+    """Whether it may use the paths other than the runtime API and ``/ping``."""
+
+    def allows(self, endpoint: str | None) -> bool:
+        if endpoint is None:
+            return self.admin
+        return any(fnmatch.fnmatchcase(endpoint, pattern) for pattern in self.endpoints)
+
+
+class AccessKey(_Grant):
+    access_key_id: str = Field(min_length=1)
+    secret_access_key: str = Field(min_length=1)
+
+
+class Token(_Grant):
+    token: str = Field(min_length=16)
+
+
+class CredentialsFile(BaseModel):
+    """The ``--credentials-file`` schema."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keys: tuple[AccessKey, ...] = ()
+    tokens: tuple[Token, ...] = ()
+
+    @classmethod
+    def read(cls, path: Path) -> CredentialsFile:
+        """The file at ``path``; ValueError saying what is wrong with it."""
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ValueError(f"cannot read the credentials file {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"the credentials file {path} is not valid TOML: {exc}") from exc
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"the credentials file {path}: {problems}") from exc
+
+
+class Refused(Exception):
+    """A request the authentication refuses: its AWS error code and message."""
+
+    def __init__(self, code: str, message: str, *, key_id: str = "", status: int = 403) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.key_id = key_id
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What the request proved: the key or token's grant."""
+
+    name: str
+    grant: _Grant
+
+
+class SigV4Verifier:
+    """Checks AWS Signature Version 4 with botocore's signer."""
+
+    def __init__(self, keys: tuple[AccessKey, ...], region: str) -> None:
+        from botocore.auth import SigV4Auth
+        from botocore.credentials import Credentials
+
+        self.region = region
+        self._keys = {key.access_key_id: key for key in keys}
+        self._signers = {
+            key.access_key_id: SigV4Auth(
+                Credentials(key.access_key_id, key.secret_access_key), SERVICE, region
+            )
+            for key in keys
+        }
+
+    def verify(
+        self,
+        *,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        now: dt.datetime,
+    ) -> Caller:
+        authorization = headers.get("authorization")
+        if not authorization:
+            raise Refused("MissingAuthenticationTokenException", "Missing Authentication Token")
+        algorithm, _, rest = authorization.partition(" ")
+        parts = dict(_AUTH_PARTS.findall(rest))
+        missing = [p for p in ("Credential", "SignedHeaders", "Signature") if p not in parts]
+        if algorithm != _ALGORITHM or missing:
+            names = missing or ["a supported algorithm (AWS4-HMAC-SHA256)"]
+            raise Refused(
+                "IncompleteSignatureException",
+                " ".join(f"Authorization header requires '{p}' parameter." for p in names),
+            )
+        key_id, _, scope = parts["Credential"].partition("/")
+        amz_date = headers.get("x-amz-date")
+        if not amz_date:
+            raise Refused(
+                "IncompleteSignatureException",
+                "Authorization header requires existence of either a 'X-Amz-Date' or a "
+                "'Date' header.",
+                key_id=key_id,
+            )
+        signer = self._signers.get(key_id)
+        if signer is None:
+            raise Refused(
+                "UnrecognizedClientException",
+                "The security token included in the request is invalid.",
+                key_id=key_id,
+            )
+        self._check_scope(scope, amz_date, key_id)
+        self._check_date(amz_date, now, key_id)
+        signed = parts["SignedHeaders"].split(";")
+        if "host" not in signed:
+            raise Refused(
+                "IncompleteSignatureException",
+                "'Host' must be a signed header.",
+                key_id=key_id,
+            )
+        expected = self._signature(signer, method, url, headers, signed, body, amz_date)
+        if not hmac.compare_digest(expected.encode(), parts["Signature"].encode()):
+            raise Refused(
+                "InvalidSignatureException",
+                "The request signature we calculated does not match the signature you "
+                "provided. Check your AWS Secret Access Key and signing method. Consult the "
+                "service documentation for details.",
+                key_id=key_id,
+            )
+        return Caller(key_id, self._keys[key_id])
+
+    def _check_scope(self, scope: str, amz_date: str, key_id: str) -> None:
+        date, region, service, terminal = [*scope.split("/"), "", "", "", ""][:4]
+        if terminal != "aws4_request" or date != amz_date[:8]:
+            raise Refused(
+                "InvalidSignatureException",
+                "Credential should be scoped to a valid date and end with 'aws4_request'.",
+                key_id=key_id,
+            )
+        if region != self.region:
+            raise Refused(
+                "InvalidSignatureException",
+                f"Credential should be scoped to a valid region, not '{region}'.",
+                key_id=key_id,
+            )
+        if service != SERVICE:
+            raise Refused(
+                "InvalidSignatureException",
+                f"Credential should be scoped to correct service: '{SERVICE}'.",
+                key_id=key_id,
+            )
+
+    def _check_date(self, amz_date: str, now: dt.datetime, key_id: str) -> None:
+        try:
+            signed_at = dt.datetime.strptime(amz_date, _AMZ_DATE).replace(tzinfo=dt.UTC)
+        except ValueError:
+            raise Refused(
+                "IncompleteSignatureException",
+                f"Date must be in ISO-8601 'basic format'. Got '{amz_date}'.",
+                key_id=key_id,
+            ) from None
+        stamp = now.strftime(_AMZ_DATE)
+        if signed_at < now - CLOCK_SKEW:
+            earliest = (now - CLOCK_SKEW).strftime(_AMZ_DATE)
+            raise Refused(
+                "InvalidSignatureException",
+                f"Signature expired: {amz_date} is now earlier than {earliest} ({stamp} - 5 min.)",
+                key_id=key_id,
+            )
+        if signed_at > now + CLOCK_SKEW:
+            latest = (now + CLOCK_SKEW).strftime(_AMZ_DATE)
+            raise Refused(
+                "InvalidSignatureException",
+                f"Signature not yet current: {amz_date} is still later than {latest} "
+                f"({stamp} + 5 min.)",
+                key_id=key_id,
+            )
+
+    @staticmethod
+    def _signature(
+        signer: Any,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        signed: list[str],
+        body: bytes,
+        amz_date: str,
+    ) -> str:
+        from botocore.awsrequest import AWSRequest
+
+        request = AWSRequest(
+            method=method, url=url, data=body, headers={h: headers.get(h, "") for h in signed}
+        )
+        request.context["timestamp"] = amz_date
+        canonical = signer.canonical_request(request)
+        return str(signer.signature(signer.string_to_sign(request, canonical), request))
+
+
+class TokenVerifier:
+    """Checks ``Authorization: Bearer <token>`` against the configured tokens."""
+
+    def __init__(self, tokens: tuple[Token, ...]) -> None:
+        # Digests of equal length: compare_digest's time then says nothing about the token.
+        self._tokens = [(hashlib.sha256(t.token.encode()).digest(), t) for t in tokens]
+
+    def verify(self, *, headers: dict[str, str], **_: Any) -> Caller:
+        authorization = headers.get("authorization")
+        if not authorization:
+            raise Refused("MissingAuthenticationTokenException", "Missing Authentication Token")
+        scheme, _space, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Refused(
+                "IncompleteSignatureException",
+                "The Authorization header must be 'Bearer <token>'.",
+            )
+        digest = hashlib.sha256(value.strip().encode()).digest()
+        found = None
+        for index, (known, token) in enumerate(self._tokens):
+            if hmac.compare_digest(known, digest):  # no early exit: every token is compared
+                found = (index, token)
+        if found is None:
+            raise Refused(
+                "UnrecognizedClientException",
+                "The security token included in the request is invalid.",
+            )
+        return Caller(f"token #{found[0] + 1}", found[1])
+
+
+Verifier = SigV4Verifier | TokenVerifier
+
+
+def make_verifier(
+    mode: Literal["none", "sigv4", "token"], credentials_file: Path | None, region: str
+) -> Verifier | None:
+    """The verifier ``mode`` asks for; ValueError if its credentials are missing or invalid."""
+    if mode == "none":
+        return None
+    if credentials_file is None:
+        raise ValueError(f"--auth {mode} needs --credentials-file")
+    credentials = CredentialsFile.read(credentials_file)
+    if mode == "sigv4":
+        if not credentials.keys:
+            raise ValueError(f"the credentials file {credentials_file} has no [[keys]]")
+        try:
+            return SigV4Verifier(credentials.keys, region)
+        except ImportError as exc:
+            raise ValueError("--auth sigv4 needs botocore: pip install 'modelfleet[aws]'") from exc
+    if not credentials.tokens:
+        raise ValueError(f"the credentials file {credentials_file} has no [[tokens]]")
+    return TokenVerifier(credentials.tokens)
+
+
+class AuthMiddleware:
+    """ASGI middleware: verify every HTTP request but ``GET /ping`` before the app sees it.
+
+    The body is read here (the signature covers it, up to ``max_body_bytes``) and handed to the
+    app unchanged.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: Verifier,
+        *,
+        max_body_bytes: int,
+        refuse: Callable[[Refused], Any],
+    ) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.max_body_bytes = max_body_bytes
+        self.refuse = refuse  # Refused -> a Starlette Response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:  # refused before any verification work
+                too_large = Refused(
+                    "ValidationError",
+                    f"The request body is larger than {self.max_body_bytes} bytes.",
+                    status=413,
+                )
+                await self.refuse(too_large)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        query = scope.get("query_string", b"")
+        host = headers.get("host", "")
+        url = f"{scope.get('scheme', 'http')}://{host}{raw_path.decode('latin-1')}"
+        if query:
+            url += f"?{query.decode('latin-1')}"
+        match = _INVOKE_PATH.match(scope["path"])
+        endpoint = unquote(match.group(1)) if match else None
+        try:
+            caller = self.verifier.verify(
+                method=scope["method"],
+                url=url,
+                headers=headers,
+                body=body,
+                now=dt.datetime.now(dt.UTC),
+            )
+            if not caller.grant.allows(endpoint):
+                action = "sagemaker:InvokeEndpoint" if endpoint else "this server's admin API"
+                resource = f"endpoint/{endpoint}" if endpoint else scope["path"]
+                raise Refused(
+                    "AccessDeniedException",
+                    f"User: {caller.name} is not authorized to perform: {action} on "
+                    f"resource: {resource}",
+                    key_id=caller.name,
+                )
+        except Refused as refused:
+            logger.warning(
+                "Refused %s %s: %s (%s)%s",
+                scope["method"],
+                scope["path"],
+                refused.code,
+                refused.message,
+                f", key {refused.key_id}" if refused.key_id else "",
+            )
+            await self.refuse(refused)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
