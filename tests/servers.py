@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -99,9 +100,21 @@ def thread_server(settings: Settings) -> Iterator[ThreadServer]:
 class ProcessServer:
     """``python -m modelfleet serve`` in a child process."""
 
-    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, log: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        log: Path,
+        tls_ca: Path | None = None,
+    ) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # with ``tls_ca`` the server speaks HTTPS with a certificate that CA file verifies
+        self._scheme = "https" if tls_ca is not None else "http"
+        self._verify: ssl.SSLContext | bool = True
+        if tls_ca is not None:
+            self._verify = ssl.create_default_context(cafile=str(tls_ca))
+        self.url = f"{self._scheme}://127.0.0.1:{self.port}"
         self._args = [
             sys.executable,
             "-m",
@@ -130,12 +143,13 @@ class ProcessServer:
                     # the free port was taken meanwhile (Ray's processes bind many): another
                     self._port_tries += 1
                     self.port = free_port()
-                    self.url = f"http://127.0.0.1:{self.port}"
+                    self.url = f"{self._scheme}://127.0.0.1:{self.port}"
                     self._args[self._args.index("--port") + 1] = str(self.port)
                     return self.start()
                 raise RuntimeError(f"server exited early:\n{text}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/ping", timeout=1).status_code == 200:
+                ping = httpx.get(f"{self.url}/ping", timeout=1, verify=self._verify)
+                if ping.status_code == 200:
                     return self
             time.sleep(0.05)
         self.stop()
@@ -159,9 +173,9 @@ class ProcessServer:
 
 @contextlib.contextmanager
 def process_server(
-    args: list[str], *, log: Path, env: dict[str, str] | None = None
+    args: list[str], *, log: Path, env: dict[str, str] | None = None, tls_ca: Path | None = None
 ) -> Iterator[ProcessServer]:
-    server = ProcessServer(args, env=env, log=log).start()
+    server = ProcessServer(args, env=env, log=log, tls_ca=tls_ca).start()
     try:
         yield server
     finally:

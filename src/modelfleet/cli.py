@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,18 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _check_tls(settings: Settings) -> None:
+    """Refuse to start with a certificate and key that do not load."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_cert, settings.tls_key
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise click.UsageError(f"cannot serve HTTPS with --tls-cert/--tls-key: {exc}") from None
+
+
 def _check_auth(settings: Settings) -> None:
     """Refuse to start open to the network, or with credentials that do not load."""
     if settings.auth == "none":
@@ -85,6 +98,14 @@ def _check_auth(settings: Settings) -> None:
     help="TOML file of the [[keys]] and [[tokens]] --auth accepts (docs/security.md).",
 )
 @click.option("--auth-region", help="Region SigV4 signatures are scoped to (us-east-1).")
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM certificate (chain): serve HTTPS. Needs --tls-key.",
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM key of --tls-cert."
+)
 @click.option(
     "--insecure",
     is_flag=True,
@@ -217,6 +238,7 @@ def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
             raise click.UsageError(_settings_error(exc)) from None
         _ensure_examples(settings)
     _check_auth(settings)
+    _check_tls(settings)
 
     import uvicorn
 
@@ -228,7 +250,9 @@ def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
         _connect_ray(settings.ray_address, settings.ray_namespace)
     app = create_app(settings, endpoints, config_file=config_file, overrides=given)
     limits = ClientLimits.from_settings(settings)
-    config = listener_config(app, limits, host=settings.host, port=settings.port)
+    config = listener_config(
+        app, limits, host=settings.host, port=settings.port, **settings.tls_options()
+    )
     tune_process()
     uvicorn.Server(config).run()
 
@@ -277,8 +301,10 @@ def router(ray_address: str, ray_namespace: str, host: str, port: int, log_level
     first = endpoints[0].variants[0].settings
     settings = first.model_copy(update={"host": host, "port": port, "backend": "ray"})
     _check_auth(settings)  # the fleet's --auth, and its credentials file at the same path here
+    _check_tls(settings)  # and its certificate
     app = create_app(settings, endpoints, join=True)
-    config = listener_config(app, ClientLimits.from_settings(settings), host=host, port=port)
+    limits = ClientLimits.from_settings(settings)
+    config = listener_config(app, limits, host=host, port=port, **settings.tls_options())
     tune_process()
     uvicorn.Server(config).run()
 

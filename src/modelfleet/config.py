@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     insecure: bool = False
     """Serve without authentication on an address other than loopback."""
 
+    tls_cert: Path | None = None
+    """PEM certificate (chain) to serve HTTPS with; needs ``tls_key``."""
+
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
+
     max_body_size: ByteSize = Field(default=parse_size("6MiB"), gt=0)
     """Largest accepted request body."""
 
@@ -291,7 +297,15 @@ class Settings(BaseSettings):
             raise ValueError("rss_high_water must be at least memory_limit")
         if not self.effective_min_instances <= self.instances <= self.effective_max_instances:
             raise ValueError("instances must lie between min_instances and max_instances")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
         return self
+
+    def tls_options(self) -> dict[str, str]:
+        """uvicorn's options for HTTPS (none without a certificate)."""
+        if self.tls_cert is None or self.tls_key is None:
+            return {}
+        return {"ssl_certfile": str(self.tls_cert), "ssl_keyfile": str(self.tls_key)}
 
     @property
     def effective_min_instances(self) -> int:
