@@ -147,10 +147,15 @@ class ProcessServer:
                     self._args[self._args.index("--port") + 1] = str(self.port)
                     return self.start()
                 raise RuntimeError(f"server exited early:\n{text}")
-            with contextlib.suppress(httpx.HTTPError):
+            try:
                 ping = httpx.get(f"{self.url}/ping", timeout=1, verify=self._verify)
-                if ping.status_code == 200:
-                    return self
+            except httpx.HTTPError:
+                ping = None
+            except BaseException:  # never leave the child running behind a failed start
+                self.stop()
+                raise
+            if ping is not None and ping.status_code == 200:
+                return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"server did not start:\n{self._log_path.read_text()}")

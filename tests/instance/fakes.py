@@ -119,6 +119,7 @@ class Harness:
         handler: str | None = None,
         walk_trees: bool = True,
         snapshot: Path | None = None,
+        environments: Any = None,
     ) -> FakeModel:
         block = self.load_blocks.get(model_id)
         if block is not None:

@@ -27,7 +27,7 @@ def unpack(artifact: bytes, dest: Path) -> Path:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ThreadServer]:
     source = tmp_path / "source"
-    source.mkdir()
+    source.mkdir(exist_ok=True)
     settings = Settings(
         model_source=str(source), cache_dir=tmp_path / "cache", memory_limit="64MiB"
     )
@@ -37,7 +37,8 @@ def server(tmp_path: Path) -> Iterator[ThreadServer]:
 
 @pytest.fixture
 def model_dirs(tmp_path: Path) -> list[Path]:
-    return [unpack(sklearn_artifact(seed=i), tmp_path / f"dir{i}") for i in range(3)]
+    """Unpacked models in the source folder: LoadModel loads only from the source or cache."""
+    return [unpack(sklearn_artifact(seed=i), tmp_path / "source" / f"dir{i}") for i in range(3)]
 
 
 def test_load_get_invoke_unload(server: ThreadServer, model_dirs: list[Path]) -> None:
@@ -81,8 +82,7 @@ def test_list_models_pages(server: ThreadServer, model_dirs: list[Path]) -> None
 
 
 def test_load_model_that_cannot_fit_is_507(tmp_path: Path, model_dirs: list[Path]) -> None:
-    source = tmp_path / "empty"
-    source.mkdir()
+    source = tmp_path / "source"
     settings = Settings(model_source=str(source), cache_dir=tmp_path / "c", memory_limit=1024)
     with thread_server(settings) as srv, httpx.Client(base_url=srv.url) as http:
         response = http.post("/models", json={"model_name": "big", "url": str(model_dirs[0])})
@@ -91,21 +91,45 @@ def test_load_model_that_cannot_fit_is_507(tmp_path: Path, model_dirs: list[Path
 
 
 def test_load_model_bad_requests(server: ThreadServer, tmp_path: Path) -> None:
+    source = tmp_path / "source"
     with httpx.Client(base_url=server.url) as http:
         assert http.post("/models", content=b"not json").status_code == 400
         # a url that does not exist: 404, as the inference toolkit's MME tests expect
-        missing = http.post("/models", json={"model_name": "x", "url": str(tmp_path / "none")})
+        missing = http.post("/models", json={"model_name": "x", "url": str(source / "none")})
         assert missing.status_code == 404
         assert missing.headers["x-amzn-errortype"] == "ModelNotFound"
         assert "does not exist" in missing.json()["message"]
-        a_file = tmp_path / "a-file"
+        a_file = source / "a-file"
         a_file.write_bytes(b"x")
         not_folder = http.post("/models", json={"model_name": "x", "url": str(a_file)})
         assert not_folder.status_code == 400
         assert "not a folder" in not_folder.json()["message"]
-        empty = tmp_path / "empty-model"
+        empty = source / "empty-model"
         empty.mkdir()
         broken = http.post("/models", json={"model_name": "x", "url": str(empty)})
         assert broken.status_code >= 400
         assert broken.headers["x-amzn-errortype"] == "ModelError"
         assert http.get("/ping").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/etc",
+        "../../",
+        "{tmp}/source/../outside",  # .. out of the source
+        "{tmp}/source/link-out",  # a symbolic link out of the source
+        "{tmp}/outside",
+    ],
+)
+def test_load_model_only_from_the_source_or_the_cache(
+    server: ThreadServer, tmp_path: Path, url: str
+) -> None:
+    outside = tmp_path / "outside"
+    unpack(sklearn_artifact(seed=9), outside)
+    (tmp_path / "source" / "link-out").symlink_to(outside, target_is_directory=True)
+    with httpx.Client(base_url=server.url) as http:
+        answer = http.post("/models", json={"model_name": "x", "url": url.format(tmp=tmp_path)})
+        assert answer.status_code == 400
+        assert "under the model source or the cache folder" in answer.json()["message"]
+        assert http.get("/models/x").status_code == 404  # nothing was loaded

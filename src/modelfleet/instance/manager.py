@@ -61,6 +61,7 @@ from modelfleet.instance.state import (
 from modelfleet.instance.unloader import Unloader, close_model
 from modelfleet.metrics import Metrics
 from modelfleet.source import ModelSource, validate_target_model
+from modelfleet.source.uri import local_folder
 
 logger = logging.getLogger(__name__)
 
@@ -617,9 +618,25 @@ class ModelManager:
     async def _load_url(self, name: str, url: str) -> Entry:
         if not url:
             raise ValidationError("LoadModel needs a non-empty url.")
-        path = Path(url)
+        path = self._loadable(url)
         disk_bytes = await run_blocking(self.pools.load, folder_size, path)
         return await self._load(name, path, disk_bytes, from_source=False)
+
+    def _loadable(self, url: str) -> Path:
+        """LoadModel's ``url``, if it lies under the model source's folder or the cache folder
+        (symbolic links resolved); anything else, ``/etc`` or ``../..`` included, is refused
+        before the path is touched further."""
+        roots = [Path(self.settings.cache_dir).resolve()]
+        if (local := local_folder(self.settings.model_source)) is not None:
+            roots.append(local)
+        path = Path(url)
+        resolved = path.resolve() if path.is_absolute() else None
+        if resolved is None or not any(resolved.is_relative_to(root) for root in roots):
+            raise ValidationError(
+                "LoadModel url must be an absolute path to a folder under the model source or "
+                "the cache folder (--model-source, --cache-dir)."
+            )
+        return resolved
 
     async def unload(self, name: str) -> None:
         """UnloadModel: free the memory of ``name`` once the calls using it are done."""

@@ -69,6 +69,17 @@ class SourceStores:
     ``s3://<endpoint or "aws">/<bucket>/<prefix>`` (the disk cache keys entries by it)."""
 
 
+def local_folder(uri: str) -> Path | None:
+    """The folder a local source URI (a path or ``file://``) names, resolved; None for an
+    object store."""
+    scheme, sep, _ = uri.partition("://")
+    if not sep or _SCHEME_RE.fullmatch(scheme) is None:
+        return Path(uri).expanduser().resolve()
+    if scheme.lower() == "file":
+        return _file_uri_path(uri).resolve()
+    return None
+
+
 def open_stores(
     uri: str,
     *,
