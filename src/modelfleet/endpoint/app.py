@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modelfleet.auth import AuthMiddleware, make_verifier
+from modelfleet.auth import AuthMiddleware, Refused, check, make_verifier
 from modelfleet.backends.base import Backend, Instance
 from modelfleet.backends.inprocess import InProcessBackend
 from modelfleet.backends.local import LocalBackend
@@ -109,11 +109,14 @@ class EndpointServer:
                 self.endpoints[config.name] = self._fleet(config, endpoints)
             routes.append(Route("/ping", self.ping, methods=["GET"]))
         self.app = Starlette(routes=routes, lifespan=self._lifespan)
-        verifier = make_verifier(settings.auth, settings.credentials_file, settings.auth_region)
-        if verifier is not None:  # every path but /ping (docs/security.md)
+        # every path but /ping (docs/security.md); invocations are checked in their handler
+        self._verifier = make_verifier(
+            settings.auth, settings.credentials_file, settings.auth_region
+        )
+        if self._verifier is not None:
             self.app.add_middleware(
                 AuthMiddleware,
-                verifier=verifier,
+                verifier=self._verifier,
                 max_body_bytes=int(settings.max_body_size),
                 refuse=refusal_response,
             )
@@ -225,7 +228,16 @@ class EndpointServer:
         # Counted on the variant that serves; before one is chosen, on the first variant.
         metrics = next(iter(endpoint.metrics.values())) if endpoint is not None else None
         variant: str | None = None
+        body: bytes | None = None
         try:
+            if self._verifier is not None:  # before anything that would tell the caller more
+                body = await read_body(request, self.settings.max_body_size)
+                check(
+                    self._verifier,
+                    request.scope,
+                    body,
+                    endpoint=request.path_params["endpoint_name"],
+                )
             if endpoint is None:
                 name = request.path_params["endpoint_name"]
                 raise UnknownEndpointError(f"Endpoint '{name}' not found.")
@@ -240,7 +252,8 @@ class EndpointServer:
             # a source failure (503) that clients would retry.
             target = validate_target_model(utf8_header(target, "X-Amzn-SageMaker-Target-Model"))
             target_model_var.set(target)
-            body = await read_body(request, self.settings.max_body_size)
+            if body is None:
+                body = await read_body(request, self.settings.max_body_size)
             variant = endpoint.router.pick_variant(headers.get("x-amzn-sagemaker-target-variant"))
             routed = await endpoint.router.invoke(
                 target,
@@ -254,6 +267,8 @@ class EndpointServer:
             if metrics is not None:
                 metrics.client_disconnects.inc()
             return client_gone(request_id)
+        except Refused as refused:
+            return refusal_response(refused)
         except Exception as exc:
             response = error_response(exc, RUNTIME_ERRORS, request_id=request_id)
             if endpoint is not None and variant is not None:
