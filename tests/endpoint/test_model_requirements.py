@@ -74,8 +74,15 @@ def predict_fn(data, model):
 """
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ThreadServer]:
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("requirements")
+
+
+@pytest.fixture(scope="module")
+def server(root: Path) -> Iterator[ThreadServer]:
+    """One server for the module: building environments (venv + pip) is the slow part."""
+    tmp_path = root
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     write_wheel(wheels, "mf-extra-dep", "1.0", {"mf_extra_dep/__init__.py": "VALUE = 42\n"})
@@ -113,13 +120,13 @@ def _ask(server: ThreadServer, target: str) -> dict[str, object]:
 
 
 def test_a_model_with_requirements_runs_in_its_own_environment(
-    server: ThreadServer, tmp_path: Path
+    server: ThreadServer, root: Path
 ) -> None:
     first = _ask(server, "first")
     assert first["value"] == 42
     assert first["six"] == "99.0"  # the server's own six is another version
     assert first["pid"] != os.getpid()
-    envs = tmp_path / "cache" / "envs"
+    envs = root / "cache" / "envs"
     assert str(first["prefix"]).startswith(str(envs))
     assert first["shape"] == [3]  # the toolkit's default input_fn ran in the worker
     second = _ask(server, "second")
@@ -129,15 +136,16 @@ def test_a_model_with_requirements_runs_in_its_own_environment(
     assert len(built) == 1
 
 
-def test_pip_failing_fails_the_load_with_pips_reason(server: ThreadServer, tmp_path: Path) -> None:
+def test_pip_failing_fails_the_load_with_pips_reason(server: ThreadServer, root: Path) -> None:
+    envs = root / "cache" / "envs"
+    before = sorted(p.name for p in envs.iterdir() if p.is_dir()) if envs.exists() else []
     with pytest.raises(ClientError) as caught:
         _ask(server, "broken")
     assert caught.value.response["Error"]["Code"] == "ModelError"
     message = caught.value.response["Error"]["Message"]
     assert "pip could not install code/requirements.txt" in message
     assert "mf-not-anywhere" in message
-    envs = tmp_path / "cache" / "envs"
-    assert not [p for p in envs.iterdir() if p.is_dir()]  # nothing half-built is left
+    assert sorted(p.name for p in envs.iterdir() if p.is_dir()) == before  # nothing half-built
 
 
 def test_a_worker_that_dies_fails_its_request_and_the_next_one_starts_another(
