@@ -101,9 +101,10 @@ def raw_cold(url: str, key: str, kind: str, workdir: Path, keep: list[Any]) -> d
     }
 
 
-def fleet_cold(http: httpx.Client, key: str) -> dict[str, float]:
-    """One cold request (on a warm keep-alive connection); the server's own breakdown."""
-    before = http.get("/metrics").text
+def fleet_cold(http: httpx.Client, key: str, metrics_url: str) -> dict[str, float]:
+    """One cold request (on a warm keep-alive connection); the server's own breakdown (from
+    ``metrics_url``, on its admin listener)."""
+    before = http.get(metrics_url).text
     started = time.perf_counter()
     response = http.post(
         "/endpoints/default/invocations",
@@ -113,7 +114,7 @@ def fleet_cold(http: httpx.Client, key: str) -> dict[str, float]:
     )
     total = time.perf_counter() - started
     response.raise_for_status()
-    after = http.get("/metrics").text
+    after = http.get(metrics_url).text
 
     def delta(name: str) -> float:
         return metric(after, name) - metric(before, name)
@@ -157,6 +158,7 @@ def upload(s3: Any, kinds: list[str], reps: dict[float, int]) -> tuple[Keys, dic
 
 def compare(
     http: httpx.Client,
+    metrics_url: str,
     url: str,
     tmp: str,
     kind: str,
@@ -168,11 +170,11 @@ def compare(
     raws, fleets = [], []
     for rep, (raw_key, fleet_key) in enumerate(keys):
         if rep % 2:
-            fleets.append(fleet_cold(http, fleet_key))
+            fleets.append(fleet_cold(http, fleet_key, metrics_url))
         with tempfile.TemporaryDirectory(dir=tmp) as work:
             raws.append(raw_cold(url, raw_key, kind, Path(work), kept))
         if not rep % 2:
-            fleets.append(fleet_cold(http, fleet_key))
+            fleets.append(fleet_cold(http, fleet_key, metrics_url))
     raw = {k: statistics.median(r[k] for r in raws) for k in raws[0]}
     fleet = {k: statistics.median(f[k] for f in fleets) for k in fleets[0]}
     return {
@@ -222,13 +224,15 @@ def main() -> None:
             for kind in kinds:
                 with tempfile.TemporaryDirectory(dir=tmp) as work:
                     raw_cold(url, f"raw/warm-{kind}/model.tar.gz", kind, Path(work), [])
-                fleet_cold(http, f"warm-{kind}/model.tar.gz")
+                fleet_cold(http, f"warm-{kind}/model.tar.gz", f"{srv.admin_url}/metrics")
             kept: list[Any] = []  # the raw side keeps its models to the end, as the server does
             for kind in kinds:
                 for size in sizes:
                     pairs = [keys[kind, size, rep] for rep in range(reps[size])]
                     row = {"model": kind, "artifact_mb": round(sizes_mb[kind, size], 1)}
-                    rows.append(row | compare(http, url, tmp, kind, pairs, kept))
+                    rows.append(
+                        row | compare(http, f"{srv.admin_url}/metrics", url, tmp, kind, pairs, kept)
+                    )
     print_table(rows, COLUMNS, title="Cold path (medians); ratio = modelfleet / raw")
     params = {"sizes_mb": sizes, "kinds": kinds}
     params["repetitions"] = {f"{k:g} MB": n for k, n in reps.items()}

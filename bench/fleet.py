@@ -178,12 +178,12 @@ def hot_model(work: Path, count: int, requests: int) -> dict[str, Any]:
             warmup=0,
             requests=requests,
         )
-        during = holders(server.url)
+        during = holders(server.admin_url)
         deadline = time.monotonic() + 6.0  # 3 idle periods of trickle
         while time.monotonic() < deadline:
             httpx.post(url, content=b"x", headers=headers)
             time.sleep(0.2)
-        after = holders(server.url)
+        after = holders(server.admin_url)
     finally:
         server.stop()
     return {
@@ -278,7 +278,7 @@ def instances_up(server: servers.Server, count: int, timeout_s: float = 60.0) ->
     """The instances behind ``server``'s router once ``count`` of them are up (and no more)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        listed = httpx.get(f"{server.url}/admin/instances").json()["instances"]
+        listed = httpx.get(f"{server.admin_url}/admin/instances").json()["instances"]
         if len(listed) == count and all(i["state"] == "up" and i["url"] for i in listed):
             return list(listed)
         if time.monotonic() > deadline:

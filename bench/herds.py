@@ -56,14 +56,14 @@ async def _invoke(http: httpx.AsyncClient, key: str) -> tuple[int, bytes, float]
     return response.status_code, response.content, time.perf_counter() - started
 
 
-async def herd(url: str, key: str, size: int) -> dict[str, Any]:
+async def herd(url: str, admin_url: str, key: str, size: int) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
     async with httpx.AsyncClient(base_url=url, limits=limits) as http:
-        before = (await http.get("/metrics")).text
+        before = (await http.get(f"{admin_url}/metrics")).text
         started = time.perf_counter()
         results = await asyncio.gather(*(_invoke(http, key) for _ in range(size)))
         wall = time.perf_counter() - started
-        after = (await http.get("/metrics")).text
+        after = (await http.get(f"{admin_url}/metrics")).text
 
     def delta(name: str) -> float:
         return metric(after, name) - metric(before, name)
@@ -188,7 +188,9 @@ def main() -> None:
                 warm = [f"warm-{k}/model.tar.gz" for k in ("sklearn", "xgboost")]
                 asyncio.run(one_at_a_time(srv.url, warm))
                 if network == "loopback":
-                    herd_row = asyncio.run(herd(srv.url, "herd/model.tar.gz", herd_size))
+                    herd_row = asyncio.run(
+                        herd(srv.url, srv.admin_url, "herd/model.tar.gz", herd_size)
+                    )
                 assert srv.proc is not None
                 rows += [
                     cold.measure(srv.url, srv.proc.pid, network, name, rep)

@@ -161,12 +161,12 @@ def main() -> None:
         with process_server(server_args, log=tmp / "server.log") as srv:
             hot = names[-1]
             before = loadgen(srv.url, targets=None, concurrency=1, requests=2000, target=hot)
-            rss_before, used_before, _ = snapshot(srv.url, srv.pid)
+            rss_before, used_before, _ = snapshot(srv.admin_url, srv.pid)
             sweep = loadgen(srv.url, targets=first, concurrency=8, requests=None)
-            rss_half, used_half, _ = snapshot(srv.url, srv.pid)
+            rss_half, used_half, _ = snapshot(srv.admin_url, srv.pid)
             sweep2 = loadgen(srv.url, targets=second, concurrency=8, requests=None)
             after = loadgen(srv.url, targets=None, concurrency=1, requests=2000, target=hot)
-            rss_after, used_after, loaded = snapshot(srv.url, srv.pid)
+            rss_after, used_after, loaded = snapshot(srv.admin_url, srv.pid)
         per_model = (rss_after - rss_before - (used_after - used_before)) / touched
         marginal = (rss_after - rss_half - (used_after - used_half)) / (touched - half)
         errors = sweep["errors"] + sweep2["errors"]

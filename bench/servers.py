@@ -72,10 +72,15 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     started_s: float = 0.0
+    admin_port: int | None = None  # modelfleet's admin listener (/metrics, /admin/*)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port or self.port}"
 
     def start(self, log_dir: Path) -> Server:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -289,7 +294,8 @@ def modelfleet(
 
     ``memory_limit`` is per instance (``instances`` > 1: the ``local`` backend)."""
     argv = [MAIN_PYTHON, "-m", "modelfleet", "serve", "--model-source", str(source)]
-    argv += ["--port", str(port), "--cache-dir", str(cache_dir)]
+    admin_port = free_port()
+    argv += ["--port", str(port), "--admin-port", str(admin_port), "--cache-dir", str(cache_dir)]
     argv += ["--memory-limit", memory_limit, "--log-level", "warning"]
     if not walk_trees:
         argv.append("--no-walk-trees")
@@ -298,7 +304,9 @@ def modelfleet(
     argv += list(extra)
     name = "modelfleet" if walk_trees else "modelfleet-predict"
     name += f"-x{instances}" if instances > 1 else ""
-    return Server(name, argv, port, env=uvicorn_env(False), cwd=ROOT)
+    server = Server(name, argv, port, env=uvicorn_env(False), cwd=ROOT)
+    server.admin_port = admin_port
+    return server
 
 
 def bare(port: int, model: Path, *, fast: bool = False, threaded: bool = False) -> Server:

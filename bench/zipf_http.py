@@ -153,10 +153,10 @@ _METRIC = re.compile(r"^(modelfleet_[a-z_]+?)(?:\{[^}]*\})? ([0-9.eE+-]+)$", re.
 def modelfleet_counts(server: Server) -> dict[str, float]:
     """Cache counters summed over the server's instances (each has its own ``/metrics`` when
     there are several)."""
-    status, body = servers.http_get(server.url + "/admin/instances")
+    status, body = servers.http_get(server.admin_url + "/admin/instances")
     if status != 200:
         raise ServerError(f"{server.name}: /admin/instances answered {status}")
-    urls = [i["url"] for i in json.loads(body)["instances"] if i["url"]] or [server.url]
+    urls = [i["url"] for i in json.loads(body)["instances"] if i["url"]] or [server.admin_url]
     totals: dict[str, float] = {}
     for url in urls:
         status, body = servers.http_get(url + "/metrics")

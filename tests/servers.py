@@ -6,6 +6,7 @@ process by its PID: terminate, then kill after a bound).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -26,6 +27,7 @@ import uvicorn
 from modelfleet.backends.inprocess import InProcessBackend
 from modelfleet.config import Settings
 from modelfleet.endpoint.app import EndpointServer
+from modelfleet.listener import Follower, serve_listeners
 
 START_TIMEOUT_S = 60.0
 #: how long a test waits for state it expects (an instance up, a copy unloaded): it only bounds a
@@ -49,21 +51,25 @@ def free_port() -> int:
 
 
 class ThreadServer:
-    """An endpoint served by uvicorn on a background thread of the test process."""
+    """An endpoint served by uvicorn on a background thread of the test process: its public
+    listener (``url``) and its admin listener (``admin_url``)."""
 
     def __init__(self, settings: Settings) -> None:
         self.endpoint = EndpointServer(settings)
-        config = uvicorn.Config(
-            self.endpoint.app,
-            host="127.0.0.1",
-            port=0,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
+        options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "log_config": None}
+        self._server = uvicorn.Server(
+            uvicorn.Config(self.endpoint.app, access_log=False, lifespan="on", **options)
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="test-uvicorn", daemon=True)
+        self._admin: list[Follower] = []
+        if self.endpoint.admin_app is not None:
+            admin = uvicorn.Config(self.endpoint.admin_app, lifespan="off", **options)
+            self._admin.append(Follower(admin, self._server))
+        self._thread = threading.Thread(target=self._run, name="test-uvicorn", daemon=True)
         self.url = ""
+        self.admin_url = ""
+
+    def _run(self) -> None:
+        asyncio.run(serve_listeners(self._server, self._admin))
 
     def start(self) -> ThreadServer:
         self._thread.start()
@@ -74,6 +80,9 @@ class ThreadServer:
             time.sleep(0.01)
         port = self._server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
+        self.admin_url = self.url  # the SageMaker container mode: one listener
+        for server in self._admin:
+            self.admin_url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
         return self
 
     def stop(self) -> None:
@@ -115,6 +124,8 @@ class ProcessServer:
         if tls_ca is not None:
             self._verify = ssl.create_default_context(cafile=str(tls_ca))
         self.url = f"{self._scheme}://127.0.0.1:{self.port}"
+        self.admin_port = free_port()
+        self.admin_url = f"{self._scheme}://127.0.0.1:{self.admin_port}"
         self._args = [
             sys.executable,
             "-m",
@@ -124,6 +135,8 @@ class ProcessServer:
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--admin-port",
+            str(self.admin_port),
             *args,
         ]
         self._env = {**os.environ, **(env or {})}
@@ -143,8 +156,11 @@ class ProcessServer:
                     # the free port was taken meanwhile (Ray's processes bind many): another
                     self._port_tries += 1
                     self.port = free_port()
+                    self.admin_port = free_port()
                     self.url = f"{self._scheme}://127.0.0.1:{self.port}"
+                    self.admin_url = f"{self._scheme}://127.0.0.1:{self.admin_port}"
                     self._args[self._args.index("--port") + 1] = str(self.port)
+                    self._args[self._args.index("--admin-port") + 1] = str(self.admin_port)
                     return self.start()
                 raise RuntimeError(f"server exited early:\n{text}")
             try:
@@ -256,7 +272,7 @@ def invoking(
 
 def fleet_instances(server: ProcessServer) -> list[dict[str, Any]]:
     """The fleet's instances as ``/admin/instances`` lists them."""
-    response = httpx.get(f"{server.url}/admin/instances", timeout=30)
+    response = httpx.get(f"{server.admin_url}/admin/instances", timeout=30)
     listed: list[dict[str, Any]] = response.json()["instances"]
     return listed
 

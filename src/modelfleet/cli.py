@@ -68,11 +68,14 @@ def _check_tls(settings: Settings) -> None:
 def _check_auth(settings: Settings) -> None:
     """Refuse to start open to the network, or with credentials that do not load."""
     if settings.auth == "none":
-        if not settings.insecure and not _loopback(settings.host):
-            raise click.UsageError(
-                f"refusing to serve on {settings.host} without authentication: pass --auth "
-                "sigv4 or --auth token with --credentials-file, or --insecure to serve anyway."
-            )
+        if settings.sagemaker_container:
+            return  # SageMaker's agent calls unauthenticated, inside the instance's network
+        for flag, host in (("--host", settings.host), ("--admin-host", settings.admin_host)):
+            if not settings.insecure and not _loopback(host):
+                raise click.UsageError(
+                    f"refusing to serve on {host} without authentication ({flag}): pass --auth"
+                    " sigv4 or --auth token with --credentials-file, or --insecure to serve anyway."
+                )
         return
     from modelfleet.auth import make_verifier
 
@@ -80,6 +83,18 @@ def _check_auth(settings: Settings) -> None:
         make_verifier(settings.auth, settings.credentials_file, settings.auth_region)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+SAGEMAKER_DEFAULTS = {"host": "0.0.0.0", "port": 8080, "model_source": "/opt/ml/models"}
+"""What the SageMaker container mode listens on and serves, where not given."""
+
+
+def _sagemaker_defaults(given: dict[str, Any]) -> None:
+    import os
+
+    for name, value in SAGEMAKER_DEFAULTS.items():
+        if name not in given and f"MODELFLEET_{name.upper()}" not in os.environ:
+            given[name] = value
 
 
 @main.command()
@@ -113,6 +128,22 @@ def _check_auth(settings: Settings) -> None:
     help="Serve without authentication on an address other than loopback.",
 )
 @click.option("--port", type=int, help="Port to listen on (default 8080; 0 picks a free one).")
+@click.option(
+    "--admin-host",
+    help="Address of the admin listener: container contract, /admin/*, /metrics (127.0.0.1).",
+)
+@click.option(
+    "--admin-port",
+    type=int,
+    help="Port of the admin listener (default: --port + 1; 0: a free one).",
+)
+@click.option(
+    "--sagemaker-container",
+    is_flag=True,
+    default=None,
+    help="Serve as SageMaker's multi-model container: /ping, /invocations and the container "
+    "contract on one port (0.0.0.0:8080), unauthenticated, models under /opt/ml/models.",
+)
 @click.option("--memory-limit", help="Memory budget for loaded models, e.g. 2GiB.")
 @click.option("--disk-limit", help="Disk budget for the artifact cache, e.g. 10GiB.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Disk cache folder.")
@@ -232,6 +263,8 @@ def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
         except ConfigError as exc:
             raise click.UsageError(exc.message) from None
     else:
+        if given.get("sagemaker_container") or _env_flag("MODELFLEET_SAGEMAKER_CONTAINER"):
+            _sagemaker_defaults(given)
         try:
             settings = Settings(**given)
         except pydantic.ValidationError as exc:
@@ -240,21 +273,59 @@ def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
     _check_auth(settings)
     _check_tls(settings)
 
-    import uvicorn
+    from modelfleet.endpoint.app import EndpointServer
+    from modelfleet.errors import ValidationError
 
-    from modelfleet.endpoint.app import create_app
-    from modelfleet.instance.bootstrap import tune_process
-    from modelfleet.listener import ClientLimits, listener_config
-
+    if settings.sagemaker_container:
+        logging.getLogger("modelfleet").warning(
+            "SageMaker container mode: the container contract (LoadModel, UnloadModel, ...) "
+            "is served on %s:%d without authentication, as SageMaker's agent calls it; never "
+            "expose this port outside the instance.",
+            settings.host,
+            settings.port,
+        )
     if settings.backend == "ray":
         _connect_ray(settings.ray_address, settings.ray_namespace)
-    app = create_app(settings, endpoints, config_file=config_file, overrides=given)
+    try:
+        server = EndpointServer(settings, endpoints, config_file=config_file, overrides=given)
+    except ValidationError as exc:
+        raise click.UsageError(exc.message) from None
+    _run(server, settings)
+
+
+def _env_flag(name: str) -> bool:
+    import os
+
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _run(server: Any, settings: Settings) -> None:
+    """Serve ``server``'s public app, and its admin app on the admin listener, until a signal."""
+    import asyncio
+
+    import uvicorn
+
+    from modelfleet.instance.bootstrap import tune_process
+    from modelfleet.listener import ClientLimits, Follower, listener_config, serve_listeners
+
     limits = ClientLimits.from_settings(settings)
-    config = listener_config(
-        app, limits, host=settings.host, port=settings.port, **settings.tls_options()
-    )
+    tls = settings.tls_options()
+    public = listener_config(server.app, limits, host=settings.host, port=settings.port, **tls)
+    leader = uvicorn.Server(public)
+    admin = []
+    if server.admin_app is not None:
+        config = listener_config(
+            server.admin_app,
+            limits,
+            host=settings.admin_host,
+            port=settings.effective_admin_port,
+            lifespan="off",
+            **tls,
+        )
+        admin.append(Follower(config, leader))
     tune_process()
-    uvicorn.Server(config).run()
+    with asyncio.Runner(loop_factory=public.get_loop_factory()) as runner:
+        runner.run(serve_listeners(leader, admin))
 
 
 def _connect_ray(address: str | None, namespace: str) -> None:
@@ -275,20 +346,27 @@ def _connect_ray(address: str | None, namespace: str) -> None:
 @click.option("--ray-namespace", default="modelfleet", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port (0: a free one).")
+@click.option("--admin-host", default="127.0.0.1", show_default=True, help="Admin listener.")
+@click.option("--admin-port", type=int, help="Admin listener's port (default: --port + 1).")
 @click.option("--log-level", default="info", show_default=True)
-def router(ray_address: str, ray_namespace: str, host: str, port: int, log_level: str) -> None:
+def router(
+    ray_address: str,
+    ray_namespace: str,
+    host: str,
+    port: int,
+    admin_host: str,
+    admin_port: int | None,
+    log_level: str,
+) -> None:
     """Another router of a Ray fleet started by ``serve --backend ray``: it routes the fleet's
     endpoints to the same instances (rendezvous hashing over the controller's membership); the
     serve process alone scales and reloads."""
     _configure_logging(log_level)
     _connect_ray(ray_address, ray_namespace)
     import ray
-    import uvicorn
 
     from modelfleet.backends.ray import CONTROLLER_NAME
-    from modelfleet.endpoint.app import create_app
-    from modelfleet.instance.bootstrap import tune_process
-    from modelfleet.listener import ClientLimits, listener_config
+    from modelfleet.endpoint.app import EndpointServer
 
     try:
         controller = ray.get_actor(CONTROLLER_NAME, namespace=ray_namespace)
@@ -299,14 +377,11 @@ def router(ray_address: str, ray_namespace: str, host: str, port: int, log_level
         ) from None
     endpoints = ray.get(controller.config.remote())
     first = endpoints[0].variants[0].settings
-    settings = first.model_copy(update={"host": host, "port": port, "backend": "ray"})
+    update = {"host": host, "port": port, "backend": "ray", "admin_host": admin_host}
+    settings = first.model_copy(update={**update, "admin_port": admin_port})
     _check_auth(settings)  # the fleet's --auth, and its credentials file at the same path here
     _check_tls(settings)  # and its certificate
-    app = create_app(settings, endpoints, join=True)
-    limits = ClientLimits.from_settings(settings)
-    config = listener_config(app, limits, host=host, port=port, **settings.tls_options())
-    tune_process()
-    uvicorn.Server(config).run()
+    _run(EndpointServer(settings, endpoints, join=True), settings)
 
 
 def _settings_error(exc: pydantic.ValidationError) -> str:
@@ -382,12 +457,20 @@ def invoke(
 
 
 @main.command()
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True)
+@click.option(
+    "--url", default="http://127.0.0.1:8081", show_default=True, help="The admin listener."
+)
+@click.option(
+    "--token",
+    envvar="MODELFLEET_TOKEN",
+    help="An admin bearer token, for a server with --auth token ($MODELFLEET_TOKEN).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON of /admin/instances.")
-def status(url: str, as_json: bool) -> None:
+def status(url: str, token: str | None, as_json: bool) -> None:
     """Show the instances of a running endpoint (GET /admin/instances) as a table."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(f"{url.rstrip('/')}/admin/instances", timeout=30)
+        response = httpx.get(f"{url.rstrip('/')}/admin/instances", headers=headers, timeout=30)
     except httpx.HTTPError as exc:
         click.echo(f"error: cannot reach {url}: {exc}", err=True)
         sys.exit(2)

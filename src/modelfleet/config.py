@@ -103,6 +103,17 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     """Port to listen on (0 picks a free one)."""
 
+    admin_host: str = "127.0.0.1"
+    """Address of the admin listener: the container contract, ``/admin/*``, ``/metrics``."""
+
+    admin_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the admin listener; default ``port`` + 1 (a free one when ``port`` is 0)."""
+
+    sagemaker_container: bool = False
+    """SageMaker's bring-your-own multi-model container: one listener (``host``:``port``, by
+    default 0.0.0.0:8080) serves ``/ping``, ``/invocations`` and the container contract to
+    SageMaker's agent, unauthenticated, as SageMaker expects; no admin listener."""
+
     memory_limit: ByteSize = Field(default=parse_size("2GiB"), gt=0)
     """Memory budget for loaded models (sum of their measured footprints)."""
 
@@ -299,7 +310,18 @@ class Settings(BaseSettings):
             raise ValueError("instances must lie between min_instances and max_instances")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        if self.admin_port is None and self.port == 65535:
+            raise ValueError("admin_port: give one (the default, port + 1, is past 65535)")
+        if self.admin_port is not None and self.admin_port == self.port != 0:
+            raise ValueError("admin_port must differ from port")
         return self
+
+    @property
+    def effective_admin_port(self) -> int:
+        """The admin listener's port (0: a free one)."""
+        if self.admin_port is not None:
+            return self.admin_port
+        return self.port + 1 if self.port else 0
 
     def tls_options(self) -> dict[str, str]:
         """uvicorn's options for HTTPS (none without a certificate)."""

@@ -12,8 +12,12 @@ from __future__ import annotations
 import http
 import json
 import logging
+import os
+import sys
 import uuid
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
+from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -75,13 +79,48 @@ def new_request_id() -> str:
     return str(uuid.uuid4())
 
 
+class PathRedactor:
+    """Replaces the server's own folders in the text of answers with their names, so that no
+    answer carries an absolute path of the server's disk (an error that quotes a file of the
+    cache, a model's traceback that quotes the Python installation).
+
+    ``folders`` maps a name (``cache``) to a folder; the Python installation
+    (``sys.prefix``, ``sys.base_prefix``) and the working folder are added. A folder and its
+    resolved form are both replaced; the longest match wins.
+    """
+
+    def __init__(self, folders: Iterable[tuple[str, Path]]) -> None:
+        named = [*folders, ("python", Path(sys.prefix)), ("python", Path(sys.base_prefix))]
+        named.append(("cwd", Path(os.getcwd())))
+        pairs: dict[str, str] = {}
+        for name, folder in named:
+            for form in {str(folder), str(folder.resolve())}:
+                if form not in ("/", "") and form not in pairs:
+                    pairs[form.rstrip("/")] = f"<{name}>"
+        self._pairs = sorted(pairs.items(), key=lambda pair: len(pair[0]), reverse=True)
+
+    def __call__(self, text: str) -> str:
+        if "/" not in text:
+            return text
+        for folder, name in self._pairs:
+            if folder in text:
+                text = text.replace(folder, name)
+        return text
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
 def error_response(
     exc: BaseException,
     table: tuple[tuple[type[ModelfleetError], int, str], ...],
     *,
     request_id: str,
+    redact: Callable[[str], str] = _as_is,
 ) -> Response:
-    """The response for ``exc`` under ``table`` (a bug becomes InternalFailure, 500)."""
+    """The response for ``exc`` under ``table`` (a bug becomes InternalFailure, 500); messages
+    go through ``redact`` (a :class:`PathRedactor`)."""
     headers = {"x-amzn-RequestId": request_id}
     row = next((r for r in table if isinstance(exc, r[0])), None)
     if row is not None:
@@ -94,10 +133,10 @@ def error_response(
         logger.error("internal failure (request %s)", request_id, exc_info=exc)
         status, code = 500, "InternalFailure"
         message = f"An internal error occurred; request id {request_id}."
-    body: dict[str, object] = {"__type": code, "message": message}
+    body: dict[str, object] = {"__type": code, "message": redact(message)}
     if isinstance(exc, ModelError):
         body["OriginalStatusCode"] = exc.original_status_code
-        body["OriginalMessage"] = exc.message
+        body["OriginalMessage"] = redact(exc.message)
         body["LogStreamArn"] = ""
     if isinstance(exc, ServiceUnavailableError):
         headers["Retry-After"] = str(exc.retry_after_s)

@@ -42,10 +42,12 @@ The first version, with a per-header ``on_header`` count and ``super()`` calls, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
 import resource
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -56,7 +58,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from modelfleet.config import Settings
 from modelfleet.edge import listener_error
 
-__all__ = ["ClientLimits", "connection_cap", "listener_config", "protocol_class"]
+__all__ = [
+    "ClientLimits",
+    "Follower",
+    "connection_cap",
+    "listener_config",
+    "protocol_class",
+    "serve_listeners",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -382,3 +391,40 @@ def listener_config(app: Any, limits: ClientLimits, **options: Any) -> uvicorn.C
         access_log=False,
         **options,
     )
+
+
+class Follower(uvicorn.Server):
+    """A listener that stops when its leader does; the leader alone takes the signals."""
+
+    def __init__(self, config: uvicorn.Config, leader: uvicorn.Server) -> None:
+        super().__init__(config)
+        self._leader = leader
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._leader.should_exit:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+async def serve_listeners(leader: uvicorn.Server, servers: list[Follower]) -> None:
+    """Serve ``leader`` (whose app's lifespan starts and stops everything) and its followers
+    (lifespan off) on this loop: the followers bind first, so a port in use stops the process
+    before anything starts, and they close when the leader is told to stop (its signals, or
+    ``should_exit``) or its serving ends."""
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    try:
+        for server, task in zip(servers, tasks, strict=True):
+            while not server.started:  # bound, or failed (uvicorn exits the process)
+                if task.done():
+                    task.result()
+                    raise RuntimeError("a listener stopped before it started")
+                await asyncio.sleep(0.01)
+        await leader.serve()
+    finally:
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -31,6 +31,7 @@ ALLOWED = ("AKIDALLOWED0001", "secret-of-the-allowed-key")
 OTHER = ("AKIDOTHER000002", "secret-of-the-other-key")
 ADMIN = ("AKIDADMIN000003", "secret-of-the-admin-key")
 TOKEN = "token-for-the-default-endpoint-0123456789"
+ADMIN_TOKEN = "token-for-the-admin-listener-9876543210"
 
 CREDENTIALS = f"""
 [[keys]]
@@ -51,6 +52,11 @@ admin = true
 [[tokens]]
 token = "{TOKEN}"
 endpoints = ["default"]
+
+[[tokens]]
+token = "{ADMIN_TOKEN}"
+endpoints = []
+admin = true
 """
 
 
@@ -196,7 +202,7 @@ def test_a_tampered_body_or_path_is_refused(sigv4_server: ThreadServer) -> None:
 
 
 def test_admin_paths_need_an_admin_key(sigv4_server: ThreadServer) -> None:
-    url = f"{sigv4_server.url}/metrics"
+    url = f"{sigv4_server.admin_url}/metrics"
     assert httpx.get(url).headers["x-amzn-errortype"] == "MissingAuthenticationTokenException"
     for key, expected in ((ALLOWED, 403), (ADMIN, 200)):
         request = AWSRequest(method="GET", url=url, data=b"")
@@ -232,10 +238,38 @@ def test_bearer_tokens(token_server: ThreadServer) -> None:
         assert answer.headers["x-amzn-errortype"] == code
 
 
+def test_the_admin_listener_needs_an_admin_token(token_server: ThreadServer) -> None:
+    def get(base: str, path: str, token: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.get(f"{base}{path}", headers=headers)
+
+    admin = token_server.admin_url
+    for path in ("/metrics", "/admin/instances", "/models"):
+        missing = get(admin, path, None)
+        assert missing.headers["x-amzn-errortype"] == "MissingAuthenticationTokenException"
+        denied = get(admin, path, TOKEN)  # allowed to invoke, not to administer
+        assert denied.status_code == 403
+        assert denied.headers["x-amzn-errortype"] == "AccessDeniedException"
+        assert get(admin, path, ADMIN_TOKEN).status_code == 200
+        # the public listener has no admin paths, whoever asks
+        public = get(token_server.url, path, ADMIN_TOKEN)
+        assert public.status_code == 404
+        assert public.headers["x-amzn-errortype"] == "UnknownOperationException"
+    assert get(admin, "/ping", None).status_code == 200
+    # modelfleet status speaks to the admin listener with the admin token
+    shown = CliRunner().invoke(main, ["status", "--url", admin, "--token", ADMIN_TOKEN])
+    assert shown.exit_code == 0, shown.output
+    assert "default" in shown.output
+    assert "up" in shown.output
+    refused = CliRunner().invoke(main, ["status", "--url", admin, "--token", TOKEN])
+    assert refused.exit_code == 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--host", "0.0.0.0"], "refusing to serve on 0.0.0.0 without authentication"),
+        (["--admin-host", "::"], "refusing to serve on :: without authentication (--admin-host)"),
         (["--auth", "sigv4"], "--auth sigv4 needs --credentials-file"),
     ],
 )

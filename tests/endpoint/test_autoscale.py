@@ -139,9 +139,9 @@ def test_a_new_instance_is_prewarmed_with_the_hot_models_routed_to_it() -> None:
     assert old.prewarmed == []
 
 
-def count(server_url: str) -> tuple[int, int]:
+def count(admin_url: str) -> tuple[int, int]:
     """(instances up, all instances) of the endpoint."""
-    listed = httpx.get(f"{server_url}/admin/instances").json()["instances"]
+    listed = httpx.get(f"{admin_url}/admin/instances").json()["instances"]
     return sum(1 for i in listed if i["state"] == "up"), len(listed)
 
 
@@ -159,14 +159,14 @@ def test_a_load_step_scales_out_and_back_in_without_failures(tmp_path: Path) -> 
     load: list[int] = []
     trickle: list[int] = []
     with process_server(args, env=env, log=tmp_path / "server.log") as server:
-        assert count(server.url) == (1, 1)
+        assert count(server.admin_url) == (1, 1)
         # A load step: 4 clients without pause, far above 300 per instance per minute.
         with invoking(server.url, MODELS, ROW, load, clients=4):
-            wait_until(lambda: count(server.url) == (3, 3), "the scale-out to 3 instances")
+            wait_until(lambda: count(server.admin_url) == (3, 3), "the scale-out to 3 instances")
         # A trickle (3 a second at most, 200 a minute): one instance is enough again, and the
         # trickle is served while the other two drain and afterwards.
         with invoking(server.url, MODELS, ROW, trickle, pause_s=0.3):
-            wait_until(lambda: count(server.url) == (1, 1), "the scale-in to 1 instance")
+            wait_until(lambda: count(server.admin_url) == (1, 1), "the scale-in to 1 instance")
             scaled_in_after = len(trickle)
             wait_until(lambda: len(trickle) >= scaled_in_after + 3, "the trickle after scale-in")
     assert len(load) > 100
@@ -182,7 +182,7 @@ def test_autoscaling_bounds_leave_the_instances_alone(tmp_path: Path) -> None:
     args = ["--model-source", str(source), "--cache-dir", str(tmp_path / "cache")]
     args += ["--instances", "2", "--min-instances", "2", "--max-instances", "3"]
     with process_server(args, log=tmp_path / "server.log") as server:
-        assert count(server.url) == (2, 2)  # each instance runs with min = max = 1 of its own
+        assert count(server.admin_url) == (2, 2)  # each instance runs with min = max = 1 of its own
         response = httpx.post(
             f"{server.url}/endpoints/default/invocations",
             content=ROW,

@@ -301,7 +301,7 @@ def test_a_rolling_update_fails_no_request(
         with invoking(server.url, MODELS, BODY, statuses, clients=4):
             wait_until(lambda: len(statuses) >= 30, "requests before the update")
             config_file(tmp_path, source, backend, extra='memory_limit = "200MiB"')
-            response = httpx.post(f"{server.url}/admin/reload", timeout=PATIENCE_S)
+            response = httpx.post(f"{server.admin_url}/admin/reload", timeout=PATIENCE_S)
             assert response.status_code == 200, response.text
             assert response.json()["changes"] == ["default/blue: instances replaced"]
             count = len(statuses)

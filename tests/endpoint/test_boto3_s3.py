@@ -155,7 +155,7 @@ def test_boto3_raises_model_not_ready_while_a_slow_load_continues(
 
         wait_until(answered, "the slow model to become ready", poll_s=0)
         assert json.loads(answers[0]["Body"].read()) == [7]
-        text = httpx.get(f"{srv.url}/metrics").text
+        text = httpx.get(f"{srv.admin_url}/metrics").text
         assert metric(text, "modelfleet_model_loading_time_seconds_count") == 1
 
 
@@ -171,7 +171,7 @@ def test_thirty_two_concurrent_requests_for_a_cold_model_share_one_download_and_
     with ThreadPoolExecutor(32) as pool:
         answers = list(pool.map(call, range(32)))
     assert len(set(answers)) == 1
-    text = httpx.get(f"{server.url}/metrics").text
+    text = httpx.get(f"{server.admin_url}/metrics").text
     assert metric(text, "modelfleet_model_downloads_total") == 1
     assert metric(text, "modelfleet_model_loading_time_seconds_count") == 1
     assert (

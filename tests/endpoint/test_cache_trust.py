@@ -104,7 +104,7 @@ def test_two_sources_sharing_a_cache_folder_never_answer_for_each_other(
         assert answer(server.url) == "from-a"
     with thread_server(Settings(model_source=b.uri, cache_dir=cache)) as server:
         assert answer(server.url) == "from-b"
-        text = httpx.get(f"{server.url}/metrics").text
+        text = httpx.get(f"{server.admin_url}/metrics").text
         assert metric(text, "modelfleet_model_downloads_total") == 1
     # And back: A's entry was kept apart, and is still A's.
     with thread_server(Settings(model_source=a.uri, cache_dir=cache)) as server:
@@ -121,9 +121,9 @@ def test_an_overwritten_artifact_is_served_after_unload_and_after_restart(
         assert answer(server.url) == "v1"
         source.put(TARGET, constant("v2"))
         assert answer(server.url) == "v1"  # loaded: not checked per request
-        assert httpx.delete(f"{server.url}/models/{TARGET}").status_code == 200
+        assert httpx.delete(f"{server.admin_url}/models/{TARGET}").status_code == 200
         assert answer(server.url) == "v2"
-        text = httpx.get(f"{server.url}/metrics").text
+        text = httpx.get(f"{server.admin_url}/metrics").text
         assert metric(text, "modelfleet_model_changed_total") == 1
         assert metric(text, "modelfleet_model_downloads_total") == 2
     source.put(TARGET, constant("v3"))
@@ -144,7 +144,7 @@ def test_a_restart_loads_unchanged_models_from_disk_with_one_check_each(
     with thread_server(settings) as server:
         for i in range(3):
             assert answer(server.url, f"m{i}/model.tar.gz") == f"model-{i}"
-        text = httpx.get(f"{server.url}/metrics").text
+        text = httpx.get(f"{server.admin_url}/metrics").text
         assert metric(text, "modelfleet_model_downloads_total") == 0
         assert metric(text, "modelfleet_model_revalidations_total") == 3
         assert metric(text, "modelfleet_model_stale_serves_total") == 0
@@ -158,7 +158,7 @@ def test_a_model_deleted_from_the_source_is_gone_after_its_unload(tmp_path: Path
     with thread_server(Settings(model_source=str(root), cache_dir=cache)) as server:
         assert answer(server.url, "m/model.tar.gz") == "v1"
         (root / "m" / "model.tar.gz").unlink()
-        assert httpx.delete(f"{server.url}/models/m/model.tar.gz").status_code == 200
+        assert httpx.delete(f"{server.admin_url}/models/m/model.tar.gz").status_code == 200
         response = invoke(server.url, "m/model.tar.gz")
         assert response.status_code == 400
         assert response.headers["x-amzn-ErrorType"] == "ValidationError"
@@ -196,10 +196,10 @@ def test_an_unreachable_source_serves_the_cached_copy_and_counts_it(tmp_path: Pa
         env["MODELFLEET_SOURCE_TIMEOUT"] = "2"
         with process_server(args, env=env, log=tmp_path / "server.log") as server:
             assert answer(server.url) == "cached"
-            assert httpx.delete(f"{server.url}/models/{TARGET}").status_code == 200
+            assert httpx.delete(f"{server.admin_url}/models/{TARGET}").status_code == 200
             moto.stop()  # the source is gone: connection refused
             assert answer(server.url) == "cached"
-            text = httpx.get(f"{server.url}/metrics").text
+            text = httpx.get(f"{server.admin_url}/metrics").text
             assert metric(text, "modelfleet_model_stale_serves_total") == 1
             assert metric(text, "modelfleet_model_downloads_total") == 1
     finally:
@@ -291,7 +291,7 @@ def test_an_entry_torn_by_a_crash_is_downloaded_again(tmp_path: Path) -> None:
     value.write_bytes(b"wh")
     with process_server(args, log=tmp_path / "second.log") as again:
         assert answer(again.url) == "whole"
-        text = httpx.get(f"{again.url}/metrics").text
+        text = httpx.get(f"{again.admin_url}/metrics").text
         assert metric(text, "modelfleet_model_downloads_total") == 1
     # A clean stop means no verification: the next start trusts its files.
     assert (cache / "lock").read_text() == "clean\n"

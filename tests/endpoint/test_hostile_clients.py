@@ -63,9 +63,11 @@ class Server:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_port = free_port()
         self.log = folder / "server.log"
         self._argv = [sys.executable, "-m", "modelfleet", "serve", "--host", "127.0.0.1"]
-        self._argv += ["--port", str(self.port), "--model-source", str(source)]
+        self._argv += ["--port", str(self.port), "--admin-port", str(self.admin_port)]
+        self._argv += ["--model-source", str(source)]
         self._argv += ["--cache-dir", str(folder / "cache"), "--log-level", "debug", *args]
         self._env = {**os.environ, **env}
         self._nofile = nofile
@@ -106,7 +108,7 @@ class Server:
             self.proc.wait(timeout=10)
 
     def metrics(self) -> str:
-        return httpx.get(f"{self.url}/metrics", timeout=30).text
+        return httpx.get(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=30).text
 
     def memory(self, field: str) -> int:
         """A ``/proc/<pid>/status`` figure in bytes (VmRSS, VmHWM)."""

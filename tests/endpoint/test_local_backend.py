@@ -75,7 +75,9 @@ def test_each_model_is_loaded_by_one_instance(source: Path, tmp_path: Path) -> N
 
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = http.get("/metrics").text  # the router's series and every instance's, merged
+        text = httpx.get(
+            f"{server.admin_url}/metrics"
+        ).text  # the router's series and every instance's, merged
         per_instance: dict[str, float] = {}
         invocations: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
@@ -101,7 +103,7 @@ def test_each_model_is_loaded_by_one_instance(source: Path, tmp_path: Path) -> N
 
         from modelfleet.cli import main
 
-        printed = CliRunner().invoke(main, ["status", "--url", server.url])
+        printed = CliRunner().invoke(main, ["status", "--url", server.admin_url])
         assert printed.exit_code == 0, printed.output
         lines = printed.output.splitlines()
         assert lines[0].split()[:4] == ["endpoint", "variant", "instance", "state"]
@@ -242,7 +244,7 @@ def test_admin_view_of_the_in_process_instance(source: Path, tmp_path: Path) -> 
     with thread_server(settings) as server, httpx.Client(base_url=server.url) as http:
         for model in (MODELS[0], MODELS[0], MODELS[1]):
             assert invoke(http, model).status_code == 200
-        view = http.get("/admin/instances").json()
+        view = httpx.get(f"{server.admin_url}/admin/instances").json()
     (only,) = view["instances"]
     assert only["state"] == "up"
     assert only["pid"] == os.getpid()

@@ -46,9 +46,9 @@ def test_a_rolling_update_under_load_fails_no_request(tmp_path: Path) -> None:
     with process_server(["--config", str(config)], log=tmp_path / "server.log") as server:
 
         def view() -> list[dict[str, object]]:
-            listed: list[dict[str, object]] = httpx.get(f"{server.url}/admin/instances").json()[
-                "instances"
-            ]
+            listed: list[dict[str, object]] = httpx.get(
+                f"{server.admin_url}/admin/instances"
+            ).json()["instances"]
             return listed
 
         def rolled_out() -> bool:
@@ -81,13 +81,15 @@ def test_a_rollout_whose_instances_do_not_come_up_stops_and_keeps_serving(
     config = tmp_path / "fleet.toml"
     config.write_text(config_text(source, tmp_path / "cache", "256MiB", 2))
     with process_server(["--config", str(config)], log=tmp_path / "server.log") as server:
-        before = {i["pid"] for i in httpx.get(f"{server.url}/admin/instances").json()["instances"]}
+        before = {
+            i["pid"] for i in httpx.get(f"{server.admin_url}/admin/instances").json()["instances"]
+        }
         # a model source that does not exist: new instances cannot start
         config.write_text(config_text(tmp_path / "missing", tmp_path / "cache", "256MiB", 2))
-        answer = httpx.post(f"{server.url}/admin/reload", timeout=120)
+        answer = httpx.post(f"{server.admin_url}/admin/reload", timeout=120)
         assert answer.status_code == 503
         assert "did not come up" in answer.json()["message"]
-        listed = httpx.get(f"{server.url}/admin/instances").json()["instances"]
+        listed = httpx.get(f"{server.admin_url}/admin/instances").json()["instances"]
         assert {i["pid"] for i in listed} == before  # the old instances still serve
         assert all(i["state"] == "up" for i in listed)
         response = httpx.post(

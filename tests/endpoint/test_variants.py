@@ -133,7 +133,7 @@ def test_weighted_variants_and_the_target_variant_header(tmp_path: Path) -> None
         assert solo.headers["x-amzn-invoked-production-variant"] == "only"
         assert invoke("nope").status_code == 400
 
-        view = http.get("/admin/instances").json()
+        view = httpx.get(f"{server.admin_url}/admin/instances").json()
         assert view["endpoints"] == ["ab", "solo"]
         tags = sorted((i["endpoint"], i["variant"], i["state"]) for i in view["instances"])
         assert tags == [("ab", "A", "up"), ("ab", "B", "up"), ("solo", "only", "up")]
@@ -143,7 +143,7 @@ def test_weighted_variants_and_the_target_variant_header(tmp_path: Path) -> None
         assert (
             http.post("/endpoints/ab/invocations", content=ROW, headers=headers).status_code == 400
         )
-        metrics = http.get("/metrics").text
+        metrics = httpx.get(f"{server.admin_url}/metrics").text
         assert 'variant="A"' in metrics
         assert 'variant="B"' in metrics
         errors = {

@@ -84,7 +84,7 @@ def test_memory_budget_holds_over_thirty_models(thirty_models: Path, tmp_path: P
         # Warm up: the first load imports the handler code paths (a one-time cost, not a
         # model's). Load and unload one model, then measure growth from there.
         assert invoke(server.url, "m29/model.tar.gz").status_code == 200
-        assert httpx.delete(f"{server.url}/models/m29/model.tar.gz").status_code == 200
+        assert httpx.delete(f"{server.admin_url}/models/m29/model.tar.gz").status_code == 200
         baseline = process.memory_info().rss
         peak_growth = 0
         max_loaded = 0
@@ -92,14 +92,14 @@ def test_memory_budget_holds_over_thirty_models(thirty_models: Path, tmp_path: P
             for i in range(30):
                 response = invoke(server.url, f"m{i:02d}/model.tar.gz")
                 assert response.status_code == 200, response.text
-                text = httpx.get(f"{server.url}/metrics").text
+                text = httpx.get(f"{server.admin_url}/metrics").text
                 loaded = metric(text, "modelfleet_loaded_model_count")
                 max_loaded = max(max_loaded, int(loaded))
                 assert metric(text, "modelfleet_memory_used_bytes") <= limit
                 peak_growth = max(peak_growth, process.memory_info().rss - baseline)
             if rounds == 0:
-                first_round = httpx.get(f"{server.url}/metrics").text
-        text = httpx.get(f"{server.url}/metrics").text
+                first_round = httpx.get(f"{server.admin_url}/metrics").text
+        text = httpx.get(f"{server.admin_url}/metrics").text
     assert 1 <= max_loaded <= 5
     # Every model was downloaded once; the second round reloaded evicted models from disk.
     assert metric(first_round, "modelfleet_model_downloads_total") == 30
@@ -143,5 +143,5 @@ def test_disk_budget_holds(thirty_models: Path, tmp_path: Path) -> None:
             assert response.status_code == 200, response.text
             used = sum(p.stat().st_size for p in (cache / "models").rglob("*") if p.is_file())
             assert used <= disk_limit
-            text = httpx.get(f"{server.url}/metrics").text
+            text = httpx.get(f"{server.admin_url}/metrics").text
             assert metric(text, "modelfleet_disk_used_bytes") <= disk_limit

@@ -39,7 +39,8 @@ def test_a_restart_does_not_serve_models_deleted_from_the_source(tmp_path: Path)
         for i in range(3):
             assert invoke(first.url, f"model-{i}/model.tar.gz").status_code == 200
         assert (
-            metric(httpx.get(f"{first.url}/metrics").text, "modelfleet_model_downloads_total") == 3
+            metric(httpx.get(f"{first.admin_url}/metrics").text, "modelfleet_model_downloads_total")
+            == 3
         )
     # Take the artifacts out of the source: a restart must not serve what the source deleted.
     for i in range(3):
@@ -49,7 +50,7 @@ def test_a_restart_does_not_serve_models_deleted_from_the_source(tmp_path: Path)
             response = invoke(second.url, f"model-{i}/model.tar.gz")
             assert response.status_code == 400, response.text
             assert "Could not find model" in response.json()["message"]
-        text = httpx.get(f"{second.url}/metrics").text
+        text = httpx.get(f"{second.admin_url}/metrics").text
         assert metric(text, "modelfleet_model_downloads_total") == 0
         assert metric(text, "modelfleet_model_loading_time_seconds_count") == 0
         assert second.manager.disk.keys() == []
@@ -65,13 +66,13 @@ def test_model_cache_disabled_unloads_and_deletes_after_each_call(tmp_path: Path
             # Unloading is asynchronous: poll, bounded in count and time.
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                text = httpx.get(f"{server.url}/metrics").text
+                text = httpx.get(f"{server.admin_url}/metrics").text
                 files = [p for p in (cache / "models").rglob("*") if p.is_file()]
                 if metric(text, "modelfleet_loaded_model_count") == 0 and not files:
                     break
                 time.sleep(0.02)
             assert metric(text, "modelfleet_loaded_model_count") == 0
             assert files == []
-        text = httpx.get(f"{server.url}/metrics").text
+        text = httpx.get(f"{server.admin_url}/metrics").text
         assert metric(text, "modelfleet_model_downloads_total") == 3
         assert metric(text, "modelfleet_model_unloading_time_seconds_count") == 3

@@ -168,7 +168,7 @@ def test_a_load_that_exits_fails_only_its_model(
     assert_model_error(invoke(server, model), raised)
     assert_still_serving(server)
     assert_model_error(invoke(server, model), raised)  # tried again: the same answer
-    listed = httpx.get(f"{server.url}/admin/instances").json()["instances"][0]["loaded"]
+    listed = httpx.get(f"{server.admin_url}/admin/instances").json()["instances"][0]["loaded"]
     assert model not in [entry["name"] for entry in listed]
     assert_still_serving(server)
 

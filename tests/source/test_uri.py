@@ -51,8 +51,10 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("uri", "message"),
     [
-        ("gs://bucket/prefix", "scheme 'gs' is not supported"),
-        ("az://container/x", "file://, s3://"),
+        ("hdfs://bucket/prefix", "scheme 'hdfs' is not supported"),
+        ("ftp://host/x", "file://, s3://, az://, gs://"),
+        ("az:///x", "expected az://container/prefix/"),
+        ("gs://bucket/a/../b", "bad prefix"),
         ("file://somehost/srv/models", "absolute path"),
         ("s3:///prefix", "expected s3://bucket/prefix/"),
         ("s3://user@bucket/p", "expected s3://bucket/prefix/"),
@@ -113,7 +115,7 @@ def test_allowed_endpoints(endpoint: str, s3_env: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("endpoint", ["ftp://127.0.0.1", "127.0.0.1:9000", "http://"])
 def test_malformed_endpoints(endpoint: str, s3_env: pytest.MonkeyPatch) -> None:
     s3_env.setenv("AWS_ENDPOINT_URL", endpoint)
-    with pytest.raises(SourceError, match="Invalid S3 endpoint"):
+    with pytest.raises(SourceError, match="Invalid endpoint"):
         ModelSource("s3://bucket/prefix")
 
 

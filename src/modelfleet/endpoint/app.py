@@ -32,6 +32,7 @@ from modelfleet.backends.remote import InstanceFullError, InstanceUnreachableErr
 from modelfleet.config import Settings
 from modelfleet.edge import (
     RUNTIME_ERRORS,
+    PathRedactor,
     client_gone,
     error_response,
     new_request_id,
@@ -46,6 +47,7 @@ from modelfleet.endpoint.router import DEFAULT_VARIANT, Router
 from modelfleet.endpoint.variants import EndpointConfig, VariantConfig, load_config
 from modelfleet.errors import CacheInUseError, UnknownEndpointError, ValidationError
 from modelfleet.instance.app import instance_routes, ping_route
+from modelfleet.instance.loader import private_folders
 from modelfleet.metrics import CONTENT_TYPE, Metrics
 from modelfleet.source import validate_target_model
 
@@ -84,8 +86,10 @@ class EndpointServer:
         self._config_file = config_file
         self._overrides = dict(overrides or {})
         self._reloading: asyncio.Lock | None = None
-        routes = [
+        public = [
             Route("/endpoints/{endpoint_name}/invocations", self.invocations, methods=["POST"]),
+        ]
+        admin = [
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
             Route("/admin/instances", self.admin_instances, methods=["GET"]),
             Route("/admin/reload", self.admin_reload, methods=["POST"]),
@@ -99,27 +103,54 @@ class EndpointServer:
                 {DEFAULT_VARIANT: backend},
                 {DEFAULT_VARIANT: backend.manager.metrics},
             )
-            # One instance in this process: its container contract is served here too.
-            routes += [ping_route(backend.manager), *instance_routes(backend.manager)]
+            # One instance in this process: its container contract is served too (admin).
+            ping = ping_route(backend.manager)
+            admin += instance_routes(backend.manager)
         else:
+            if settings.sagemaker_container:
+                raise ValidationError(
+                    "The SageMaker container mode serves one instance: it takes no --instances, "
+                    "--backend ray or --config."
+                )
             if endpoints is None:
                 only = VariantConfig(DEFAULT_VARIANT, 1.0, settings)
                 endpoints = [EndpointConfig(settings.endpoint_name, (only,))]
             for config in endpoints:
                 self.endpoints[config.name] = self._fleet(config, endpoints)
-            routes.append(Route("/ping", self.ping, methods=["GET"]))
-        self.app = Starlette(routes=routes, lifespan=self._lifespan)
-        # every path but /ping (docs/security.md); invocations are checked in their handler
+            ping = Route("/ping", self.ping, methods=["GET"])
+        folders = private_folders(settings)
+        for config in endpoints or ():
+            folders += [f for v in config.variants for f in private_folders(v.settings)]
+        self._redact = PathRedactor(folders)  # no answer shows these folders' paths
+        not_found = {404: _unknown_operation, 405: _unknown_operation}
+        if settings.sagemaker_container:
+            # SageMaker's agent calls the contract on the one port: nothing is served apart.
+            self.app = Starlette(
+                routes=[ping, *public, *admin],
+                lifespan=self._lifespan,
+                exception_handlers=not_found,
+            )
+            self.admin_app: Starlette | None = None
+        else:
+            self.app = Starlette(
+                routes=[ping, *public], lifespan=self._lifespan, exception_handlers=not_found
+            )
+            # served by the admin listener (cli.serve), whose lifespan is this app's
+            self.admin_app = Starlette(routes=[ping, *admin], exception_handlers=not_found)
+        # every path but /ping (docs/security.md); invocations are checked in their handler,
+        # the admin listener's paths need an admin key or token
         self._verifier = make_verifier(
             settings.auth, settings.credentials_file, settings.auth_region
         )
         if self._verifier is not None:
-            self.app.add_middleware(
-                AuthMiddleware,
-                verifier=self._verifier,
-                max_body_bytes=int(settings.max_body_size),
-                refuse=refusal_response,
-            )
+            for app in (self.app, self.admin_app):
+                if app is not None:
+                    app.add_middleware(
+                        AuthMiddleware,
+                        verifier=self._verifier,
+                        max_body_bytes=int(settings.max_body_size),
+                        refuse=refusal_response,
+                    )
 
     @property
     def _ray_backed(self) -> bool:
@@ -270,7 +301,9 @@ class EndpointServer:
         except Refused as refused:
             return refusal_response(refused)
         except Exception as exc:
-            response = error_response(exc, RUNTIME_ERRORS, request_id=request_id)
+            response = error_response(
+                exc, RUNTIME_ERRORS, request_id=request_id, redact=self._redact
+            )
             if endpoint is not None and variant is not None:
                 metrics = endpoint.metrics[variant]  # the variant that failed it
             if metrics is not None:
@@ -349,7 +382,7 @@ class EndpointServer:
         try:
             changes = await self.reload()
         except Exception as exc:
-            return error_response(exc, RUNTIME_ERRORS, request_id=request_id)
+            return error_response(exc, RUNTIME_ERRORS, request_id=request_id, redact=self._redact)
         return JSONResponse({"changes": changes})
 
     async def admin_instances(self, request: Request) -> Response:
@@ -373,17 +406,14 @@ class EndpointServer:
         return Response(first.render_with(texts, others), media_type=CONTENT_TYPE)
 
 
-def create_app(
-    settings: Settings,
-    endpoints: list[EndpointConfig] | None = None,
-    *,
-    config_file: Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    join: bool = False,
-) -> Starlette:
-    """The ASGI app: one endpoint from ``settings``, or the ``endpoints`` of a config file
-    (re-read on SIGHUP or ``POST /admin/reload``, with ``overrides`` winning again); with
-    ``join``, a router of the Ray fleet whose ``endpoints`` another server steers."""
-    return EndpointServer(
-        settings, endpoints, config_file=config_file, overrides=overrides, join=join
-    ).app
+async def _unknown_operation(request: Request, exc: Exception) -> Response:
+    """What SageMaker answers for a path or method it does not serve (404, JSON)."""
+    status = getattr(exc, "status_code", 404)
+    return JSONResponse(
+        {
+            "__type": "UnknownOperationException",
+            "message": f"{request.method} {request.url.path} is not an operation of this listener.",
+        },
+        status_code=status,
+        headers={"x-amzn-ErrorType": "UnknownOperationException"},
+    )

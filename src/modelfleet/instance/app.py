@@ -58,18 +58,23 @@ def _contract(
         try:
             return await fn(request, manager)
         except ModelfleetError as exc:
-            return error_response(exc, INSTANCE_ERRORS, request_id=request_id)
+            return error_response(
+                exc, INSTANCE_ERRORS, request_id=request_id, redact=manager.redact
+            )
         except ClientDisconnect:
             manager.metrics.client_disconnects.inc()
             return client_gone(request_id)
         except Exception as exc:
-            return error_response(exc, INSTANCE_ERRORS, request_id=request_id)
+            return error_response(
+                exc, INSTANCE_ERRORS, request_id=request_id, redact=manager.redact
+            )
 
     return endpoint
 
 
-def _model_json(info: ModelInfo, *, extras: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"modelName": info.name, "modelUrl": info.url}
+def _model_json(info: ModelInfo, manager: ModelManager, *, extras: bool) -> dict[str, Any]:
+    # modelUrl names the folder by its root: <cache>/..., <model-source>/... (docs/api.md)
+    body: dict[str, Any] = {"modelName": info.name, "modelUrl": manager.redact(info.url)}
     if extras:
         body.update(
             state=str(info.state), bytes=info.size_bytes, hits=info.hits, handler=info.handler
@@ -88,7 +93,7 @@ async def _load_model(request: Request, manager: ModelManager) -> Response:
     if not isinstance(name, str) or not name or not isinstance(url, str):
         raise ValidationError("model_name and url must be non-empty strings.")
     info = await manager.load_from_url(name, url)
-    return JSONResponse(_model_json(info, extras=True))
+    return JSONResponse(_model_json(info, manager, extras=True))
 
 
 async def _list_models(request: Request, manager: ModelManager) -> Response:
@@ -107,14 +112,16 @@ async def _list_models(request: Request, manager: ModelManager) -> Response:
             raise ValidationError("next_page_token is not valid.") from None
         models = [m for m in models if m.name > after]
     page = models[:limit]
-    body: dict[str, Any] = {"models": [_model_json(m, extras=False) for m in page]}
+    body: dict[str, Any] = {"models": [_model_json(m, manager, extras=False) for m in page]}
     if len(models) > limit:
         body["nextPageToken"] = base64.urlsafe_b64encode(page[-1].name.encode()).decode()
     return JSONResponse(body)
 
 
 async def _get_model(request: Request, manager: ModelManager) -> Response:
-    return JSONResponse(_model_json(manager.describe(request.path_params["name"]), extras=True))
+    return JSONResponse(
+        _model_json(manager.describe(request.path_params["name"]), manager, extras=True)
+    )
 
 
 async def _unload_model(request: Request, manager: ModelManager) -> Response:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import NamedTuple, cast
 
 from modelfleet.cache.disk import tree_size
+from modelfleet.config import Settings
 from modelfleet.errors import ModelError, ModelLoadError, ModelUrlNotFoundError, ValidationError
 from modelfleet.handlers import load_model
 from modelfleet.handlers.arraymodel import first_line
@@ -51,6 +52,7 @@ from modelfleet.instance.pools import (
     current_rss,
     release_memory,
 )
+from modelfleet.source.uri import local_folder
 
 logger = logging.getLogger(__name__)
 
@@ -254,3 +256,27 @@ def folder_size(path: Path) -> int:
     if not path.is_dir():
         raise ValidationError(f"Model url '{path}' is not a folder on this instance.")
     return tree_size(path)
+
+
+def private_folders(settings: Settings) -> list[tuple[str, Path]]:
+    """The folders of ``settings`` whose paths answers never show, with the names shown for
+    them: the cache folder and a local model source's folder."""
+    folders = [("cache", Path(settings.cache_dir))]
+    if (local := local_folder(settings.model_source)) is not None:
+        folders.append(("model-source", local))
+    return folders
+
+
+def loadable(url: str, settings: Settings) -> Path:
+    """LoadModel's ``url``, if it lies under the model source's folder or the cache folder
+    (symbolic links resolved); anything else, ``/etc`` or ``../..`` included, is refused
+    before the path is touched further."""
+    roots = [folder.resolve() for _, folder in private_folders(settings)]
+    path = Path(url)
+    resolved = path.resolve() if path.is_absolute() else None
+    if resolved is None or not any(resolved.is_relative_to(root) for root in roots):
+        raise ValidationError(
+            "LoadModel url must be an absolute path to a folder under the model source or "
+            "the cache folder (--model-source, --cache-dir)."
+        )
+    return resolved

@@ -28,6 +28,7 @@ from modelfleet.cache.disk import DiskCache, DiskEntry
 from modelfleet.cache.memory import MemoryCache
 from modelfleet.cache.policy import make_policy
 from modelfleet.config import ModelCacheSetting, Settings
+from modelfleet.edge import PathRedactor
 from modelfleet.errors import (
     ModelAlreadyLoadedError,
     ModelError,
@@ -39,7 +40,7 @@ from modelfleet.errors import (
 from modelfleet.handlers.detect import INFERENCE_PY
 from modelfleet.handlers.environments import Environments
 from modelfleet.instance.downloader import Downloader
-from modelfleet.instance.loader import Loaded, Loader, folder_size
+from modelfleet.instance.loader import Loaded, Loader, folder_size, loadable, private_folders
 from modelfleet.instance.pins import Pins
 from modelfleet.instance.pools import Pools, run_blocking
 from modelfleet.instance.pressure import MemoryPressure
@@ -61,7 +62,6 @@ from modelfleet.instance.state import (
 from modelfleet.instance.unloader import Unloader, close_model
 from modelfleet.metrics import Metrics
 from modelfleet.source import ModelSource, validate_target_model
-from modelfleet.source.uri import local_folder
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class ModelManager:
         self.settings = settings
         self.source = source
         self.metrics = metrics
+        # what answers may not show: these folders' absolute paths (docs/security.md)
+        self.redact = PathRedactor(private_folders(settings))
         self.disk = DiskCache(settings.cache_dir, settings.disk_limit, source=source.identity)
         self.revalidator = Revalidator(source=source, disk=self.disk, metrics=metrics)
         self.downloader = Downloader(settings, source=source, disk=self.disk, metrics=metrics)
@@ -618,25 +620,9 @@ class ModelManager:
     async def _load_url(self, name: str, url: str) -> Entry:
         if not url:
             raise ValidationError("LoadModel needs a non-empty url.")
-        path = self._loadable(url)
+        path = loadable(url, self.settings)
         disk_bytes = await run_blocking(self.pools.load, folder_size, path)
         return await self._load(name, path, disk_bytes, from_source=False)
-
-    def _loadable(self, url: str) -> Path:
-        """LoadModel's ``url``, if it lies under the model source's folder or the cache folder
-        (symbolic links resolved); anything else, ``/etc`` or ``../..`` included, is refused
-        before the path is touched further."""
-        roots = [Path(self.settings.cache_dir).resolve()]
-        if (local := local_folder(self.settings.model_source)) is not None:
-            roots.append(local)
-        path = Path(url)
-        resolved = path.resolve() if path.is_absolute() else None
-        if resolved is None or not any(resolved.is_relative_to(root) for root in roots):
-            raise ValidationError(
-                "LoadModel url must be an absolute path to a folder under the model source or "
-                "the cache folder (--model-source, --cache-dir)."
-            )
-        return resolved
 
     async def unload(self, name: str) -> None:
         """UnloadModel: free the memory of ``name`` once the calls using it are done."""

@@ -7,7 +7,17 @@ Supported forms:
 - ``s3://bucket/prefix/``: an :class:`obstore.store.S3Store` for S3 or any S3-compatible server,
   configured from ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
   ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN`` and ``AWS_REGION``/``AWS_DEFAULT_REGION``.
-  Without explicit keys obstore's own credential chain applies (web identity, instance roles).
+  Without keys in the environment, the standard AWS credential chain applies through boto3
+  (the ``aws`` extra) and obstore's credential-provider hook for boto3 sessions: shared config
+  and credentials files with profiles (``AWS_PROFILE``), SSO, web identity, container and
+  instance roles; the profile's region too. Without boto3, obstore's own chain applies (web
+  identity, container and instance roles).
+- ``az://container/prefix/`` (or ``azure://``): an :class:`obstore.store.AzureStore`, which reads
+  the ``AZURE_*`` variables itself (account name and key, SAS token, service principal,
+  workload or managed identity, Azure CLI); ``AZURE_STORAGE_ENDPOINT`` points it elsewhere
+  (Azurite).
+- ``gs://bucket/prefix/``: an :class:`obstore.store.GCSStore`, which reads the ``GOOGLE_*``
+  variables itself (service account, application default credentials, ``GOOGLE_BASE_URL``).
 
 Plain-http endpoints are accepted only for loopback hosts (``127.0.0.0/8``, ``::1``,
 ``localhost``) or when ``allow_http`` is set: credentials and models must not cross a network
@@ -24,25 +34,34 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from obstore.exceptions import BaseError as ObstoreBaseError
-from obstore.store import LocalStore, S3Store
+from obstore.store import AzureStore, GCSStore, LocalStore, S3Store
 
 from modelfleet.errors import InvalidTargetModelError, SourceError
 from modelfleet.source.target import validate_target_model
 
 if TYPE_CHECKING:
-    from obstore.store import ClientConfig, ObjectStore, RetryConfig, S3Config
+    from obstore.store import (
+        AzureConfig,
+        ClientConfig,
+        GCSConfig,
+        ObjectStore,
+        RetryConfig,
+        S3Config,
+        S3Credential,
+    )
 
 __all__ = ["SUPPORTED_SCHEMES", "SourceStores", "error_detail", "is_loopback_host", "open_stores"]
 
-SUPPORTED_SCHEMES = ("file", "s3")
+SUPPORTED_SCHEMES = ("file", "s3", "az", "gs")
 
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
@@ -63,7 +82,7 @@ class SourceStores:
     metadata: ObjectStore
     data: ObjectStore
     kind: str
-    """``"local"`` or ``"s3"``."""
+    """``"local"``, ``"s3"``, ``"az"`` or ``"gs"``."""
     identity: str
     """What names the source's objects: ``file://<resolved folder>``, or
     ``s3://<endpoint or "aws">/<bucket>/<prefix>`` (the disk cache keys entries by it)."""
@@ -107,9 +126,14 @@ def open_stores(
     scheme = scheme.lower()
     if scheme == "file":
         return _local_stores(uri, _file_uri_path(uri))
+    env = dict(os.environ if environ is None else environ)
     if scheme == "s3":
-        env = dict(os.environ if environ is None else environ)
         return _s3_stores(uri, env, timeout_s=timeout_s, retries=retries, allow_http=allow_http)
+    if scheme in ("az", "azure", "gs"):
+        kind = "gs" if scheme == "gs" else "az"
+        return _cloud_stores(
+            uri, kind, env, timeout_s=timeout_s, retries=retries, allow_http=allow_http
+        )
     raise SourceError(
         f"Unsupported model source {uri!r}: the scheme {scheme!r} is not supported; use a "
         f"folder path or one of {', '.join(s + '://' for s in SUPPORTED_SCHEMES)}."
@@ -186,6 +210,40 @@ def _s3_stores(
         http = _check_endpoint(uri, endpoint, allow_http=allow_http)
         config["endpoint"] = endpoint.rstrip("/")
 
+    credentials = None
+    if "access_key_id" not in config:
+        credentials = _aws_credential_chain(uri, env)
+        if credentials is not None and "region" not in config and credentials.region:
+            config["region"] = credentials.region
+    retry, metadata_client, data_client = _client_options(timeout_s, retries, http=http)
+    try:
+        metadata = S3Store(
+            bucket,
+            prefix=prefix or None,
+            config=config,
+            client_options=metadata_client,
+            retry_config=retry,
+            credential_provider=credentials,
+        )
+        data = S3Store(
+            bucket,
+            prefix=prefix or None,
+            config=config,
+            client_options=data_client,
+            retry_config=retry,
+            credential_provider=credentials,
+        )
+    except (ObstoreBaseError, ValueError) as exc:
+        raise SourceError(f"Invalid model source {uri!r}: {error_detail(exc)}") from exc
+    where = config.get("endpoint") or "aws"
+    identity = f"s3://{where}/{bucket}/{prefix}"
+    return SourceStores(metadata=metadata, data=data, kind="s3", identity=identity)
+
+
+def _client_options(
+    timeout_s: float, retries: int, *, http: bool
+) -> tuple[RetryConfig, ClientConfig, ClientConfig]:
+    """The retries, and the client options of the metadata and the download stores."""
     timeout = timedelta(seconds=timeout_s)
     retry: RetryConfig = {
         "max_retries": retries,
@@ -204,42 +262,140 @@ def _s3_stores(
     if http:
         metadata_client["allow_http"] = True
         data_client["allow_http"] = True
+    return retry, metadata_client, data_client
+
+
+class AwsCredentialChain:
+    """obstore's credential provider for S3 stores: the standard AWS chain of a boto3 session
+    (``obstore.auth.boto3.Boto3CredentialProvider``), asked at the first request that needs
+    credentials, not when the store is built (the chain may call an instance's metadata
+    service or STS). The profile is read when the chain is made, so a missing one fails fast.
+    """
+
+    def __init__(self, profile: str | None) -> None:
+        import boto3
+
+        self.session = boto3.Session(profile_name=profile)  # files only; ProfileNotFound
+        self.region: str | None = self.session.region_name
+        self._provider: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> S3Credential:
+        with self._lock:
+            if self._provider is None:
+                from obstore.auth.boto3 import Boto3CredentialProvider
+
+                try:
+                    # refreshed well before temporary credentials (STS, SSO) expire
+                    self._provider = Boto3CredentialProvider(self.session, ttl=_CREDENTIAL_TTL)
+                except ValueError:
+                    raise RuntimeError(
+                        "no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with a shared credentials or "
+                        "config file (SSO included), or run with a web identity, container or "
+                        "instance role"
+                    ) from None
+            credential: S3Credential = self._provider()
+            return credential
+
+
+_CREDENTIAL_TTL = timedelta(minutes=5)
+
+
+def _aws_credential_chain(uri: str, env: Mapping[str, str]) -> AwsCredentialChain | None:
+    """The boto3 chain when boto3 is installed (None: obstore's own chain)."""
     try:
-        metadata = S3Store(
-            bucket,
-            prefix=prefix or None,
-            config=config,
-            client_options=metadata_client,
-            retry_config=retry,
-        )
-        data = S3Store(
-            bucket,
-            prefix=prefix or None,
-            config=config,
-            client_options=data_client,
-            retry_config=retry,
-        )
+        import boto3  # noqa: F401  (the aws extra)
+    except ImportError:
+        return None
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return AwsCredentialChain(env.get("AWS_PROFILE") or None)
+    except BotoCoreError as exc:  # a profile that no file defines, a malformed file
+        raise SourceError(f"Invalid model source {uri!r}: {exc}") from exc
+
+
+def _cloud_stores(
+    uri: str,
+    kind: str,
+    env: Mapping[str, str],
+    *,
+    timeout_s: float,
+    retries: int,
+    allow_http: bool,
+) -> SourceStores:
+    """Azure Blob (``az``) or Google Cloud Storage (``gs``) stores; obstore reads the
+    ``AZURE_*`` or ``GOOGLE_*`` variables (credentials, endpoint) itself."""
+    parts = urlsplit(uri)
+    container = parts.netloc
+    what = "container" if kind == "az" else "bucket"
+    if not container or "@" in container or ":" in container:
+        raise SourceError(f"Invalid model source {uri!r}: expected {kind}://{what}/prefix/.")
+    if parts.query or parts.fragment:
+        raise SourceError(f"Invalid model source {uri!r}: a {kind}:// URI takes no query.")
+    prefix = parts.path.strip("/")
+    if prefix:
+        try:
+            validate_target_model(prefix)
+        except InvalidTargetModelError as exc:
+            raise SourceError(f"Invalid model source {uri!r}: bad prefix: {exc.message}") from exc
+    variables = (
+        ("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")
+        if kind == "az"
+        else ("GOOGLE_BASE_URL", "GOOGLE_STORAGE_BASE_URL")
+    )
+    endpoint = next((env[v] for v in variables if env.get(v)), None)
+    http = _check_endpoint(uri, endpoint, allow_http=allow_http) if endpoint else False
+    retry, metadata_client, data_client = _client_options(timeout_s, retries, http=http)
+    stores: list[ObjectStore] = []
+    try:
+        for client in (metadata_client, data_client):
+            if kind == "az":
+                azure: AzureConfig = {"endpoint": endpoint} if endpoint else {}
+                stores.append(
+                    AzureStore(
+                        container,
+                        prefix=prefix or None,
+                        config=azure,
+                        client_options=client,
+                        retry_config=retry,
+                    )
+                )
+            else:
+                google: GCSConfig = {"base_url": endpoint} if endpoint else {}
+                stores.append(
+                    GCSStore(
+                        container,
+                        prefix=prefix or None,
+                        config=google,
+                        client_options=client,
+                        retry_config=retry,
+                    )
+                )
     except (ObstoreBaseError, ValueError) as exc:
         raise SourceError(f"Invalid model source {uri!r}: {error_detail(exc)}") from exc
-    where = config.get("endpoint") or "aws"
-    identity = f"s3://{where}/{bucket}/{prefix}"
-    return SourceStores(metadata=metadata, data=data, kind="s3", identity=identity)
+    account = env.get("AZURE_STORAGE_ACCOUNT_NAME", "") if kind == "az" else ""
+    where = endpoint or account or ("azure" if kind == "az" else "gcs")
+    identity = f"{kind}://{where}/{container}/{prefix}"
+    return SourceStores(metadata=stores[0], data=stores[1], kind=kind, identity=identity)
 
 
 def _check_endpoint(uri: str, endpoint: str, *, allow_http: bool) -> bool:
-    """Validate the S3 endpoint; return whether it is plain http (and allowed)."""
+    """Validate an object store's endpoint; return whether it is plain http (and allowed)."""
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SourceError(
-            f"Invalid S3 endpoint {endpoint!r} for model source {uri!r}: expected "
-            "https://host[:port] or http://host[:port] (AWS_ENDPOINT_URL)."
+            f"Invalid endpoint {endpoint!r} for model source {uri!r}: expected "
+            "https://host[:port] or http://host[:port] (AWS_ENDPOINT_URL, "
+            "AZURE_STORAGE_ENDPOINT, GOOGLE_BASE_URL)."
         )
     if parts.scheme == "https":
         return False
     if allow_http or is_loopback_host(parts.hostname):
         return True
     raise SourceError(
-        f"Refusing plain-http S3 endpoint {endpoint!r} for model source {uri!r}: http is "
+        f"Refusing plain-http endpoint {endpoint!r} for model source {uri!r}: http is "
         "allowed only for loopback hosts; use https, or set allow_http "
         "(--allow-http, MODELFLEET_ALLOW_HTTP=true) for a trusted network."
     )
