@@ -305,7 +305,7 @@ def test_autoscaling_follows_load_and_reports_instances_waiting_for_room(
 
             wait_until(grown, "3 instances up and a 4th waiting for room")
             status = subprocess.run(
-                [sys.executable, "-m", "modelfleet", "status", "--url", server.url],
+                [sys.executable, "-m", "modelfleet", "status", "--url", server.admin_url],
                 capture_output=True,
                 text=True,
                 timeout=60,

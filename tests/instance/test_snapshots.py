@@ -254,8 +254,15 @@ async def test_a_load_beside_a_snapshot_write_does_not_trust_its_memory_growth(
         assert load.happened
         release.set()
         assert len(await snapshots_written(manager, 1)) == 1
-        with manager.loader.overlaps.track() as alone:
-            pass
+        # the file appears just before the write's tracked section ends: a load soon after it
+        # is alone (bounded poll)
+        deadline = time.monotonic() + 10
+        while True:
+            with manager.loader.overlaps.track() as alone:
+                pass
+            if not alone.happened or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
         assert not alone.happened
     finally:
         release.set()

@@ -341,9 +341,7 @@ def _cloud_stores(
         except InvalidTargetModelError as exc:
             raise SourceError(f"Invalid model source {uri!r}: bad prefix: {exc.message}") from exc
     variables = (
-        ("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")
-        if kind == "az"
-        else ("GOOGLE_BASE_URL", "GOOGLE_STORAGE_BASE_URL")
+        ("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT") if kind == "az" else ("GOOGLE_BASE_URL",)
     )
     endpoint = next((env[v] for v in variables if env.get(v)), None)
     http = _check_endpoint(uri, endpoint, allow_http=allow_http) if endpoint else False
