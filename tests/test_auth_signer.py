@@ -104,3 +104,36 @@ def test_any_change_after_signing_is_refused(
     with pytest.raises(Refused) as caught:
         VERIFIER.verify(now=now_of(wire), **sent)  # type: ignore[arg-type]
     assert caught.value.code == "InvalidSignatureException"
+
+
+@pytest.mark.parametrize(
+    ("offset_s", "code"),
+    [
+        (-299.0, None),
+        (-300.0, None),
+        (-300.5, "Signature expired"),
+        (-301.0, "Signature expired"),
+        (299.0, None),
+        (300.0, None),
+        (300.5, "Signature not yet current"),
+        (301.0, "Signature not yet current"),
+    ],
+)
+def test_the_clock_window_is_five_minutes_either_side(offset_s: float, code: str | None) -> None:
+    """``offset_s``: how far the server's clock is behind the signature's date (the request
+    was signed that long before or after ``now``); every sub-second of ``now`` is tried, twice
+    in one second, so the verifier's per-second bounds are checked at their edges."""
+    method, url, headers, body = REQUESTS[0]
+    wire = sign(method, url, headers, body)
+    signed_at = now_of(wire)
+    for fraction in (0.0, 0.25, 0.5, 0.999999, 0.0, 0.999999):
+        now = signed_at - dt.timedelta(seconds=offset_s) + dt.timedelta(seconds=fraction)
+        precise = abs((now - signed_at).total_seconds()) <= 300
+        if code is None and precise:
+            assert VERIFIER.verify(now=now, **wire).name == KEY.access_key_id  # type: ignore[arg-type]
+            continue
+        if precise:  # inside by the fraction: accepted, as the precise comparison says
+            VERIFIER.verify(now=now, **wire)  # type: ignore[arg-type]
+            continue
+        with pytest.raises(Refused, match=code or "Signature"):
+            VERIFIER.verify(now=now, **wire)  # type: ignore[arg-type]
