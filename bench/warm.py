@@ -18,6 +18,10 @@ server process's CPU time (user + system) per request: what a change costs the s
 steadier than throughput on a busy machine. MLServer is sent the
 same row as a V2 inference request (JSON, ``FP64``, shape [1, 10]) instead of CSV.
 
+``--paired N --systems a,b`` runs two systems at once and alternates short slices between them
+(A B B A ...), reporting the median of the N pairs' ratios: the way to measure a small
+difference on a shared machine.
+
 Full mode runs two rounds over all systems (interleaved, 4 s per measurement) and keeps each
 cell's best round, with the spread between rounds: the machine is shared and noisy. Quick mode
 measures modelfleet and bare once, 3 s each (``--peers`` adds the peers). Ray is started only
@@ -28,6 +32,7 @@ itself under ``unshare --net`` (the servers and the load generator all live ther
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -332,6 +337,62 @@ def measure(
     return best
 
 
+def measure_paired(
+    bench: Bench, systems: list[str], duration_s: float, pairs: int
+) -> list[dict[str, Any]]:
+    """Two systems up at once, measured in alternating short slices (A B B A ...), each slice
+    of one paired with the neighbouring slice of the other: the ratio of a pair is taken over
+    a second or two, so the slow spells of a shared machine (which move single runs by 30% or
+    more here) hit both sides of it. Per model and concurrency: the median of each side, and
+    the median and quartiles of the pairs' ratios (second system / first)."""
+    first, second = systems
+    started = {system: bench.start(system) for system in systems}
+    rows: list[dict[str, Any]] = []
+    try:
+        for model in bench.models:
+            for concurrency in CONCURRENCIES:
+                slices: dict[str, list[tuple[float, float]]] = {first: [], second: []}
+                for index in range(2 * pairs):
+                    system = first if index % 4 in (0, 3) else second  # A B B A A B B A ...
+                    t = started[system][1](model)
+                    cpu_s = server_cpu_s(t.pid)
+                    figures = servers.run_loadgen(
+                        t.url,
+                        concurrency=concurrency,
+                        duration_s=duration_s,
+                        headers=t.headers,
+                        body_file=t.body_file,
+                        warmup=WARMUP_REQUESTS,
+                    )
+                    if figures["errors"]:
+                        raise ServerError(f"{system}: {figures['failures'][:1]}")
+                    cpu_us = (server_cpu_s(t.pid) - cpu_s) * 1e6 / (figures["ok"] + WARMUP_REQUESTS)
+                    slices[system].append((float(figures["throughput"]), cpu_us))
+                a, b = slices[first], slices[second]
+                ratios = sorted(y[0] / x[0] for x, y in zip(a, b, strict=True))
+                cpu_ratios = sorted(y[1] / x[1] for x, y in zip(a, b, strict=True))
+                q1, median, q3 = statistics.quantiles(ratios, n=4)
+                row = {"model": model, "concurrency": concurrency, "pairs": pairs}
+                row[f"{first}_rps"] = statistics.median(x[0] for x in a)
+                row[f"{second}_rps"] = statistics.median(x[0] for x in b)
+                row.update(ratio=median, ratio_q1=q1, ratio_q3=q3)
+                row[f"{first}_cpu_us"] = statistics.median(x[1] for x in a)
+                row[f"{second}_cpu_us"] = statistics.median(x[1] for x in b)
+                row["cpu_ratio"] = statistics.median(cpu_ratios)
+                row["slices"] = {first: a, second: b}
+                rows.append(row)
+                print(
+                    f"{model:7} c={concurrency:<3} {second}/{first} throughput {median:.3f} "
+                    f"(quartiles {q1:.3f}-{q3:.3f}), server CPU {row['cpu_ratio']:.3f}",
+                    file=sys.stderr,
+                )
+    finally:
+        for running, _ in started.values():
+            for server in running:
+                server.stop()
+    return rows
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """Throughput and server-CPU ratios and the p50 difference to ``bare`` of the same model
     and concurrency."""
@@ -369,7 +430,16 @@ def main() -> None:
     p.add_argument("--duration", type=float, help="seconds per measurement")
     p.add_argument("--rounds", type=int, help="rounds over the systems; the best is kept")
     p.add_argument("--profile", action="store_true", help="py-spy each server at c=16")
+    p.add_argument(
+        "--paired",
+        type=int,
+        metavar="N",
+        help="two --systems up at once, N pairs of alternating slices (--duration each)",
+    )
     args = p.parse_args()
+    if args.paired:
+        paired(args)
+        return
     if args.systems:
         systems = args.systems.split(",")
     else:
@@ -402,6 +472,26 @@ def main() -> None:
     params["revision"] = servers.source_revision()
     params["ray_best"] = {**RAY_BEST, **servers.RAY_BEST_ENV}
     name = "warm-profile" if args.profile else "warm"
+    path = write_results(name, quick=args.quick, params=params, rows=rows, out=args.out)
+    print(f"\nwrote {path}")
+
+
+def paired(args: Any) -> None:
+    """``--paired N``: the ratio of two systems, slice by slice (:func:`measure_paired`)."""
+    systems = (args.systems or "modelfleet,modelfleet-sigv4").split(",")
+    if len(systems) != 2 or any(s.startswith(("ray", "mlserver")) for s in systems):
+        raise SystemExit("--paired takes two --systems, of bare* and modelfleet*")
+    duration_s = args.duration or 1.5
+    with tempfile.TemporaryDirectory(prefix="bench-warm-") as scratch:
+        rows = measure_paired(Bench(Path(scratch)), systems, duration_s, args.paired)
+    first, second = systems
+    columns = ["model", "concurrency", "pairs", f"{first}_rps", f"{second}_rps", "ratio"]
+    columns += ["ratio_q1", "ratio_q3", f"{first}_cpu_us", f"{second}_cpu_us", "cpu_ratio"]
+    print_table(rows, columns, title=f"Warm path, paired slices: {second} / {first}")
+    params = {"systems": systems, "duration_s": duration_s, "pairs": args.paired}
+    params["concurrency"] = CONCURRENCIES
+    params["revision"] = servers.source_revision()
+    name = f"warm-paired-{second}"
     path = write_results(name, quick=args.quick, params=params, rows=rows, out=args.out)
     print(f"\nwrote {path}")
 

@@ -40,6 +40,12 @@ REQUESTS = [
         },
         b"0.5,1.5\n2.5,3.5\n",
     ),
+    (  # latin-1 on the wire, signed as UTF-8 text; a tab folded like spaces
+        "POST",
+        "http://127.0.0.1:9/endpoints/default/invocations",
+        {"X-Amzn-SageMaker-Custom-Attributes": " caf\u00e9\tcr\u00e8me  x "},
+        b"1",
+    ),
 ]
 
 
@@ -52,9 +58,9 @@ def received(request: AWSRequest) -> dict[str, object]:
     headers["host"] = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
     return {
         "method": request.method,
-        "raw_path": parts.path,
-        "query": parts.query,
-        "headers": headers,
+        "raw_path": parts.path.encode(),
+        "query": parts.query.encode(),
+        "headers": {name.encode(): value.encode("latin-1") for name, value in headers.items()},
         "body": request.body or b"",
     }
 
@@ -67,9 +73,9 @@ def sign(method: str, url: str, headers: dict[str, str], body: bytes) -> dict[st
     return received(request.prepare())
 
 
-def now_of(wire: dict[str, object]) -> dt.datetime:
-    stamp = wire["headers"]["x-amz-date"]  # type: ignore[index]
-    return dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+def now_of(wire: dict[str, object]) -> float:
+    stamp = wire["headers"][b"x-amz-date"].decode()  # type: ignore[index]
+    return dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC).timestamp()
 
 
 @pytest.mark.parametrize(("method", "url", "headers", "body"), REQUESTS)
@@ -77,8 +83,10 @@ def test_botocore_signed_requests_verify(
     method: str, url: str, headers: dict[str, str], body: bytes
 ) -> None:
     wire = sign(method, url, headers, body)
-    caller = VERIFIER.verify(now=now_of(wire), **wire)  # type: ignore[arg-type]
-    assert caller.name == KEY.access_key_id
+    verifier = SigV4Verifier((KEY,), "eu-west-1")
+    for _ in range(2):  # the whole way, then as a request of a shape already verified
+        caller = verifier.verify(now=now_of(wire), **wire)  # type: ignore[arg-type]
+        assert caller.name == KEY.access_key_id
 
 
 @pytest.mark.parametrize(("method", "url", "headers", "body"), REQUESTS)
@@ -87,23 +95,26 @@ def test_any_change_after_signing_is_refused(
     method: str, url: str, headers: dict[str, str], body: bytes, change: str
 ) -> None:
     wire = sign(method, url, headers, body)
+    verifier = SigV4Verifier((KEY,), "eu-west-1")
+    verifier.verify(now=now_of(wire), **wire)  # type: ignore[arg-type]
     sent = dict(wire)
     sent["headers"] = dict(wire["headers"])  # type: ignore[call-overload]
     if change == "body":
         sent["body"] = body + b"!"
     elif change == "path":
-        sent["raw_path"] = str(wire["raw_path"]) + "x"
+        sent["raw_path"] = wire["raw_path"] + b"x"  # type: ignore[operator]
     elif change == "query":
-        sent["query"] = str(wire["query"]) + "&z=1"
+        sent["query"] = wire["query"] + b"&z=1"  # type: ignore[operator]
     elif change == "method":
         sent["method"] = "PUT"
     elif change == "header":
-        sent["headers"]["host"] = "other.example"  # type: ignore[index]
+        sent["headers"][b"host"] = b"other.example"  # type: ignore[index]
     else:  # a declared body hash that is not the body's
-        sent["headers"]["x-amz-content-sha256"] = "0" * 64  # type: ignore[index]
-    with pytest.raises(Refused) as caught:
-        VERIFIER.verify(now=now_of(wire), **sent)  # type: ignore[arg-type]
-    assert caught.value.code == "InvalidSignatureException"
+        sent["headers"][b"x-amz-content-sha256"] = b"0" * 64  # type: ignore[index]
+    for checker in (VERIFIER, verifier):  # a new shape, and one the verifier has seen
+        with pytest.raises(Refused) as caught:
+            checker.verify(now=now_of(wire), **sent)  # type: ignore[arg-type]
+        assert caught.value.code == "InvalidSignatureException"
 
 
 @pytest.mark.parametrize(
@@ -127,8 +138,8 @@ def test_the_clock_window_is_five_minutes_either_side(offset_s: float, code: str
     wire = sign(method, url, headers, body)
     signed_at = now_of(wire)
     for fraction in (0.0, 0.25, 0.5, 0.999999, 0.0, 0.999999):
-        now = signed_at - dt.timedelta(seconds=offset_s) + dt.timedelta(seconds=fraction)
-        precise = abs((now - signed_at).total_seconds()) <= 300
+        now = signed_at - offset_s + fraction
+        precise = abs(now - signed_at) <= 300
         if code is None and precise:
             assert VERIFIER.verify(now=now, **wire).name == KEY.access_key_id  # type: ignore[arg-type]
             continue
@@ -137,3 +148,30 @@ def test_the_clock_window_is_five_minutes_either_side(offset_s: float, code: str
             continue
         with pytest.raises(Refused, match=code or "Signature"):
             VERIFIER.verify(now=now, **wire)  # type: ignore[arg-type]
+
+
+def test_a_verified_shape_is_verified_again_without_parsing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second request of a key, path and signed headers already verified takes the short
+    way (its hashes only); a tampered one still goes the whole way and is refused."""
+    verifier = SigV4Verifier((KEY,), "eu-west-1")
+    first = sign(*REQUESTS[0])
+    verifier.verify(now=now_of(first), **first)  # type: ignore[arg-type]
+    whole_way = verifier._verify_fully
+    calls: list[int] = []
+
+    def counted(*args: object) -> object:
+        calls.append(1)
+        return whole_way(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verifier, "_verify_fully", counted)
+    method, url, headers, _ = REQUESTS[0]
+    for body in (b"0.5,1.5\n", b"9,9\n"):  # new bodies, new signatures, the same shape
+        wire = sign(method, url, headers, body)
+        assert verifier.verify(now=now_of(wire), **wire).name == KEY.access_key_id  # type: ignore[arg-type]
+    assert calls == []
+    tampered = dict(wire, body=b"9,8\n")
+    with pytest.raises(Refused, match="signature we calculated does not match"):
+        verifier.verify(now=now_of(wire), **tampered)  # type: ignore[arg-type]
+    assert calls == [1]
