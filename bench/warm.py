@@ -338,7 +338,11 @@ def measure(
 
 
 def measure_paired(
-    bench: Bench, systems: list[str], duration_s: float, pairs: int
+    bench: Bench,
+    systems: list[str],
+    duration_s: float,
+    pairs: int,
+    concurrencies: tuple[int, ...] = CONCURRENCIES,
 ) -> list[dict[str, Any]]:
     """Two systems up at once, measured in alternating short slices (A B B A ...), each slice
     of one paired with the neighbouring slice of the other: the ratio of a pair is taken over
@@ -350,7 +354,7 @@ def measure_paired(
     rows: list[dict[str, Any]] = []
     try:
         for model in bench.models:
-            for concurrency in CONCURRENCIES:
+            for concurrency in concurrencies:
                 slices: dict[str, list[tuple[float, float]]] = {first: [], second: []}
                 for index in range(2 * pairs):
                     system = first if index % 4 in (0, 3) else second  # A B B A A B B A ...
@@ -436,6 +440,9 @@ def main() -> None:
         metavar="N",
         help="two --systems up at once, N pairs of alternating slices (--duration each)",
     )
+    p.add_argument(
+        "--concurrency", type=int, action="append", help="with --paired: only these (repeat)"
+    )
     args = p.parse_args()
     if args.paired:
         paired(args)
@@ -483,13 +490,14 @@ def paired(args: Any) -> None:
         raise SystemExit("--paired takes two --systems, of bare* and modelfleet*")
     duration_s = args.duration or 1.5
     with tempfile.TemporaryDirectory(prefix="bench-warm-") as scratch:
-        rows = measure_paired(Bench(Path(scratch)), systems, duration_s, args.paired)
+        concurrencies = tuple(args.concurrency or CONCURRENCIES)
+        rows = measure_paired(Bench(Path(scratch)), systems, duration_s, args.paired, concurrencies)
     first, second = systems
     columns = ["model", "concurrency", "pairs", f"{first}_rps", f"{second}_rps", "ratio"]
     columns += ["ratio_q1", "ratio_q3", f"{first}_cpu_us", f"{second}_cpu_us", "cpu_ratio"]
     print_table(rows, columns, title=f"Warm path, paired slices: {second} / {first}")
     params = {"systems": systems, "duration_s": duration_s, "pairs": args.paired}
-    params["concurrency"] = CONCURRENCIES
+    params["concurrency"] = tuple(args.concurrency or CONCURRENCIES)
     params["revision"] = servers.source_revision()
     name = f"warm-paired-{second}"
     path = write_results(name, quick=args.quick, params=params, rows=rows, out=args.out)

@@ -51,7 +51,7 @@ import re
 import time
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -74,11 +74,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-@functools.lru_cache(maxsize=4096)
-def _matches(endpoint: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(endpoint, pattern) for pattern in patterns)
-
-
 class _Grant(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,7 +85,7 @@ class _Grant(BaseModel):
     def allows(self, endpoint: str | None) -> bool:
         if endpoint is None:
             return self.admin
-        return _matches(endpoint, self.endpoints)
+        return any(fnmatch.fnmatchcase(endpoint, pattern) for pattern in self.endpoints)
 
 
 class AccessKey(_Grant):
@@ -145,6 +140,16 @@ class Caller:
 
     name: str
     grant: _Grant
+    _allowed: dict[str | None, bool] = field(default_factory=dict, compare=False, repr=False)
+
+    def allows(self, endpoint: str | None) -> bool:
+        """Whether the grant covers ``endpoint`` (None: the admin paths); remembered per name."""
+        allowed = self._allowed.get(endpoint)
+        if allowed is None:
+            if len(self._allowed) >= _KNOWN_MAX:
+                self._allowed.clear()
+            allowed = self._allowed[endpoint] = self.grant.allows(endpoint)
+        return allowed
 
 
 _AUTHORIZATION = re.compile(
@@ -153,6 +158,7 @@ _AUTHORIZATION = re.compile(
 # printable ASCII: a header value of only these is trimmed and signed as its bytes
 _PRINTABLE = bytes(range(0x20, 0x7F))
 _PRINTABLE_LF = _PRINTABLE + b"\n"
+_SHA256 = hashlib.sha256()  # copied: cheaper than a new one, which looks the digest up
 _KNOWN_MAX = 4096  # verify's remembered request shapes
 _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
 
@@ -283,7 +289,9 @@ class SigV4Verifier:
                     and amz_date[15] == 0x5A  # Z
                     and None not in values
                 ):
-                    body_hash = hashlib.sha256(body).hexdigest().encode()
+                    hashed = _SHA256.copy()  # no digest lookup, as hashlib.sha256() makes
+                    hashed.update(body)
+                    body_hash = hashed.hexdigest().encode()
                     # The values as received, untrimmed. With no line break among them, each
                     # line of this text is one name and value in a fixed order, so if its
                     # HMAC matches, the values are exactly the trimmed ones the client
@@ -294,10 +302,9 @@ class SigV4Verifier:
                         canonical.count(b"\n") == lines
                         and headers.get(b"x-amz-content-sha256", body_hash) == body_hash
                     ):
-                        to_sign = sign_template % (
-                            amz_date,
-                            hashlib.sha256(canonical).hexdigest().encode(),
-                        )
+                        hashed = _SHA256.copy()
+                        hashed.update(canonical)
+                        to_sign = sign_template % (amz_date, hashed.hexdigest().encode())
                         inner, outer = inner.copy(), outer.copy()
                         inner.update(to_sign)
                         outer.update(inner.digest())
@@ -609,7 +616,7 @@ def check(verifier: Verifier, scope: Scope, body: bytes, *, endpoint: str | None
             body=body,
             now=time.time(),
         )
-        if not caller.grant.allows(endpoint):
+        if not caller.allows(endpoint):
             action = "sagemaker:InvokeEndpoint" if endpoint else "this server's admin API"
             resource = f"endpoint/{endpoint}" if endpoint else scope["path"]
             raise Refused(
