@@ -296,6 +296,7 @@ def modelfleet(
     argv = [MAIN_PYTHON, "-m", "modelfleet", "serve", "--model-source", str(source)]
     admin_port = free_port()
     argv += ["--port", str(port), "--admin-port", str(admin_port), "--cache-dir", str(cache_dir)]
+    argv += ["--state-dir", str(cache_dir.parent / f"{cache_dir.name}-state")]
     argv += ["--memory-limit", memory_limit, "--log-level", "warning"]
     if not walk_trees:
         argv.append("--no-walk-trees")

@@ -171,6 +171,11 @@ class Bench:
             one.name = system
             one.start(logs)
             return [one], lambda m: signed(self.sagemaker(one, m))
+        if system == "modelfleet-headers":  # no authentication, the signed requests' headers
+            one = servers.modelfleet(port(), self.source, self.work / f"cache-{system}")
+            one.name = system
+            one.start(logs)
+            return [one], lambda m: signed(self.sagemaker(one, m))
         if system.startswith("modelfleet"):
             cache = self.work / f"cache-{system}"
             walk = system != "modelfleet-predict"

@@ -29,6 +29,16 @@ _AWS_VARIABLES = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Servers of the session never read or lock this machine's own control-plane state
+    (``~/.local/state/modelfleet``); a test of the control plane gives its own folder."""
+    folder = tmp_path_factory.mktemp("modelfleet-state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MODELFLEET_STATE_DIR", str(folder))
+        yield
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""

@@ -148,6 +148,12 @@ def _sagemaker_defaults(given: dict[str, Any]) -> None:
 @click.option("--disk-limit", help="Disk budget for the artifact cache, e.g. 10GiB.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Disk cache folder.")
 @click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    help="The control plane's state folder (~/.local/state/modelfleet); one server each.",
+)
+@click.option("--account-id", help="The AWS account id in the control plane's ARNs.")
+@click.option(
     "--model-cache",
     type=click.Choice([c.value for c in ModelCacheSetting]),
     help="'disabled' unloads and deletes each model after each call.",

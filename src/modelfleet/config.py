@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modelfleet.controlplane.instance_types import InstanceSize
+
 _UNITS = {
     "": 1,
     "b": 1,
@@ -78,6 +80,11 @@ class ModelCacheSetting(StrEnum):
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "modelfleet"
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "modelfleet"
 
 
 class Settings(BaseSettings):
@@ -301,6 +308,22 @@ class Settings(BaseSettings):
     max_connections: PositiveInt | None = None
     """Most open client connections; at the cap a new one closes the longest idle. Default and
     ceiling: the descriptor limit (``ulimit -n``) less max(64, 1/8 of it)."""
+
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    """The control plane's state (models, endpoint configs, endpoints made through the
+    SageMaker API): a SQLite file, one server per folder. Default
+    ``$XDG_STATE_HOME/modelfleet`` (``~/.local/state/modelfleet``)."""
+
+    account_id: str = Field(default="000000000000", pattern=r"^\d{12}$")
+    """The AWS account id in the ARNs the control plane answers."""
+
+    instance_types: dict[str, InstanceSize] = Field(default_factory=dict)
+    """Instance types added to, or changed in, the built-in table a production variant's
+    ``InstanceType`` is looked up in (docs/control-plane.md); config file only."""
+
+    default_target_model: str | None = None
+    """A single-model endpoint: requests name no target model and get this one (what the
+    control plane sets for a ``SingleModel`` container); a request naming another is refused."""
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -33,8 +33,13 @@ from modelfleet.errors import (
     ModelTooLargeError,
     ModelUrlNotFoundError,
     PayloadTooLargeError,
+    ResourceInUseError,
+    ResourceLimitExceededError,
+    ResourceNotFoundError,
+    SerializationError,
     ServiceUnavailableError,
     SourceError,
+    UnknownOperationError,
     ValidationError,
 )
 
@@ -66,6 +71,18 @@ INSTANCE_ERRORS: tuple[tuple[type[ModelfleetError], int, str], ...] = (
 )
 
 
+# The control plane (awsJson1.1, modelfleet.controlplane): 400s with the service's codes.
+CONTROL_ERRORS: tuple[tuple[type[ModelfleetError], int, str], ...] = (
+    (ResourceInUseError, 400, "ResourceInUse"),
+    (ResourceNotFoundError, 400, "ResourceNotFound"),
+    (ResourceLimitExceededError, 400, "ResourceLimitExceeded"),
+    (UnknownOperationError, 400, "UnknownOperationException"),
+    (SerializationError, 400, "SerializationException"),
+    (ValidationError, 400, "ValidationException"),
+    (ServiceUnavailableError, 503, "ServiceUnavailable"),
+)
+
+
 # What the listener (modelfleet.listener) answers by itself, before any app sees the request:
 # reason -> (HTTP status, SageMaker-style error code). The connection is closed after it.
 LISTENER_ERRORS: dict[str, tuple[int, str]] = {
@@ -92,10 +109,15 @@ class PathRedactor:
     def __init__(self, folders: Iterable[tuple[str, Path]]) -> None:
         named = [*folders, ("python", Path(sys.prefix)), ("python", Path(sys.base_prefix))]
         named.append(("cwd", Path(os.getcwd())))
-        pairs: dict[str, str] = {}
-        for name, folder in named:
+        self._pairs: list[tuple[str, str]] = []
+        self.add(named)
+
+    def add(self, folders: Iterable[tuple[str, Path]]) -> None:
+        """Redact these folders too (an endpoint's, made after the server started)."""
+        pairs = dict(self._pairs)
+        for name, folder in folders:
             for form in {str(folder), str(folder.resolve())}:
-                if form not in ("/", "") and form not in pairs:
+                if form not in ("/", "") and form.rstrip("/") not in pairs:
                     pairs[form.rstrip("/")] = f"<{name}>"
         self._pairs = sorted(pairs.items(), key=lambda pair: len(pair[0]), reverse=True)
 

@@ -13,7 +13,12 @@ framework.
     │   ├── ModelNotFoundError          target model not in the model source
     │   ├── PayloadTooLargeError        body over the configured limit
     │   ├── UnknownEndpointError        no endpoint of that name
-    │   └── ModelTooLargeError          a model that can never fit in the memory budget
+    │   ├── ModelTooLargeError          a model that can never fit in the memory budget
+    │   ├── ResourceInUseError          control plane: in use, or the name is taken
+    │   ├── ResourceNotFoundError       control plane: no such resource (ResourceNotFound)
+    │   ├── ResourceLimitExceededError  control plane: past a limit (ResourceLimitExceeded)
+    │   ├── UnknownOperationError       control plane: no such operation
+    │   └── SerializationError          control plane: the body is not the JSON expected
     ├── ModelError                      the model's own code or files failed (424)
     │   ├── ArtifactError               corrupt or unsafe artifact
     │   ├── ModelLoadError              the model could not be loaded
@@ -71,6 +76,27 @@ class UnknownEndpointError(ValidationError):
 
 class ModelTooLargeError(ValidationError):
     """A model needs more memory than the instance's whole memory budget."""
+
+
+class ResourceInUseError(ValidationError):
+    """Control plane: the resource is in use, or one of that name exists (ResourceInUse)."""
+
+
+class ResourceNotFoundError(ValidationError):
+    """Control plane: the resource does not exist, where the service says ResourceNotFound
+    (most Describe calls say ValidationException instead)."""
+
+
+class ResourceLimitExceededError(ValidationError):
+    """Control plane: the call would go past a limit (ResourceLimitExceeded)."""
+
+
+class UnknownOperationError(ValidationError):
+    """Control plane: the X-Amz-Target names no operation served here."""
+
+
+class SerializationError(ValidationError):
+    """Control plane: the body is not the JSON object expected."""
 
 
 class ModelError(ModelfleetError):

@@ -30,6 +30,7 @@ from modelfleet.backends.inprocess import InProcessBackend
 from modelfleet.backends.local import LocalBackend
 from modelfleet.backends.remote import InstanceFullError, InstanceUnreachableError
 from modelfleet.config import Settings
+from modelfleet.controlplane.api import ControlPlane
 from modelfleet.edge import (
     RUNTIME_ERRORS,
     PathRedactor,
@@ -63,6 +64,8 @@ class _Endpoint:
     backends: dict[str, Backend]
     metrics: dict[str, Metrics]
     weights: dict[str, float] = field(default_factory=dict)
+    single_model: str | None = None  # a single-model endpoint's one model (no header needed)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # its autoscalers, retirer
 
     def instances(self) -> list[Instance]:
         return [i for backend in self.backends.values() for i in backend.instances]
@@ -95,6 +98,10 @@ class EndpointServer:
             Route("/admin/reload", self.admin_reload, methods=["POST"]),
         ]
         self.endpoints: dict[str, _Endpoint] = {}
+        self.control: ControlPlane | None = None
+        if not settings.sagemaker_container:  # SageMaker's own agent has no control plane
+            self.control = ControlPlane(settings, self, lambda text: self._redact(text))
+            admin.append(Route("/", self.control_plane, methods=["POST"]))
         if endpoints is None and settings.effective_max_instances == 1 and not self._ray_backed:
             backend = InProcessBackend(settings, Metrics(endpoint=settings.endpoint_name))
             self.endpoints[settings.endpoint_name] = _Endpoint(
@@ -208,19 +215,15 @@ class EndpointServer:
                     name,
                     backend.settings.model_source,
                 )
-        retire = [
-            asyncio.create_task(self._retire_copies(endpoint))
-            for endpoint in self.endpoints.values()
-            if any(b.elastic for b in endpoint.backends.values())
-        ]
-        # Every elastic variant gets an autoscaler; it acts while its settings (reloaded ones
-        # included) have an autoscale_target.
-        retire += [
-            asyncio.create_task(Autoscaler(endpoint.router, name, backend).run())
-            for endpoint in self.endpoints.values()
-            for name, backend in endpoint.backends.items()
-            if backend.elastic
-        ]
+        for endpoint in self.endpoints.values():
+            self._run_tasks(endpoint)
+        if self.control is not None:
+            try:
+                await self.control.start()
+            except CacheInUseError as exc:
+                logger.error("cannot start: %s", exc.args[0])
+                await asyncio.gather(*(b.stop() for b in backends), return_exceptions=True)
+                raise
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[Any]] = set()
         if self._config_file is not None:
@@ -236,10 +239,89 @@ class EndpointServer:
         finally:
             if self._config_file is not None:
                 loop.remove_signal_handler(signal.SIGHUP)
-            for task in (*reloads, *retire):
+            if self.control is not None:
+                await self.control.stop()
+            tasks = [t for e in self.endpoints.values() for t in e.tasks]
+            for task in (*reloads, *tasks):
                 task.cancel()
-            await asyncio.gather(*reloads, *retire, return_exceptions=True)
+            await asyncio.gather(*reloads, *tasks, return_exceptions=True)
+            backends = [b for e in self.endpoints.values() for b in e.backends.values()]
             await asyncio.gather(*(b.stop() for b in backends))
+
+    def _run_tasks(self, endpoint: _Endpoint) -> None:
+        """Start an endpoint's background work: the retiring of idle model copies, and an
+        autoscaler per elastic variant (it acts while its settings have an autoscale_target)."""
+        if any(b.elastic for b in endpoint.backends.values()):
+            endpoint.tasks.append(asyncio.create_task(self._retire_copies(endpoint)))
+        endpoint.tasks += [
+            asyncio.create_task(Autoscaler(endpoint.router, name, backend).run())
+            for name, backend in endpoint.backends.items()
+            if backend.elastic
+        ]
+
+    # -- the control plane's view of the fleet (modelfleet.controlplane.sagemaker.Fleet)
+
+    def serves(self, name: str) -> bool:
+        return any(n.lower() == name.lower() for n in self.endpoints)
+
+    async def start_endpoint(self, config: EndpointConfig, single_model: str | None) -> None:
+        """Start an endpoint made through the control plane; it takes requests once every
+        variant's instances are up."""
+        if self._ray_backed:
+            raise ValidationError(
+                "Endpoints made through the control plane run on the local backend; this"
+                " server runs --backend ray, where that is not supported yet."
+            )
+        endpoint = self._fleet(config, [config])
+        endpoint.single_model = single_model
+        backends = list(endpoint.backends.values())
+        try:
+            await asyncio.gather(*(b.start() for b in backends))
+        except BaseException:
+            await asyncio.gather(*(b.stop() for b in backends), return_exceptions=True)
+            raise
+        self._redact.add(
+            (f"{config.name}-{v.name}", Path(v.settings.cache_dir)) for v in config.variants
+        )
+        self.endpoints[config.name] = endpoint
+        self._run_tasks(endpoint)
+
+    async def stop_endpoint(self, name: str) -> None:
+        """Take an endpoint out of service (new requests get "not found"), then stop it."""
+        endpoint = self.endpoints.pop(name, None)
+        if endpoint is None:
+            return
+        for task in endpoint.tasks:
+            task.cancel()
+        await asyncio.gather(*endpoint.tasks, return_exceptions=True)
+        await asyncio.gather(*(b.stop() for b in endpoint.backends.values()))
+
+    def set_weights(self, name: str, weights: dict[str, float]) -> None:
+        endpoint = self.endpoints.get(name)
+        if endpoint is not None:
+            endpoint.router.set_weights(weights)
+
+    async def resize(self, name: str, variant: str, count: int) -> None:
+        endpoint = self.endpoints.get(name)
+        if endpoint is None:
+            raise UnknownEndpointError(f"Endpoint '{name}' is not running.")
+        backend = endpoint.backends[variant]
+        backend.settings = backend.settings.model_copy(update={"instances": count})
+        await backend.resize(count)
+
+    def instance_counts(self, name: str) -> dict[str, int]:
+        endpoint = self.endpoints.get(name)
+        if endpoint is None:
+            return {}
+        return {
+            variant: sum(1 for i in backend.instances if i.available())
+            for variant, backend in endpoint.backends.items()
+        }
+
+    async def control_plane(self, request: Request) -> Response:
+        """``POST /`` on the admin listener: SageMaker's control plane (awsJson1.1)."""
+        assert self.control is not None
+        return await self.control.handle(request)
 
     async def _retire_copies(self, endpoint: _Endpoint) -> None:
         """Unload the extra copies of models whose demand fell (Router.idle_copies)."""
@@ -274,6 +356,13 @@ class EndpointServer:
                 raise UnknownEndpointError(f"Endpoint '{name}' not found.")
             headers = request.headers
             target = headers.get("x-amzn-sagemaker-target-model")
+            if endpoint.single_model is not None:
+                if target is not None and target != endpoint.single_model:
+                    raise ValidationError(
+                        "This endpoint serves one model: send no TargetModel"
+                        f" (X-Amzn-SageMaker-Target-Model), or {endpoint.single_model}."
+                    )
+                target = endpoint.single_model
             if target is None:
                 raise ValidationError(
                     "This is a multi-model endpoint: the X-Amzn-SageMaker-Target-Model "

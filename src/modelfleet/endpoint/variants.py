@@ -32,6 +32,9 @@ _ROUTER_ONLY = {
     "ray_address",
     "ray_namespace",
     "ray_max_instances_per_node",  # counted over the whole fleet
+    "state_dir",  # the control plane's
+    "account_id",
+    "instance_types",
 }
 # SageMaker's rule for endpoint and variant names (they also name cache folders)
 _NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")

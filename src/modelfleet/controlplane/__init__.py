@@ -1,0 +1,1 @@
+"""The SageMaker control plane served on the admin listener (docs/control-plane.md)."""

@@ -1,0 +1,615 @@
+"""SageMaker's control-plane operations for multi-model endpoints, over this server's fleet.
+
+``CreateModel`` records a container (its ``ModelDataUrl`` is the model source),
+``CreateEndpointConfig`` production variants (model, instance type and count, weight),
+``CreateEndpoint`` starts one variant's instances per production variant and answers
+``Creating`` until they are up (then ``InService``, or ``Failed`` with the reason). Weights
+and instance counts change at once (``UpdateEndpointWeightsAndCapacities``); ``DeleteEndpoint``
+drains and stops the instances. Names compare case-insensitively, ARNs are lower case, and the
+errors are the service's (``Could not find endpoint "arn:..."``, which boto3's
+``endpoint_deleted`` waiter relies on).
+
+What an operation takes and answers is checked against botocore's model of the service
+(:mod:`modelfleet.controlplane.shapes`). Features this server does not have (serverless and
+asynchronous inference, data capture, shadow variants, explainers) are refused by name rather
+than ignored; fields with no meaning here (tags, roles, VPC, KMS keys) are kept and answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from modelfleet.config import ModelCacheSetting, Settings
+from modelfleet.controlplane.instance_types import GIB, InstanceSize, default_instance_types
+from modelfleet.controlplane.state import StateStore, Table
+from modelfleet.endpoint.variants import EndpointConfig, VariantConfig
+from modelfleet.errors import (
+    ResourceInUseError,
+    ResourceLimitExceededError,
+    ValidationError,
+)
+
+logger = logging.getLogger(__name__)
+
+Document = dict[str, Any]
+
+_KINDS: dict[Table, tuple[str, str]] = {  # ARN resource kind, words in messages
+    "models": ("model", "model"),
+    "endpoint_configs": ("endpoint-config", "endpoint configuration"),
+    "endpoints": ("endpoint", "endpoint"),
+}
+_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
+_UNSUPPORTED_CONFIG = {
+    "DataCaptureConfig": "data capture",
+    "AsyncInferenceConfig": "asynchronous inference",
+    "ShadowProductionVariants": "shadow variants",
+    "ExplainerConfig": "explainers",
+}
+_UNSUPPORTED_VARIANT = {
+    "ServerlessConfig": "serverless inference",
+    "InstancePools": "instance pools",
+    "AcceleratorType": "Elastic Inference accelerators",
+    "ManagedInstanceScaling": "managed instance scaling",
+}
+MAX_VARIANTS = 10
+
+
+class Fleet(Protocol):
+    """What the control plane needs of the server (EndpointServer implements it)."""
+
+    def serves(self, name: str) -> bool: ...
+
+    async def start_endpoint(self, config: EndpointConfig, single_model: str | None) -> None: ...
+
+    async def stop_endpoint(self, name: str) -> None: ...
+
+    def set_weights(self, name: str, weights: dict[str, float]) -> None: ...
+
+    async def resize(self, name: str, variant: str, count: int) -> None: ...
+
+    def instance_counts(self, name: str) -> dict[str, int]: ...
+
+
+class SageMakerOperations:
+    """The operations, by name (``CreateModel`` -> :meth:`create_model`)."""
+
+    def __init__(self, settings: Settings, store: StateStore, fleet: Fleet) -> None:
+        self.settings = settings
+        self.store = store
+        self.fleet = fleet
+        self._write = asyncio.Lock()  # one change at a time: checks and writes agree
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._instance_types: dict[str, InstanceSize] | None = None
+
+    def handler(self, operation: str) -> Callable[[Document], Awaitable[Document]] | None:
+        name = "".join(f"_{c.lower()}" if c.isupper() else c for c in operation).lstrip("_")
+        method = getattr(self, name, None)
+        return method if name in _OPERATIONS else None
+
+    # -- state helpers
+
+    def arn(self, table: Table, name: str) -> str:
+        kind = _KINDS[table][0]
+        region, account = self.settings.auth_region, self.settings.account_id
+        return f"arn:aws:sagemaker:{region}:{account}:{kind}/{name.lower()}"
+
+    def _missing(self, table: Table, name: str) -> ValidationError:
+        return ValidationError(f'Could not find {_KINDS[table][1]} "{self.arn(table, name)}".')
+
+    async def _get(self, table: Table, name: str) -> Document:
+        found = await asyncio.to_thread(self.store.get, table, name)
+        if found is None:
+            raise self._missing(table, name)
+        return found
+
+    async def _insert(self, table: Table, name: str, document: Document) -> None:
+        if not await asyncio.to_thread(self.store.insert, table, name, document):
+            words = _KINDS[table][1]
+            raise ValidationError(
+                f'Cannot create already existing {words} "{self.arn(table, name)}".'
+            )
+
+    async def _save(self, name: str, document: Document) -> None:
+        document["LastModifiedTime"] = time.time()
+        await asyncio.to_thread(self.store.update, "endpoints", name, document)
+
+    def _listing(
+        self,
+        documents: list[Document],
+        params: Document,
+        name_key: str,
+        *,
+        status_key: str | None = None,
+        modified: bool = False,
+    ) -> tuple[list[Document], str | None]:
+        """Filtered, sorted and paged as the List calls are; the next page's token."""
+        contains = params.get("NameContains")
+        if contains:
+            documents = [d for d in documents if contains.lower() in d[name_key].lower()]
+        bounds = [("CreationTimeBefore", "CreationTime", False)]
+        bounds += [("CreationTimeAfter", "CreationTime", True)]
+        if modified:
+            bounds += [("LastModifiedTimeBefore", "LastModifiedTime", False)]
+            bounds += [("LastModifiedTimeAfter", "LastModifiedTime", True)]
+        for param, field, after in bounds:
+            if params.get(param) is not None:
+                from modelfleet.controlplane.shapes import timestamp
+
+                limit = timestamp(params[param])
+                assert limit is not None
+                edge = limit.timestamp()
+                documents = [
+                    d for d in documents if (d[field] > edge if after else d[field] < edge)
+                ]
+        if status_key and params.get("StatusEquals"):
+            documents = [d for d in documents if d[status_key] == params["StatusEquals"]]
+        sort_by = params.get("SortBy", "CreationTime")
+        key: Callable[[Document], Any] = {
+            "Name": lambda d: d[name_key].lower(),
+            "Status": lambda d: d.get(status_key or "", ""),
+        }.get(sort_by, lambda d: d["CreationTime"])
+        documents.sort(key=key, reverse=params.get("SortOrder", "Descending") == "Descending")
+        start = _page_start(params.get("NextToken"))
+        size = int(params.get("MaxResults") or 10)
+        page = documents[start : start + size]
+        more = start + size < len(documents)
+        token = base64.urlsafe_b64encode(str(start + size).encode()).decode() if more else None
+        return page, token
+
+    # -- models
+
+    async def create_model(self, params: Document) -> Document:
+        name = params["ModelName"]
+        containers = params.get("Containers") or []
+        primary = params.get("PrimaryContainer")
+        if (primary is None) == (not containers):
+            raise ValidationError("Provide exactly one of PrimaryContainer and Containers.")
+        if containers and len(containers) > 1:
+            raise ValidationError(
+                "A model of several containers (an inference pipeline) is not supported by"
+                " this server; give one container."
+            )
+        container = primary or containers[0]
+        url = container.get("ModelDataUrl")
+        if not url:
+            raise ValidationError(
+                "The container needs a ModelDataUrl: the model source (MultiModel: the prefix"
+                " the target models are under; SingleModel: the artifact)."
+            )
+        for unsupported in ("ModelDataSource", "AdditionalModelDataSources", "ModelPackageName"):
+            if container.get(unsupported):
+                raise ValidationError(f"{unsupported} is not supported by this server.")
+        document = {k: v for k, v in params.items() if k != "Tags"}
+        document.update(
+            ModelArn=self.arn("models", name),
+            CreationTime=time.time(),
+            Tags=params.get("Tags") or [],
+        )
+        async with self._write:
+            await self._insert("models", name, document)
+        logger.info("control plane: created model %s (%s)", name, url)
+        return {"ModelArn": document["ModelArn"]}
+
+    async def describe_model(self, params: Document) -> Document:
+        document = await self._get("models", params["ModelName"])
+        document.pop("Tags", None)
+        return document
+
+    async def list_models(self, params: Document) -> Document:
+        everything = await asyncio.to_thread(self.store.all, "models")
+        page, token = self._listing(everything, params, "ModelName")
+        models = [{k: d[k] for k in ("ModelName", "ModelArn", "CreationTime")} for d in page]
+        return {"Models": models, "NextToken": token}
+
+    async def delete_model(self, params: Document) -> Document:
+        name = params["ModelName"]
+        async with self._write:
+            await self._get("models", name)
+            users = [
+                e["EndpointName"]
+                for e in await asyncio.to_thread(self.store.all, "endpoints")
+                if any(n.lower() == name.lower() for n in e["deployed"]["models"])
+            ]
+            if users:
+                raise ResourceInUseError(
+                    f'Cannot delete model "{self.arn("models", name)}": endpoint(s) '
+                    f"{', '.join(users)} run it; delete or update them first."
+                )
+            await asyncio.to_thread(self.store.delete, "models", name)
+        return {}
+
+    # -- endpoint configs
+
+    async def create_endpoint_config(self, params: Document) -> Document:
+        name = params["EndpointConfigName"]
+        for key, what in _UNSUPPORTED_CONFIG.items():
+            if params.get(key):
+                raise ValidationError(f"{key}: {what} is not supported by this server.")
+        variants = params["ProductionVariants"]
+        if not variants:
+            raise ValidationError("ProductionVariants needs at least one variant.")
+        if len(variants) > MAX_VARIANTS:
+            raise ResourceLimitExceededError(
+                f"An endpoint configuration takes at most {MAX_VARIANTS} production variants."
+            )
+        names = [v["VariantName"].lower() for v in variants]
+        if len(set(names)) != len(names):
+            raise ValidationError("The production variants' names must be unique.")
+        for variant in variants:
+            for key, what in _UNSUPPORTED_VARIANT.items():
+                if variant.get(key):
+                    raise ValidationError(
+                        f"Variant {variant['VariantName']}: {key} ({what}) is not supported by"
+                        " this server."
+                    )
+            for required in ("ModelName", "InstanceType", "InitialInstanceCount"):
+                if variant.get(required) is None:
+                    raise ValidationError(
+                        f"Variant {variant['VariantName']}: {required} is required (this server"
+                        " runs instances; serverless variants are not supported)."
+                    )
+            self.instance_size(variant["InstanceType"])
+            await self._get("models", variant["ModelName"])
+        if sum(float(v.get("InitialVariantWeight", 1.0)) for v in variants) <= 0:
+            raise ValidationError("The production variants' weights sum to 0.")
+        document = {k: v for k, v in params.items() if k != "Tags"}
+        document.update(
+            EndpointConfigArn=self.arn("endpoint_configs", name),
+            CreationTime=time.time(),
+            Tags=params.get("Tags") or [],
+        )
+        async with self._write:
+            await self._insert("endpoint_configs", name, document)
+        return {"EndpointConfigArn": document["EndpointConfigArn"]}
+
+    async def describe_endpoint_config(self, params: Document) -> Document:
+        document = await self._get("endpoint_configs", params["EndpointConfigName"])
+        document.pop("Tags", None)
+        return document
+
+    async def list_endpoint_configs(self, params: Document) -> Document:
+        everything = await asyncio.to_thread(self.store.all, "endpoint_configs")
+        page, token = self._listing(everything, params, "EndpointConfigName")
+        keys = ("EndpointConfigName", "EndpointConfigArn", "CreationTime")
+        return {"EndpointConfigs": [{k: d[k] for k in keys} for d in page], "NextToken": token}
+
+    async def delete_endpoint_config(self, params: Document) -> Document:
+        name = params["EndpointConfigName"]
+        async with self._write:
+            await self._get("endpoint_configs", name)
+            await asyncio.to_thread(self.store.delete, "endpoint_configs", name)
+        return {}
+
+    # -- endpoints
+
+    def instance_size(self, instance_type: str) -> InstanceSize:
+        if self._instance_types is None:
+            self._instance_types = {**default_instance_types(), **self.settings.instance_types}
+        size = self._instance_types.get(instance_type)
+        if size is None:
+            raise ValidationError(
+                f"InstanceType {instance_type} has no size on this server: add it to the"
+                " instance_types table of the server's config (docs/control-plane.md)."
+            )
+        return size
+
+    def endpoint_config(self, document: Document) -> tuple[EndpointConfig, str | None]:
+        """The fleet to run for an endpoint ``document``, and its single model if any."""
+        name = document["EndpointName"]
+        config = document["deployed"]["config"]
+        models = {k.lower(): v for k, v in document["deployed"]["models"].items()}
+        variants: list[VariantConfig] = []
+        single: str | None = None
+        for variant in config["ProductionVariants"]:
+            vname = variant["VariantName"]
+            model = models[variant["ModelName"].lower()]
+            container = model.get("PrimaryContainer") or model["Containers"][0]
+            size = self.instance_size(variant["InstanceType"])
+            source, target = _source(container)
+            if target is not None:
+                single = target
+            current = document["variants"][vname]
+            cache = (container.get("MultiModelConfig") or {}).get("ModelCacheSetting")
+            fields = {
+                **self.settings.model_dump(exclude={"instance_types"}),
+                "endpoint_name": name,
+                "model_source": source,
+                "memory_limit": int(size.memory_limit),
+                "disk_limit": int(variant.get("VolumeSizeInGB") or 0) * GIB or int(size.disk_limit),
+                "ray_cpus_per_instance": size.cpus,
+                "instances": current["instances"],
+                "min_instances": None,
+                "max_instances": None,
+                "rss_high_water": None,
+                "model_cache": ModelCacheSetting.DISABLED
+                if cache == "Disabled"
+                else ModelCacheSetting.ENABLED,
+                "cache_dir": str(Path(self.settings.cache_dir) / "endpoints" / name / vname),
+                "default_target_model": target,
+            }
+            try:
+                settings = Settings(**fields)
+            except Exception as exc:  # pydantic's, worded for the caller
+                raise ValidationError(f"Variant {vname}: {exc}") from None
+            variants.append(VariantConfig(vname, current["weight"], settings))
+        return EndpointConfig(name, tuple(variants)), single
+
+    async def create_endpoint(self, params: Document) -> Document:
+        name, config_name = params["EndpointName"], params["EndpointConfigName"]
+        if params.get("DeploymentConfig"):
+            raise ValidationError("DeploymentConfig is not supported by this server.")
+        async with self._write:
+            if self.fleet.serves(name):
+                raise ValidationError(
+                    f'Cannot create already existing endpoint "{self.arn("endpoints", name)}".'
+                )
+            config = await self._get("endpoint_configs", config_name)
+            models = {}
+            for variant in config["ProductionVariants"]:
+                model = await self._get("models", variant["ModelName"])
+                models[model["ModelName"]] = model
+            now = time.time()
+            document: Document = {
+                "EndpointName": name,
+                "EndpointArn": self.arn("endpoints", name),
+                "EndpointConfigName": config["EndpointConfigName"],
+                "EndpointStatus": "Creating",
+                "CreationTime": now,
+                "LastModifiedTime": now,
+                "Tags": params.get("Tags") or [],
+                "deployed": {"config": config, "models": models},
+                "variants": {
+                    v["VariantName"]: {
+                        "weight": float(v.get("InitialVariantWeight", 1.0)),
+                        "instances": int(v["InitialInstanceCount"]),
+                    }
+                    for v in config["ProductionVariants"]
+                },
+            }
+            self.endpoint_config(document)  # every variant can be made, before anything runs
+            await self._insert("endpoints", name, document)
+        self._spawn(self._bring_up(document))
+        logger.info("control plane: creating endpoint %s from config %s", name, config_name)
+        return {"EndpointArn": document["EndpointArn"]}
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _bring_up(self, document: Document) -> None:
+        """Start an endpoint's instances: InService once up, Failed (stopped) if they cannot."""
+        name = document["EndpointName"]
+        try:
+            config, single = self.endpoint_config(document)
+            await self.fleet.start_endpoint(config, single)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("control plane: endpoint %s failed to start: %s", name, exc)
+            with contextlib.suppress(Exception):
+                await self.fleet.stop_endpoint(name)
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            async with self._write:
+                current = await asyncio.to_thread(self.store.get, "endpoints", name)
+                if current is not None and current["EndpointStatus"] != "Deleting":
+                    current.update(EndpointStatus="Failed", FailureReason=reason[:1024])
+                    await self._save(name, current)
+            return
+        async with self._write:
+            current = await asyncio.to_thread(self.store.get, "endpoints", name)
+            if current is not None and current["EndpointStatus"] == "Creating":
+                current["EndpointStatus"] = "InService"
+                current.pop("FailureReason", None)
+                await self._save(name, current)
+        logger.info("control plane: endpoint %s is in service", name)
+
+    async def restore(self) -> None:
+        """At start: bring back every endpoint the state holds (Failed ones stay Failed,
+        one being deleted is finished off)."""
+        for document in await asyncio.to_thread(self.store.all, "endpoints"):
+            name = document["EndpointName"]
+            status = document["EndpointStatus"]
+            if status == "Deleting":
+                await asyncio.to_thread(self.store.delete, "endpoints", name)
+                continue
+            if status == "Failed":
+                continue
+            if self.fleet.serves(name):
+                logger.warning(
+                    "control plane: endpoint %s of the state is also in the config file; the"
+                    " file's wins",
+                    name,
+                )
+                continue
+            document["EndpointStatus"] = "Creating"
+            await self._save(name, document)
+            self._spawn(self._bring_up(document))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def describe_endpoint(self, params: Document) -> Document:
+        document = await self._get("endpoints", params["EndpointName"])
+        name = document["EndpointName"]
+        live = self.fleet.instance_counts(name) if self.fleet.serves(name) else {}
+        variants = []
+        for variant in document["deployed"]["config"]["ProductionVariants"]:
+            vname = variant["VariantName"]
+            desired = document["variants"][vname]
+            variants.append(
+                {
+                    "VariantName": vname,
+                    "DeployedImages": [],
+                    "CurrentWeight": desired["weight"],
+                    "DesiredWeight": desired["weight"],
+                    "CurrentInstanceCount": live.get(vname, 0),
+                    "DesiredInstanceCount": desired["instances"],
+                }
+            )
+        answer = {k: v for k, v in document.items() if k not in ("deployed", "variants", "Tags")}
+        answer["ProductionVariants"] = variants
+        return answer
+
+    async def list_endpoints(self, params: Document) -> Document:
+        everything = await asyncio.to_thread(self.store.all, "endpoints")
+        page, token = self._listing(
+            everything, params, "EndpointName", status_key="EndpointStatus", modified=True
+        )
+        keys = ("EndpointName", "EndpointArn", "CreationTime", "LastModifiedTime")
+        endpoints = [
+            {**{k: d[k] for k in keys}, "EndpointStatus": d["EndpointStatus"]} for d in page
+        ]
+        return {"Endpoints": endpoints, "NextToken": token}
+
+    async def update_endpoint_weights_and_capacities(self, params: Document) -> Document:
+        name = params["EndpointName"]
+        async with self._write:
+            document = await self._get("endpoints", name)
+            self._check_idle(document)
+            desired = params["DesiredWeightsAndCapacities"]
+            by_lower = {v.lower(): v for v in document["variants"]}
+            unknown = [
+                d["VariantName"] for d in desired if d["VariantName"].lower() not in by_lower
+            ]
+            if unknown:
+                raise ValidationError(
+                    f"The variant(s) {unknown} are not part of endpoint "
+                    f'"{self.arn("endpoints", name)}".'
+                )
+            for change in desired:
+                if (
+                    change.get("DesiredWeight") is None
+                    and change.get("DesiredInstanceCount") is None
+                ):
+                    raise ValidationError(
+                        f"Variant {change['VariantName']}: give DesiredWeight,"
+                        " DesiredInstanceCount or both."
+                    )
+            weights = {v: s["weight"] for v, s in document["variants"].items()}
+            for change in desired:
+                if change.get("DesiredWeight") is not None:
+                    weights[by_lower[change["VariantName"].lower()]] = float(
+                        change["DesiredWeight"]
+                    )
+            if sum(weights.values()) <= 0:
+                raise ValidationError("The variants' weights would sum to 0.")
+            for vname, weight in weights.items():
+                document["variants"][vname]["weight"] = weight
+            resizes = {
+                by_lower[c["VariantName"].lower()]: int(c["DesiredInstanceCount"])
+                for c in desired
+                if c.get("DesiredInstanceCount") is not None
+            }
+            for vname, count in resizes.items():
+                document["variants"][vname]["instances"] = count
+            document["EndpointStatus"] = "Updating" if resizes else "InService"
+            await self._save(name, document)
+            self.fleet.set_weights(document["EndpointName"], weights)
+        if resizes:
+            self._spawn(self._resize(document["EndpointName"], resizes))
+        return {"EndpointArn": document["EndpointArn"]}
+
+    async def _resize(self, name: str, counts: dict[str, int]) -> None:
+        failure: str | None = None
+        for vname, count in counts.items():
+            try:
+                await self.fleet.resize(name, vname, count)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failure = f"variant {vname}: {getattr(exc, 'message', None) or exc}"
+                logger.warning("control plane: resizing %s failed: %s", name, failure)
+        async with self._write:
+            current = await asyncio.to_thread(self.store.get, "endpoints", name)
+            if current is not None and current["EndpointStatus"] == "Updating":
+                current["EndpointStatus"] = "InService"
+                if failure:  # the endpoint serves on; the reason is shown until the next change
+                    current["FailureReason"] = failure[:1024]
+                else:
+                    current.pop("FailureReason", None)
+                await self._save(name, current)
+
+    def _check_idle(self, document: Document) -> None:
+        if document["EndpointStatus"] in _BUSY:
+            raise ValidationError(
+                f'Cannot update in-progress endpoint "{document["EndpointArn"]}".'
+            )
+        if document["EndpointStatus"] == "Failed":
+            raise ValidationError(
+                f'Cannot update failed endpoint "{document["EndpointArn"]}"; delete it.'
+            )
+
+    async def delete_endpoint(self, params: Document) -> Document:
+        name = params["EndpointName"]
+        async with self._write:
+            document = await self._get("endpoints", name)
+            if document["EndpointStatus"] == "Deleting":
+                return {}
+            document["EndpointStatus"] = "Deleting"
+            await self._save(name, document)
+        self._spawn(self._tear_down(document["EndpointName"]))
+        return {}
+
+    async def _tear_down(self, name: str) -> None:
+        try:
+            await self.fleet.stop_endpoint(name)
+        finally:
+            async with self._write:
+                await asyncio.to_thread(self.store.delete, "endpoints", name)
+        logger.info("control plane: deleted endpoint %s", name)
+
+
+_OPERATIONS = {
+    "create_model",
+    "describe_model",
+    "list_models",
+    "delete_model",
+    "create_endpoint_config",
+    "describe_endpoint_config",
+    "list_endpoint_configs",
+    "delete_endpoint_config",
+    "create_endpoint",
+    "describe_endpoint",
+    "list_endpoints",
+    "update_endpoint_weights_and_capacities",
+    "delete_endpoint",
+}
+
+
+def _page_start(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        start = int(base64.urlsafe_b64decode(token.encode()).decode())
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationError("Invalid pagination token.") from None
+    if start < 0:
+        raise ValidationError("Invalid pagination token.")
+    return start
+
+
+def _source(container: Document) -> tuple[str, str | None]:
+    """The model source of a container, and the artifact a SingleModel container serves."""
+    url: str = container["ModelDataUrl"]
+    if container.get("Mode", "SingleModel") == "MultiModel":
+        return url, None
+    folder, _, artifact = url.rstrip("/").rpartition("/")
+    if not folder or not artifact:
+        raise ValidationError(f"SingleModel ModelDataUrl {url} names no artifact.")
+    return folder + "/", artifact
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()

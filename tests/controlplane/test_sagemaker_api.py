@@ -1,0 +1,380 @@
+"""SageMaker's control plane with boto3's ``sagemaker`` client against a real server.
+
+The MME flow of SageMaker's examples (create_model in MultiModel mode, an endpoint config of
+two weighted variants, create_endpoint and its waiter, invocations, new weights, deletion and
+its waiter) runs against real instance processes; every raw answer is checked against
+botocore's model of the operation; bad calls get the service's errors and change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from botocore.model import Shape
+
+from modelfleet.config import Settings
+from tests.artifacts import features, sklearn_artifact
+from tests.servers import ThreadServer
+
+ROW = ",".join(f"{v:.4f}" for v in features(1, 1, 4)[0]).encode()
+WAIT = {"Delay": 0.2, "MaxAttempts": 300}  # a bounded poll of about a minute at most
+KEYS = {"aws_access_key_id": "AKIDCONTROLPLANE", "aws_secret_access_key": "not-checked"}
+
+
+def shape_errors(shape: Shape | None, value: Any, path: str = "") -> list[str]:
+    """What in a raw JSON answer is not in ``shape`` (botocore's parser would drop it)."""
+    if shape is None:
+        return [] if value in (None, {}) else [f"{path}: an answer where none is modelled"]
+    kind = shape.type_name
+    if kind == "structure":
+        if not isinstance(value, dict):
+            return [f"{path}: not an object"]
+        problems = [f"{path}.{k}: not a member" for k in value if k not in shape.members]
+        problems += [f"{path}.{k}: required" for k in shape.required_members if k not in value]
+        for key, item in value.items():
+            if key in shape.members:
+                problems += shape_errors(shape.members[key], item, f"{path}.{key}")
+        return problems
+    if kind == "list":
+        if not isinstance(value, list):
+            return [f"{path}: not a list"]
+        return [
+            p
+            for i, item in enumerate(value)
+            for p in shape_errors(shape.member, item, f"{path}[{i}]")
+        ]
+    if kind == "map":
+        if not isinstance(value, dict):
+            return [f"{path}: not a map"]
+        return [
+            p for k, item in value.items() for p in shape_errors(shape.value, item, f"{path}.{k}")
+        ]
+    expected = {
+        "string": str,
+        "integer": int,
+        "long": int,
+        "boolean": bool,
+        "float": (int, float),
+        "double": (int, float),
+        "timestamp": (int, float),
+    }.get(kind)
+    if expected is not None and not isinstance(value, expected):  # type: ignore[arg-type]
+        return [f"{path}: {value!r} is not a {kind}"]
+    if kind == "string" and shape.enum and value not in shape.enum:
+        return [f"{path}: {value!r} is not one of its enum"]
+    return []
+
+
+class Checked:
+    """A boto3 ``sagemaker`` client whose every raw answer is checked against its shape."""
+
+    def __init__(self, url: str) -> None:
+        self.client = boto3.client(
+            "sagemaker",
+            endpoint_url=url,
+            region_name="us-east-1",
+            config=Config(retries={"max_attempts": 1}),
+            **KEYS,
+        )
+        self.problems: list[str] = []
+        self.client.meta.events.register("after-call.sagemaker", self._check)
+
+    def _check(self, http_response: Any, model: Any, **_: Any) -> None:
+        if http_response.status_code != 200:
+            return
+        raw = json.loads(http_response.content or b"{}")
+        self.problems += [f"{model.name}{p}" for p in shape_errors(model.output_shape, raw)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    source = tmp_path / "models"
+    for name, seed in (("a", 1), ("b", 2)):
+        (source / name).mkdir(parents=True)
+        (source / name / "model.tar.gz").write_bytes(sklearn_artifact(seed=seed, n_features=4))
+    return source
+
+
+@pytest.fixture
+def server(tmp_path: Path, models: Path) -> Iterator[ThreadServer]:
+    settings = Settings(
+        model_source=str(models),
+        cache_dir=tmp_path / "cache",
+        state_dir=tmp_path / "state",
+        port=0,
+        admin_port=0,
+    )
+    served = ThreadServer(settings).start()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def runtime(url: str) -> Any:
+    return boto3.client("sagemaker-runtime", endpoint_url=url, region_name="us-east-1", **KEYS)
+
+
+def create_mme(sm: Any, models: Path, *, weights: tuple[float, float] = (3, 1)) -> None:
+    sm.create_model(
+        ModelName="mme",
+        ExecutionRoleArn="arn:aws:iam::000000000000:role/any",
+        PrimaryContainer={
+            "Image": "modelfleet",
+            "Mode": "MultiModel",
+            "ModelDataUrl": str(models),
+            "MultiModelConfig": {"ModelCacheSetting": "Enabled"},
+        },
+    )
+    variants = [
+        {
+            "VariantName": name,
+            "ModelName": "mme",
+            "InstanceType": "ml.t2.medium",
+            "InitialInstanceCount": 1,
+            "InitialVariantWeight": weight,
+        }
+        for name, weight in zip(("Current", "Candidate"), weights, strict=True)
+    ]
+    sm.create_endpoint_config(EndpointConfigName="mme-config", ProductionVariants=variants)
+
+
+def split(url: str, endpoint: str, requests: int) -> Counter[str]:
+    served: Counter[str] = Counter()
+    headers = {"X-Amzn-SageMaker-Target-Model": "a/model.tar.gz", "Content-Type": "text/csv"}
+    with httpx.Client(base_url=url) as http:
+        for _ in range(requests):
+            answer = http.post(f"/endpoints/{endpoint}/invocations", content=ROW, headers=headers)
+            assert answer.status_code == 200, answer.text
+            served[answer.headers["x-amzn-invoked-production-variant"]] += 1
+    return served
+
+
+@pytest.mark.slow
+def test_the_mme_flow_end_to_end(server: ThreadServer, models: Path) -> None:
+    sm = Checked(server.admin_url)
+    create_mme(sm, models)
+    arn = sm.create_endpoint(EndpointName="mme-endpoint", EndpointConfigName="mme-config")
+    assert arn["EndpointArn"] == "arn:aws:sagemaker:us-east-1:000000000000:endpoint/mme-endpoint"
+    assert sm.describe_endpoint(EndpointName="mme-endpoint")["EndpointStatus"] in (
+        "Creating",
+        "InService",
+    )
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="mme-endpoint", WaiterConfig=WAIT)
+    described = sm.describe_endpoint(EndpointName="mme-endpoint")
+    variants = {v["VariantName"]: v for v in described["ProductionVariants"]}
+    assert {n: (v["CurrentWeight"], v["CurrentInstanceCount"]) for n, v in variants.items()} == {
+        "Current": (3.0, 1),
+        "Candidate": (1.0, 1),
+    }
+
+    answer = runtime(server.url).invoke_endpoint(
+        EndpointName="mme-endpoint",
+        TargetModel="b/model.tar.gz",
+        ContentType="text/csv",
+        Body=ROW,
+    )
+    assert answer["InvokedProductionVariant"] in ("Current", "Candidate")
+    assert json.loads(answer["Body"].read())  # a prediction
+
+    served = split(server.url, "mme-endpoint", 2000)
+    assert abs(served["Current"] / 2000 - 0.75) <= 0.05, served
+    sm.update_endpoint_weights_and_capacities(
+        EndpointName="mme-endpoint",
+        DesiredWeightsAndCapacities=[
+            {"VariantName": "Current", "DesiredWeight": 1},
+            {"VariantName": "Candidate", "DesiredWeight": 1},
+        ],
+    )
+    served = split(server.url, "mme-endpoint", 2000)
+    assert abs(served["Current"] / 2000 - 0.5) <= 0.05, served
+
+    listed = sm.list_endpoints(NameContains="MME")["Endpoints"]
+    assert [e["EndpointName"] for e in listed] == ["mme-endpoint"]
+    assert sm.describe_model(ModelName="mme")["PrimaryContainer"]["Mode"] == "MultiModel"
+    config = sm.describe_endpoint_config(EndpointConfigName="mme-config")
+    assert [v["VariantName"] for v in config["ProductionVariants"]] == ["Current", "Candidate"]
+
+    sm.delete_endpoint(EndpointName="mme-endpoint")
+    sm.get_waiter("endpoint_deleted").wait(EndpointName="mme-endpoint", WaiterConfig=WAIT)
+    gone = httpx.post(
+        f"{server.url}/endpoints/mme-endpoint/invocations",
+        content=ROW,
+        headers={"X-Amzn-SageMaker-Target-Model": "a/model.tar.gz"},
+    )
+    assert gone.status_code == 400
+    assert sm.problems == []
+
+
+@pytest.mark.slow
+def test_more_instances_and_a_restart_keep_the_endpoint(
+    tmp_path: Path, server: ThreadServer, models: Path
+) -> None:
+    sm = Checked(server.admin_url)
+    create_mme(sm, models)
+    sm.create_endpoint(EndpointName="kept", EndpointConfigName="mme-config")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="kept", WaiterConfig=WAIT)
+    sm.update_endpoint_weights_and_capacities(
+        EndpointName="kept",
+        DesiredWeightsAndCapacities=[{"VariantName": "Candidate", "DesiredInstanceCount": 2}],
+    )
+    assert sm.describe_endpoint(EndpointName="kept")["EndpointStatus"] in ("Updating", "InService")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="kept", WaiterConfig=WAIT)
+    counts = {
+        v["VariantName"]: (v["CurrentInstanceCount"], v["DesiredInstanceCount"])
+        for v in sm.describe_endpoint(EndpointName="kept")["ProductionVariants"]
+    }
+    assert counts == {"Current": (1, 1), "Candidate": (2, 2)}
+    # the model and config may go; the endpoint keeps what it runs
+    with pytest.raises(ClientError) as in_use:
+        sm.delete_model(ModelName="mme")
+    assert in_use.value.response["Error"]["Code"] == "ResourceInUse"
+    sm.delete_endpoint_config(EndpointConfigName="mme-config")
+    server.stop()
+
+    again = ThreadServer(server.endpoint.settings).start()
+    try:
+        sm = Checked(again.admin_url)
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="kept", WaiterConfig=WAIT)
+        counts = {
+            v["VariantName"]: v["CurrentInstanceCount"]
+            for v in sm.describe_endpoint(EndpointName="kept")["ProductionVariants"]
+        }
+        assert counts == {"Current": 1, "Candidate": 2}
+        assert sum(split(again.url, "kept", 20).values()) == 20
+        sm.delete_endpoint(EndpointName="kept")
+        sm.get_waiter("endpoint_deleted").wait(EndpointName="kept", WaiterConfig=WAIT)
+        sm.delete_model(ModelName="mme")  # no endpoint runs it now
+        assert sm.list_models()["Models"] == []
+        assert sm.problems == []
+    finally:
+        again.stop()
+
+
+def error(call: Any, **params: Any) -> tuple[str, str]:
+    with pytest.raises(ClientError) as caught:
+        call(**params)
+    return caught.value.response["Error"]["Code"], caught.value.response["Error"]["Message"]
+
+
+def test_bad_calls_get_the_services_errors_and_change_nothing(
+    server: ThreadServer, models: Path
+) -> None:
+    sm = Checked(server.admin_url)
+    arn = "arn:aws:sagemaker:us-east-1:000000000000"
+    assert error(sm.describe_endpoint, EndpointName="nope") == (
+        "ValidationException",
+        f'Could not find endpoint "{arn}:endpoint/nope".',
+    )
+    assert (
+        error(sm.describe_model, ModelName="Nope")[1] == f'Could not find model "{arn}:model/nope".'
+    )
+    code, message = error(sm.create_endpoint, EndpointName="x" * 64, EndpointConfigName="c")
+    assert code == "ValidationException"
+    assert (
+        "at 'endpointName' failed to satisfy constraint: Member must have length less than"
+        in message
+    )
+    code, message = error(sm.create_endpoint, EndpointName="bad_name", EndpointConfigName="c")
+    assert "Member must satisfy regular expression pattern" in message
+    assert error(sm.create_endpoint, EndpointName="ok", EndpointConfigName="missing") == (
+        "ValidationException",
+        f'Could not find endpoint configuration "{arn}:endpoint-config/missing".',
+    )
+    create_mme(sm, models)
+    assert error(
+        sm.create_model,
+        ModelName="MME",
+        PrimaryContainer={"Image": "x", "ModelDataUrl": str(models)},
+    ) == ("ValidationException", f'Cannot create already existing model "{arn}:model/mme".')
+    code, message = error(
+        sm.create_endpoint_config,
+        EndpointConfigName="bad-type",
+        ProductionVariants=[
+            {
+                "VariantName": "v",
+                "ModelName": "mme",
+                "InstanceType": "ml.p6-b200.48xlarge",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+    assert "has no size on this server" in message
+    code, message = error(
+        sm.create_endpoint_config,
+        EndpointConfigName="serverless",
+        ProductionVariants=[
+            {
+                "VariantName": "v",
+                "ModelName": "mme",
+                "ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 1},
+            }
+        ],
+    )
+    assert "serverless inference) is not supported" in message
+    assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == [
+        "mme-config"
+    ]
+    assert sm.list_endpoints()["Endpoints"] == []
+
+    raw = httpx.Client(base_url=server.admin_url)
+    headers = {"Content-Type": "application/x-amz-json-1.1"}
+    unknown = raw.post(
+        "/", content=b"{}", headers={**headers, "X-Amz-Target": "SageMaker.CreateTrainingJob"}
+    )
+    assert (unknown.status_code, unknown.json()["__type"]) == (400, "UnknownOperationException")
+    nothing = raw.post("/", content=b"{}", headers=headers)
+    assert nothing.json()["__type"] == "UnknownOperationException"
+    malformed = raw.post(
+        "/", content=b"{not json", headers={**headers, "X-Amz-Target": "SageMaker.ListModels"}
+    )
+    assert (malformed.status_code, malformed.json()["__type"]) == (400, "SerializationException")
+    missing = raw.post(
+        "/", content=b"{}", headers={**headers, "X-Amz-Target": "SageMaker.CreateEndpoint"}
+    )
+    assert missing.json() == {
+        "__type": "ValidationException",
+        "message": "2 validation errors detected: Value null at 'endpointName' failed to satisfy"
+        " constraint: Member must not be null; Value null at 'endpointConfigName' failed to"
+        " satisfy constraint: Member must not be null",
+    }
+    assert missing.headers["x-amzn-errortype"] == "ValidationException"
+    raw.close()
+    assert sm.problems == []
+
+
+def test_the_public_listener_has_no_control_plane(server: ThreadServer) -> None:
+    answer = httpx.post(
+        f"{server.url}/",
+        content=b"{}",
+        headers={"X-Amz-Target": "SageMaker.ListEndpoints"},
+    )
+    assert answer.status_code == 404
+
+
+def test_pages_of_models(server: ThreadServer, models: Path) -> None:
+    sm = Checked(server.admin_url)
+    for index in range(7):
+        sm.create_model(
+            ModelName=f"m{index}",
+            PrimaryContainer={"Mode": "MultiModel", "ModelDataUrl": str(models)},
+        )
+    pages = sm.get_paginator("list_models").paginate(
+        SortBy="Name", SortOrder="Ascending", PaginationConfig={"PageSize": 3}
+    )
+    names = [m["ModelName"] for page in pages for m in page["Models"]]
+    assert names == [f"m{i}" for i in range(7)]
+    assert error(sm.list_models, NextToken="%%%")[0] == "ValidationException"
+    assert sm.problems == []
