@@ -255,6 +255,10 @@ def test_the_admin_listener_needs_an_admin_token(token_server: ThreadServer) -> 
         public = get(token_server.url, path, ADMIN_TOKEN)
         assert public.status_code == 404
         assert public.headers["x-amzn-errortype"] == "UnknownOperationException"
+        # there, as anywhere, a request is authenticated before it is told anything
+        unsigned = get(token_server.url, path, None)
+        assert unsigned.status_code == 403
+        assert unsigned.headers["x-amzn-errortype"] == "MissingAuthenticationTokenException"
     assert get(admin, "/ping", None).status_code == 200
     # modelfleet status speaks to the admin listener with the admin token
     shown = CliRunner().invoke(main, ["status", "--url", admin, "--token", ADMIN_TOKEN])

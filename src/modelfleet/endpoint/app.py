@@ -46,7 +46,12 @@ from modelfleet.edge import (
 from modelfleet.endpoint.autoscale import Autoscaler
 from modelfleet.endpoint.router import DEFAULT_VARIANT, Router
 from modelfleet.endpoint.variants import EndpointConfig, VariantConfig, load_config
-from modelfleet.errors import CacheInUseError, UnknownEndpointError, ValidationError
+from modelfleet.errors import (
+    CacheInUseError,
+    PayloadTooLargeError,
+    UnknownEndpointError,
+    ValidationError,
+)
 from modelfleet.instance.app import instance_routes, ping_route
 from modelfleet.instance.loader import private_folders
 from modelfleet.metrics import CONTENT_TYPE, Metrics
@@ -129,6 +134,13 @@ class EndpointServer:
         for config in endpoints or ():
             folders += [f for v in config.variants for f in private_folders(v.settings)]
         self._redact = PathRedactor(folders)  # no answer shows these folders' paths
+        # every path but /ping is authenticated (docs/security.md): the admin listener's
+        # paths need an admin key or token (a middleware); on the public listener the
+        # invocations check in their handler, after the one read of the body, and any other
+        # path in the not-found handler, so the hot path has no middleware layer to go through
+        self._verifier = make_verifier(
+            settings.auth, settings.credentials_file, settings.auth_region
+        )
         not_found = {404: _unknown_operation, 405: _unknown_operation}
         if settings.sagemaker_container:
             # SageMaker's agent calls the contract on the one port: nothing is served apart.
@@ -138,26 +150,23 @@ class EndpointServer:
                 exception_handlers=not_found,
             )
             self.admin_app: Starlette | None = None
+            guarded = [self.app]
         else:
+            checked = {404: self._public_not_found, 405: self._public_not_found}
             self.app = Starlette(
-                routes=[ping, *public], lifespan=self._lifespan, exception_handlers=not_found
+                routes=[ping, *public], lifespan=self._lifespan, exception_handlers=checked
             )
             # served by the admin listener (cli.serve), whose lifespan is this app's
             self.admin_app = Starlette(routes=[ping, *admin], exception_handlers=not_found)
-        # every path but /ping (docs/security.md); invocations are checked in their handler,
-        # the admin listener's paths need an admin key or token
-        self._verifier = make_verifier(
-            settings.auth, settings.credentials_file, settings.auth_region
-        )
+            guarded = [self.admin_app]
         if self._verifier is not None:
-            for app in (self.app, self.admin_app):
-                if app is not None:
-                    app.add_middleware(
-                        AuthMiddleware,
-                        verifier=self._verifier,
-                        max_body_bytes=int(settings.max_body_size),
-                        refuse=refusal_response,
-                    )
+            for app in guarded:
+                app.add_middleware(
+                    AuthMiddleware,
+                    verifier=self._verifier,
+                    max_body_bytes=int(settings.max_body_size),
+                    refuse=refusal_response,
+                )
 
     @property
     def _ray_backed(self) -> bool:
@@ -417,6 +426,21 @@ class EndpointServer:
         return Response(
             prediction.body, media_type=prediction.content_type, headers=response_headers
         )
+
+    async def _public_not_found(self, request: Request, exc: Exception) -> Response:
+        """A path or method the public listener does not serve: refused as any unsigned
+        request is (with authentication), else 404 UnknownOperationException."""
+        if self._verifier is not None:
+            try:
+                body = await read_body(request, self.settings.max_body_size)
+                check(self._verifier, request.scope, body, endpoint=None)
+            except ClientDisconnect:
+                return client_gone(new_request_id())
+            except Refused as refused:
+                return refusal_response(refused)
+            except PayloadTooLargeError as exc_:
+                return refusal_response(Refused("ValidationError", exc_.message, status=413))
+        return await _unknown_operation(request, exc)
 
     async def ping(self, request: Request) -> Response:
         """200 while every endpoint has an instance up (the router can serve), else 503."""
