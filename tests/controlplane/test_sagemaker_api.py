@@ -9,6 +9,8 @@ botocore's model of the operation; bad calls get the service's errors and change
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -377,4 +379,116 @@ def test_pages_of_models(server: ThreadServer, models: Path) -> None:
     names = [m["ModelName"] for page in pages for m in page["Models"]]
     assert names == [f"m{i}" for i in range(7)]
     assert error(sm.list_models, NextToken="%%%")[0] == "ValidationException"
+    assert sm.problems == []
+
+
+class Load:
+    """Requests to an endpoint on a thread until stopped (at most ``limit`` of them): the
+    status and variant of each."""
+
+    def __init__(self, url: str, endpoint: str, limit: int = 50_000) -> None:
+        self.answers: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url, endpoint, limit))
+        self._thread.start()
+
+    def _run(self, url: str, endpoint: str, limit: int) -> None:
+        headers = {"X-Amzn-SageMaker-Target-Model": "a/model.tar.gz", "Content-Type": "text/csv"}
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while not self._stop.is_set() and len(self.answers) < limit:
+                answer = http.post(
+                    f"/endpoints/{endpoint}/invocations", content=ROW, headers=headers
+                )
+                variant = answer.headers.get("x-amzn-invoked-production-variant", "")
+                self.answers.append((answer.status_code, variant or answer.text[:200]))
+
+    def stop(self) -> list[tuple[int, str]]:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        return self.answers
+
+
+def second_config(sm: Any, tmp_path: Path, source: Path | None = None) -> None:
+    if source is None:
+        source = tmp_path / "models-v2"
+        (source / "a").mkdir(parents=True)
+        (source / "a" / "model.tar.gz").write_bytes(sklearn_artifact(seed=7, n_features=4))
+    sm.create_model(
+        ModelName="mme-v2",
+        PrimaryContainer={"Mode": "MultiModel", "ModelDataUrl": str(source)},
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName="mme-config-v2",
+        ProductionVariants=[
+            {
+                "VariantName": "Next",
+                "ModelName": "mme-v2",
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+
+
+@pytest.mark.slow
+def test_update_endpoint_under_load_fails_no_request(
+    tmp_path: Path, server: ThreadServer, models: Path
+) -> None:
+    sm = Checked(server.admin_url)
+    create_mme(sm, models)
+    second_config(sm, tmp_path)
+    sm.create_endpoint(EndpointName="rolling", EndpointConfigName="mme-config")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="rolling", WaiterConfig=WAIT)
+    load = Load(server.url, "rolling")
+    try:
+        sm.update_endpoint(EndpointName="rolling", EndpointConfigName="mme-config-v2")
+        assert sm.describe_endpoint(EndpointName="rolling")["EndpointStatus"] == "Updating"
+        code, message = error(
+            sm.update_endpoint_weights_and_capacities,
+            EndpointName="rolling",
+            DesiredWeightsAndCapacities=[{"VariantName": "Current", "DesiredWeight": 2}],
+        )
+        assert code == "ValidationException"
+        assert message.startswith("Cannot update in-progress endpoint")
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="rolling", WaiterConfig=WAIT)
+        for _ in range(600):  # the switch is done when the new variant answers
+            if load.answers and load.answers[-1][1] == "Next":
+                break
+            time.sleep(0.05)
+    finally:
+        answers = load.stop()
+    assert [a for a in answers if a[0] != 200] == []
+    served = Counter(variant for _, variant in answers)
+    assert served["Next"] > 0, served
+    assert served["Current"] + served["Candidate"] > 0, served
+    described = sm.describe_endpoint(EndpointName="rolling")
+    assert described["EndpointConfigName"] == "mme-config-v2"
+    assert "FailureReason" not in described
+    assert [v["VariantName"] for v in described["ProductionVariants"]] == ["Next"]
+    assert sm.problems == []
+
+
+@pytest.mark.slow
+def test_a_failed_update_rolls_back(tmp_path: Path, server: ThreadServer, models: Path) -> None:
+    sm = Checked(server.admin_url)
+    create_mme(sm, models)
+    second_config(sm, tmp_path, source=tmp_path / "no-such-folder")
+    sm.create_endpoint(EndpointName="stays", EndpointConfigName="mme-config")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="stays", WaiterConfig=WAIT)
+    sm.update_endpoint(EndpointName="stays", EndpointConfigName="mme-config-v2")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="stays", WaiterConfig=WAIT)
+    described = sm.describe_endpoint(EndpointName="stays")
+    assert described["EndpointConfigName"] == "mme-config"
+    assert "rolled back" in described["FailureReason"]
+    assert "does not exist" in described["FailureReason"]
+    assert sum(split(server.url, "stays", 10).values()) == 10
+    # and an endpoint created from it fails, saying why
+    sm.create_endpoint(EndpointName="never", EndpointConfigName="mme-config-v2")
+    with pytest.raises(Exception, match="Failed"):
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="never", WaiterConfig=WAIT)
+    failed = sm.describe_endpoint(EndpointName="never")
+    assert failed["EndpointStatus"] == "Failed"
+    assert "cannot be read" in failed["FailureReason"]
+    sm.delete_endpoint(EndpointName="never")
+    sm.get_waiter("endpoint_deleted").wait(EndpointName="never", WaiterConfig=WAIT)
     assert sm.problems == []

@@ -70,6 +70,8 @@ class Fleet(Protocol):
 
     async def start_endpoint(self, config: EndpointConfig, single_model: str | None) -> None: ...
 
+    async def replace_endpoint(self, config: EndpointConfig, single_model: str | None) -> None: ...
+
     async def stop_endpoint(self, name: str) -> None: ...
 
     def set_weights(self, name: str, weights: dict[str, float]) -> None: ...
@@ -391,6 +393,7 @@ class SageMakerOperations:
         name = document["EndpointName"]
         try:
             config, single = self.endpoint_config(document)
+            await asyncio.to_thread(_probe_sources, config, single)
             await self.fleet.start_endpoint(config, single)
         except asyncio.CancelledError:
             raise
@@ -521,6 +524,79 @@ class SageMakerOperations:
             self._spawn(self._resize(document["EndpointName"], resizes))
         return {"EndpointArn": document["EndpointArn"]}
 
+    async def update_endpoint(self, params: Document) -> Document:
+        """Blue/green to another config: status Updating while the new instances start
+        beside the old ones, which serve until the switch; if the new ones cannot start, the
+        endpoint serves on with its old config and says why in FailureReason."""
+        name, config_name = params["EndpointName"], params["EndpointConfigName"]
+        for unsupported in ("DeploymentConfig", "ExcludeRetainedVariantProperties"):
+            if params.get(unsupported):
+                raise ValidationError(f"{unsupported} is not supported by this server.")
+        async with self._write:
+            document = await self._get("endpoints", name)
+            self._check_idle(document)
+            config = await self._get("endpoint_configs", config_name)
+            models = {}
+            for variant in config["ProductionVariants"]:
+                model = await self._get("models", variant["ModelName"])
+                models[model["ModelName"]] = model
+            retain = bool(params.get("RetainAllVariantProperties"))
+            variants = {}
+            for variant in config["ProductionVariants"]:
+                vname = variant["VariantName"]
+                if retain and vname in document["variants"]:
+                    variants[vname] = dict(document["variants"][vname])
+                else:
+                    variants[vname] = {
+                        "weight": float(variant.get("InitialVariantWeight", 1.0)),
+                        "instances": int(variant["InitialInstanceCount"]),
+                    }
+            proposed = {
+                **document,
+                "deployed": {"config": config, "models": models},
+                "variants": variants,
+            }
+            self.endpoint_config(proposed)  # every variant can be made, before anything runs
+            document["EndpointStatus"] = "Updating"
+            document.pop("FailureReason", None)
+            await self._save(name, document)
+        self._spawn(self._switch(document["EndpointName"], proposed, config["EndpointConfigName"]))
+        logger.info("control plane: updating endpoint %s to config %s", name, config_name)
+        return {"EndpointArn": document["EndpointArn"]}
+
+    async def _switch(self, name: str, proposed: Document, config_name: str) -> None:
+        try:
+            config, single = self.endpoint_config(proposed)
+            await asyncio.to_thread(_probe_sources, config, single)
+            await self.fleet.replace_endpoint(config, single)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            logger.warning("control plane: update of %s rolled back: %s", name, reason)
+            async with self._write:
+                current = await asyncio.to_thread(self.store.get, "endpoints", name)
+                if current is not None and current["EndpointStatus"] == "Updating":
+                    current["EndpointStatus"] = "InService"
+                    current["FailureReason"] = (
+                        f"The update to endpoint configuration {config_name} failed and was"
+                        f" rolled back: {reason}"
+                    )[:1024]
+                    await self._save(name, current)
+            return
+        async with self._write:
+            current = await asyncio.to_thread(self.store.get, "endpoints", name)
+            if current is not None and current["EndpointStatus"] == "Updating":
+                current.update(
+                    EndpointStatus="InService",
+                    EndpointConfigName=config_name,
+                    deployed=proposed["deployed"],
+                    variants=proposed["variants"],
+                )
+                current.pop("FailureReason", None)
+                await self._save(name, current)
+        logger.info("control plane: endpoint %s now runs config %s", name, config_name)
+
     async def _resize(self, name: str, counts: dict[str, int]) -> None:
         failure: str | None = None
         for vname, count in counts.items():
@@ -583,9 +659,37 @@ _OPERATIONS = {
     "create_endpoint",
     "describe_endpoint",
     "list_endpoints",
+    "update_endpoint",
     "update_endpoint_weights_and_capacities",
     "delete_endpoint",
 }
+
+
+def _probe_sources(config: EndpointConfig, single_model: str | None) -> None:
+    """Each variant's model source answers (its first object is listed; a single model is
+    looked up), so an unreachable or missing source fails the endpoint with its reason
+    instead of every request later."""
+    from modelfleet.source import ModelSource
+
+    for variant in config.variants:
+        settings = variant.settings
+        try:
+            source = ModelSource(
+                settings.model_source,
+                timeout_s=settings.source_timeout,
+                retries=0,
+                allow_http=settings.allow_http,
+            )
+            if single_model is not None:
+                source.stat(single_model)
+            else:
+                next(iter(source.list()), None)
+        except Exception as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            raise ValidationError(
+                f"variant {variant.name}: the model source {settings.model_source} cannot be"
+                f" read: {message}"
+            ) from None
 
 
 def _page_start(token: str | None) -> int:

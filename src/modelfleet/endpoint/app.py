@@ -49,6 +49,7 @@ from modelfleet.endpoint.variants import EndpointConfig, VariantConfig, load_con
 from modelfleet.errors import (
     CacheInUseError,
     PayloadTooLargeError,
+    ServiceUnavailableError,
     UnknownEndpointError,
     ValidationError,
 )
@@ -273,9 +274,9 @@ class EndpointServer:
     def serves(self, name: str) -> bool:
         return any(n.lower() == name.lower() for n in self.endpoints)
 
-    async def start_endpoint(self, config: EndpointConfig, single_model: str | None) -> None:
-        """Start an endpoint made through the control plane; it takes requests once every
-        variant's instances are up."""
+    async def _start_fleet(self, config: EndpointConfig, single_model: str | None) -> _Endpoint:
+        """``config``'s instances, started; an error (and nothing left running) unless every
+        variant has an instance up."""
         if self._ray_backed:
             raise ValidationError(
                 "Endpoints made through the control plane run on the local backend; this"
@@ -286,14 +287,47 @@ class EndpointServer:
         backends = list(endpoint.backends.values())
         try:
             await asyncio.gather(*(b.start() for b in backends))
+            down = [
+                name
+                for name, backend in endpoint.backends.items()
+                if not any(i.available() for i in backend.instances)
+            ]
+            if down:
+                raise ServiceUnavailableError(
+                    f"no instance of variant(s) {', '.join(down)} came up (see the server log)"
+                )
         except BaseException:
             await asyncio.gather(*(b.stop() for b in backends), return_exceptions=True)
             raise
         self._redact.add(
             (f"{config.name}-{v.name}", Path(v.settings.cache_dir)) for v in config.variants
         )
+        return endpoint
+
+    async def start_endpoint(self, config: EndpointConfig, single_model: str | None) -> None:
+        """Start an endpoint made through the control plane; it takes requests once every
+        variant has an instance up."""
+        endpoint = await self._start_fleet(config, single_model)
         self.endpoints[config.name] = endpoint
         self._run_tasks(endpoint)
+
+    async def replace_endpoint(self, config: EndpointConfig, single_model: str | None) -> None:
+        """Blue/green: start ``config``'s instances beside the running ones, switch the
+        endpoint's traffic to them once every variant has one up, then drain the old
+        instances (requests in flight finish) and stop them. If the new ones cannot start,
+        they are stopped and the endpoint serves on as it was (the error is raised)."""
+        old = self.endpoints.get(config.name)
+        if old is None:
+            raise UnknownEndpointError(f"Endpoint '{config.name}' is not running.")
+        new = await self._start_fleet(config, single_model)
+        self.endpoints[config.name] = new  # new requests go to the new instances from here
+        self._run_tasks(new)
+        for task in old.tasks:
+            task.cancel()
+        await asyncio.gather(*old.tasks, return_exceptions=True)
+        for backend in old.backends.values():
+            await asyncio.gather(*(backend.remove_instance(i) for i in list(backend.instances)))
+            await backend.stop()
 
     async def stop_endpoint(self, name: str) -> None:
         """Take an endpoint out of service (new requests get "not found"), then stop it."""
@@ -383,6 +417,13 @@ class EndpointServer:
             target_model_var.set(target)
             if body is None:
                 body = await read_body(request, self.settings.max_body_size)
+            # Looked up again after the last wait: an update swaps the endpoint between
+            # waits, and the instance is picked (and counted in flight, so a drain waits for
+            # it) from the endpoint as it is now, with no wait in between.
+            endpoint = self.endpoints.get(request.path_params["endpoint_name"])
+            if endpoint is None:
+                name = request.path_params["endpoint_name"]
+                raise UnknownEndpointError(f"Endpoint '{name}' not found.")
             variant = endpoint.router.pick_variant(headers.get("x-amzn-sagemaker-target-variant"))
             routed = await endpoint.router.invoke(
                 target,
