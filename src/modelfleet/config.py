@@ -236,7 +236,7 @@ class Settings(BaseSettings):
     """Seconds after a scale-out before the next one."""
 
     scale_in_cooldown: float = Field(default=300.0, ge=0.0)
-    """Seconds after any scaling before a scale-in."""
+    """Seconds after any scaling before a scale-in (``inf``: never scale in)."""
 
     autoscale_interval: float = Field(default=10.0, gt=0.0, le=10.0)
     """Seconds between autoscaling evaluations (at most 10)."""

@@ -17,6 +17,7 @@ framework.
     │   ├── ResourceInUseError          control plane: in use, or the name is taken
     │   ├── ResourceNotFoundError       control plane: no such resource (ResourceNotFound)
     │   ├── ResourceLimitExceededError  control plane: past a limit (ResourceLimitExceeded)
+    │   ├── ObjectNotFoundError         autoscaling: no such target or policy
     │   ├── UnknownOperationError       control plane: no such operation
     │   └── SerializationError          control plane: the body is not the JSON expected
     ├── ModelError                      the model's own code or files failed (424)
@@ -89,6 +90,10 @@ class ResourceNotFoundError(ValidationError):
 
 class ResourceLimitExceededError(ValidationError):
     """Control plane: the call would go past a limit (ResourceLimitExceeded)."""
+
+
+class ObjectNotFoundError(ValidationError):
+    """Application Auto Scaling: no such scalable target or policy (ObjectNotFoundException)."""
 
 
 class UnknownOperationError(ValidationError):

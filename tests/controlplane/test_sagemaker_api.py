@@ -77,18 +77,20 @@ def shape_errors(shape: Shape | None, value: Any, path: str = "") -> list[str]:
 
 
 class Checked:
-    """A boto3 ``sagemaker`` client whose every raw answer is checked against its shape."""
+    """A boto3 client (``sagemaker`` unless said) whose every raw answer is checked against
+    its shape in botocore's model."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, service: str = "sagemaker") -> None:
         self.client = boto3.client(
-            "sagemaker",
+            service,
             endpoint_url=url,
             region_name="us-east-1",
             config=Config(retries={"max_attempts": 1}),
             **KEYS,
         )
         self.problems: list[str] = []
-        self.client.meta.events.register("after-call.sagemaker", self._check)
+        events = f"after-call.{self.client.meta.service_model.service_id.hyphenize()}"
+        self.client.meta.events.register(events, self._check)
 
     def _check(self, http_response: Any, model: Any, **_: Any) -> None:
         if http_response.status_code != 200:
@@ -492,3 +494,134 @@ def test_a_failed_update_rolls_back(tmp_path: Path, server: ThreadServer, models
     sm.delete_endpoint(EndpointName="never")
     sm.get_waiter("endpoint_deleted").wait(EndpointName="never", WaiterConfig=WAIT)
     assert sm.problems == []
+
+
+def autoscaling(url: str) -> Checked:
+    return Checked(url, "application-autoscaling")
+
+
+def counts(sm: Any, endpoint: str) -> dict[str, int]:
+    described = sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"]
+    return {v["VariantName"]: v["CurrentInstanceCount"] for v in described}
+
+
+def wait_for(check: Any, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_target_tracking_policy_scales_a_variant_and_survives_a_restart(
+    tmp_path: Path, models: Path
+) -> None:
+    settings = Settings(
+        model_source=str(models),
+        cache_dir=tmp_path / "cache",
+        state_dir=tmp_path / "state",
+        port=0,
+        admin_port=0,
+        autoscale_interval=0.5,
+        autoscale_window=3.0,
+    )
+    server = ThreadServer(settings).start()
+    resource = "endpoint/scaled/variant/Current"
+    dimension = "sagemaker:variant:DesiredInstanceCount"
+    try:
+        sm = Checked(server.admin_url)
+        create_mme(sm, models, weights=(1, 0))
+        sm.create_endpoint(EndpointName="scaled", EndpointConfigName="mme-config")
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="scaled", WaiterConfig=WAIT)
+        aas = autoscaling(server.admin_url)
+        aas.register_scalable_target(
+            ServiceNamespace="sagemaker",
+            ResourceId=resource,
+            ScalableDimension=dimension,
+            MinCapacity=1,
+            MaxCapacity=2,
+        )
+        policy = aas.put_scaling_policy(
+            PolicyName="invocations",
+            ServiceNamespace="sagemaker",
+            ResourceId=resource,
+            ScalableDimension=dimension,
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": 600.0,  # 10 a second per instance: the load below is far more
+                "PredefinedMetricSpecification": {
+                    "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+                },
+                "ScaleOutCooldown": 0,
+                "ScaleInCooldown": 1,
+            },
+        )
+        assert policy["PolicyARN"].endswith(f"resource/sagemaker/{resource}:policyName/invocations")
+        load = Load(server.url, "scaled")
+        try:
+            wait_for(lambda: counts(sm, "scaled")["Current"] == 2)
+        finally:
+            answers = load.stop()
+        assert [a for a in answers if a[0] != 200] == []
+        wait_for(lambda: counts(sm, "scaled")["Current"] == 1)  # no load: back in
+        targets = aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+        assert [(t["ResourceId"], t["MinCapacity"], t["MaxCapacity"]) for t in targets] == [
+            (resource, 1, 2)
+        ]
+        code, _ = error(
+            aas.delete_scaling_policy,
+            PolicyName="other",
+            ServiceNamespace="sagemaker",
+            ResourceId=resource,
+            ScalableDimension=dimension,
+        )
+        assert code == "ObjectNotFoundException"
+        code, message = error(
+            aas.put_scaling_policy,
+            PolicyName="steps",
+            ServiceNamespace="sagemaker",
+            ResourceId=resource,
+            ScalableDimension=dimension,
+            PolicyType="StepScaling",
+        )
+        assert (code, "StepScaling is not supported" in message) == ("ValidationException", True)
+        code, _ = error(
+            aas.register_scalable_target,
+            ServiceNamespace="sagemaker",
+            ResourceId="endpoint/scaled/variant/Nope",
+            ScalableDimension=dimension,
+            MinCapacity=1,
+            MaxCapacity=2,
+        )
+        assert code == "ValidationException"
+        assert aas.problems == []
+    finally:
+        server.stop()
+
+    again = ThreadServer(settings).start()
+    try:
+        sm = Checked(again.admin_url)
+        aas = autoscaling(again.admin_url)
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="scaled", WaiterConfig=WAIT)
+        policies = aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+        assert [p["PolicyName"] for p in policies] == ["invocations"]
+        load = Load(again.url, "scaled")
+        try:  # the policy still scales the variant
+            wait_for(lambda: counts(sm, "scaled")["Current"] == 2)
+        finally:
+            answers = load.stop()
+        assert [a for a in answers if a[0] != 200] == []
+        aas.delete_scaling_policy(
+            PolicyName="invocations",
+            ServiceNamespace="sagemaker",
+            ResourceId=resource,
+            ScalableDimension=dimension,
+        )
+        aas.deregister_scalable_target(
+            ServiceNamespace="sagemaker", ResourceId=resource, ScalableDimension=dimension
+        )
+        assert aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
+        assert sm.problems == []
+        assert aas.problems == []
+    finally:
+        again.stop()

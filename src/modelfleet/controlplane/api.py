@@ -1,6 +1,7 @@
 """The control plane's HTTP face: ``POST /`` on the admin listener, AWS JSON 1.1.
 
-botocore sends ``X-Amz-Target: SageMaker.<Operation>`` with a JSON body
+botocore sends ``X-Amz-Target: SageMaker.<Operation>`` (or, for Application Auto Scaling,
+``AnyScaleFrontendService.<Operation>``) with a JSON body
 (``application/x-amz-json-1.1``); the answer is the operation's output as JSON, or an error as
 ``{"__type": code, "message": ...}`` with status 400 (``x-amzn-ErrorType`` too), which boto3
 raises as ``ClientError`` with that code. The body is checked against botocore's model of the
@@ -23,6 +24,7 @@ from starlette.responses import Response
 
 from modelfleet.config import Settings
 from modelfleet.controlplane import shapes
+from modelfleet.controlplane.autoscaling import AutoscalingOperations
 from modelfleet.controlplane.sagemaker import Fleet, SageMakerOperations
 from modelfleet.controlplane.state import StateStore
 from modelfleet.edge import CONTROL_ERRORS, client_gone, error_response, new_request_id, read_body
@@ -34,6 +36,8 @@ CONTENT_TYPE = "application/x-amz-json-1.1"
 #: members where modelfleet takes more than the service's pattern allows
 WIDER_THAN_AWS = frozenset({"ModelDataUrl"})
 STATE_FILE = "control.db"
+#: X-Amz-Target prefix -> botocore's service name
+SERVICES = {"SageMaker": "sagemaker", "AnyScaleFrontendService": "application-autoscaling"}
 
 
 class ControlPlane:
@@ -45,6 +49,7 @@ class ControlPlane:
         self.redact = redact
         self.store: StateStore | None = None
         self.operations: SageMakerOperations | None = None
+        self.autoscaling: AutoscalingOperations | None = None
         self._opening = asyncio.Lock()
 
     async def start(self) -> None:
@@ -62,6 +67,15 @@ class ControlPlane:
                 logger.info("control plane: state in %s", self.settings.state_dir)
             return self.operations
 
+    def _autoscaling(self) -> AutoscalingOperations:
+        assert self.store is not None
+        assert self.operations is not None
+        if self.autoscaling is None:
+            self.autoscaling = AutoscalingOperations(
+                self.store, self.operations, self.settings.auth_region, self.settings.account_id
+            )
+        return self.autoscaling
+
     async def stop(self) -> None:
         if self.operations is not None:
             await self.operations.close()
@@ -73,20 +87,25 @@ class ControlPlane:
         try:
             target = request.headers.get("x-amz-target", "")
             prefix, _, name = target.partition(".")
-            if prefix != "SageMaker" or not name:
+            if prefix not in SERVICES or not name:
                 raise UnknownOperationError(
                     f"Unknown operation {target or '(no X-Amz-Target header)'}: this listener"
-                    " serves SageMaker's control plane (X-Amz-Target: SageMaker.<Operation>)."
+                    " serves SageMaker's control plane (X-Amz-Target: SageMaker.<Operation>)"
+                    " and Application Auto Scaling (AnyScaleFrontendService.<Operation>)."
                 )
             try:
-                service = await asyncio.to_thread(shapes.service_model, "sagemaker")
+                service = await asyncio.to_thread(shapes.service_model, SERVICES[prefix])
             except ImportError:
                 raise ValidationError(
                     "The control plane needs botocore: pip install 'modelfleet[aws]'."
                 ) from None
             model = shapes.operation(service, name)
             operations = await self._open()
-            handler = operations.handler(name)
+            handler = (
+                operations.handler(name)
+                if prefix == "SageMaker"
+                else self._autoscaling().handler(name)
+            )
             if model is None or handler is None:
                 raise UnknownOperationError(
                     f"The operation {name} is not supported by this server"

@@ -23,6 +23,7 @@ import binascii
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -78,7 +79,9 @@ class Fleet(Protocol):
 
     async def resize(self, name: str, variant: str, count: int) -> None: ...
 
-    def instance_counts(self, name: str) -> dict[str, int]: ...
+    def instance_counts(self, name: str) -> dict[str, tuple[int, int]]: ...
+
+    def set_scaling(self, name: str, variant: str, fields: dict[str, Any]) -> None: ...
 
 
 class SageMakerOperations:
@@ -321,6 +324,7 @@ class SageMakerOperations:
                 single = target
             current = document["variants"][vname]
             cache = (container.get("MultiModelConfig") or {}).get("ModelCacheSetting")
+            scaling = scaling_fields(current.get("scaling"), current["instances"])
             fields = {
                 **self.settings.model_dump(exclude={"instance_types"}),
                 "endpoint_name": name,
@@ -331,6 +335,7 @@ class SageMakerOperations:
                 "instances": current["instances"],
                 "min_instances": None,
                 "max_instances": None,
+                **scaling,
                 "rss_high_water": None,
                 "model_cache": ModelCacheSetting.DISABLED
                 if cache == "Disabled"
@@ -446,19 +451,23 @@ class SageMakerOperations:
     async def describe_endpoint(self, params: Document) -> Document:
         document = await self._get("endpoints", params["EndpointName"])
         name = document["EndpointName"]
-        live = self.fleet.instance_counts(name) if self.fleet.serves(name) else {}
+        running = self.fleet.serves(name) and document["EndpointStatus"] != "Creating"
+        live = self.fleet.instance_counts(name) if running else {}
         variants = []
         for variant in document["deployed"]["config"]["ProductionVariants"]:
             vname = variant["VariantName"]
             desired = document["variants"][vname]
+            up, active = live.get(vname, (0, 0))
+            # with a scaling policy, the autoscaler decides the count
+            wanted = active if desired.get("scaling") and vname in live else desired["instances"]
             variants.append(
                 {
                     "VariantName": vname,
                     "DeployedImages": [],
                     "CurrentWeight": desired["weight"],
                     "DesiredWeight": desired["weight"],
-                    "CurrentInstanceCount": live.get(vname, 0),
-                    "DesiredInstanceCount": desired["instances"],
+                    "CurrentInstanceCount": up,
+                    "DesiredInstanceCount": wanted,
                 }
             )
         answer = {k: v for k, v in document.items() if k not in ("deployed", "variants", "Tags")}
@@ -617,6 +626,33 @@ class SageMakerOperations:
                     current.pop("FailureReason", None)
                 await self._save(name, current)
 
+    # -- for Application Auto Scaling (modelfleet.controlplane.autoscaling)
+
+    async def variant_names(self, endpoint: str) -> list[str] | None:
+        document = await asyncio.to_thread(self.store.get, "endpoints", endpoint)
+        return None if document is None else list(document["variants"])
+
+    async def apply_scaling(self, endpoint: str, variant: str, scaling: Document | None) -> None:
+        """Keep a variant's scaling with its endpoint (it applies again when the endpoint
+        starts or is updated) and hand it to the running variant."""
+        async with self._write:
+            document = await asyncio.to_thread(self.store.get, "endpoints", endpoint)
+            if document is None or variant not in document["variants"]:
+                return  # the endpoint went away: its targets and policies do nothing
+            current = document["variants"][variant]
+            if scaling is None:
+                current.pop("scaling", None)
+            else:
+                current["scaling"] = scaling
+                current["instances"] = min(
+                    max(current["instances"], scaling["min"]), scaling["max"]
+                )
+            await self._save(document["EndpointName"], document)
+            if self.fleet.serves(document["EndpointName"]):
+                self.fleet.set_scaling(
+                    document["EndpointName"], variant, scaling_fields(scaling, current["instances"])
+                )
+
     def _check_idle(self, document: Document) -> None:
         if document["EndpointStatus"] in _BUSY:
             raise ValidationError(
@@ -663,6 +699,22 @@ _OPERATIONS = {
     "update_endpoint_weights_and_capacities",
     "delete_endpoint",
 }
+
+
+def scaling_fields(scaling: Document | None, instances: int) -> dict[str, Any]:
+    """The variant settings a target-tracking policy means (none: no autoscaling)."""
+    if not scaling:
+        return {"autoscale_target": 0.0}
+    return {
+        "autoscale_target": scaling["target"],
+        "min_instances": scaling["min"],
+        "max_instances": scaling["max"],
+        "instances": min(max(instances, scaling["min"]), scaling["max"]),
+        "scale_out_cooldown": scaling["scale_out_cooldown"],
+        "scale_in_cooldown": math.inf
+        if scaling["disable_scale_in"]
+        else scaling["scale_in_cooldown"],
+    }
 
 
 def _probe_sources(config: EndpointConfig, single_model: str | None) -> None:

@@ -1,6 +1,7 @@
 """The control plane's state: one SQLite file in the server's state folder.
 
-Models, endpoint configs and endpoints are kept as the documents the API took and answers
+Models, endpoint configs, endpoints, and Application Auto Scaling's scalable targets and
+scaling policies are kept as the documents the API took and answers
 (JSON text), keyed by name (case-insensitively, as the service compares names). An endpoint
 also keeps what it runs (``deployed``: its config and models as they were when it was created or
 last updated, with each variant's current weight and instance count), so a restart brings it
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 from modelfleet.errors import CacheInUseError
 
-Table = Literal["models", "endpoint_configs", "endpoints"]
+Table = Literal["models", "endpoint_configs", "endpoints", "scalable_targets", "scaling_policies"]
 
 #: schema version i+1 is reached by MIGRATIONS[i]
 MIGRATIONS: tuple[str, ...] = (
@@ -40,6 +41,18 @@ MIGRATIONS: tuple[str, ...] = (
         document TEXT NOT NULL
     );
     CREATE TABLE endpoints (
+        name TEXT PRIMARY KEY COLLATE NOCASE,
+        created REAL NOT NULL,
+        document TEXT NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE scalable_targets (
+        name TEXT PRIMARY KEY COLLATE NOCASE,
+        created REAL NOT NULL,
+        document TEXT NOT NULL
+    );
+    CREATE TABLE scaling_policies (
         name TEXT PRIMARY KEY COLLATE NOCASE,
         created REAL NOT NULL,
         document TEXT NOT NULL

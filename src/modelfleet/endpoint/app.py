@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelfleet.auth import AuthMiddleware, Refused, check, make_verifier
-from modelfleet.backends.base import Backend, Instance
+from modelfleet.backends.base import Backend, Instance, InstanceState
 from modelfleet.backends.inprocess import InProcessBackend
 from modelfleet.backends.local import LocalBackend
 from modelfleet.backends.remote import InstanceFullError, InstanceUnreachableError
@@ -352,14 +352,27 @@ class EndpointServer:
         backend.settings = backend.settings.model_copy(update={"instances": count})
         await backend.resize(count)
 
-    def instance_counts(self, name: str) -> dict[str, int]:
+    def instance_counts(self, name: str) -> dict[str, tuple[int, int]]:
+        """Per variant: the instances up, and those not draining (starting ones included)."""
         endpoint = self.endpoints.get(name)
         if endpoint is None:
             return {}
         return {
-            variant: sum(1 for i in backend.instances if i.available())
+            variant: (
+                sum(1 for i in backend.instances if i.available()),
+                sum(1 for i in backend.instances if i.state != InstanceState.DRAINING),
+            )
             for variant, backend in endpoint.backends.items()
         }
+
+    def set_scaling(self, name: str, variant: str, fields: dict[str, Any]) -> None:
+        """A variant's autoscaling settings; its autoscaler reads them on its next tick."""
+        endpoint = self.endpoints.get(name)
+        if endpoint is not None and variant in endpoint.backends:
+            backend = endpoint.backends[variant]
+            fields = {"min_instances": None, "max_instances": None, **fields}
+            fields.setdefault("instances", backend.settings.instances)
+            backend.settings = backend.settings.model_copy(update=fields)
 
     async def control_plane(self, request: Request) -> Response:
         """``POST /`` on the admin listener: SageMaker's control plane (awsJson1.1)."""

@@ -106,7 +106,11 @@ class Autoscaler:
                 *(self.backend.add_instance() for _ in range(wanted - count))
             )
             await asyncio.gather(*(self._prewarm(i) for i in added))
-        elif wanted < count and now - self._scaled_at >= s.scale_in_cooldown:
+        elif (
+            wanted < count
+            and math.isfinite(s.scale_in_cooldown)  # inf: never (DisableScaleIn)
+            and now - self._scaled_at >= s.scale_in_cooldown
+        ):
             newest = [i for i in self.backend.instances if i.state != InstanceState.DRAINING][-1]
             logger.info(
                 "variant %s: %.0f invocations per instance per minute (target %.0f): %d -> %d,"
