@@ -27,6 +27,7 @@ import uvicorn
 from modelfleet.backends.inprocess import InProcessBackend
 from modelfleet.config import Settings
 from modelfleet.endpoint.app import EndpointServer
+from modelfleet.endpoint.variants import EndpointConfig
 from modelfleet.listener import Follower, serve_listeners
 
 START_TIMEOUT_S = 60.0
@@ -54,8 +55,8 @@ class ThreadServer:
     """An endpoint served by uvicorn on a background thread of the test process: its public
     listener (``url``) and its admin listener (``admin_url``)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.endpoint = EndpointServer(settings)
+    def __init__(self, settings: Settings, endpoints: list[EndpointConfig] | None = None) -> None:
+        self.endpoint = EndpointServer(settings, endpoints)
         options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "log_config": None}
         self._server = uvicorn.Server(
             uvicorn.Config(self.endpoint.app, access_log=False, lifespan="on", **options)

@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 from botocore.model import Shape
 
 from modelfleet.config import Settings
+from modelfleet.endpoint.variants import load_config
 from tests.artifacts import features, sklearn_artifact
 from tests.servers import ThreadServer
 
@@ -331,7 +332,7 @@ def test_bad_calls_get_the_services_errors_and_change_nothing(
     assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == [
         "mme-config"
     ]
-    assert sm.list_endpoints()["Endpoints"] == []
+    assert [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]] == ["default"]
 
     raw = httpx.Client(base_url=server.admin_url)
     headers = {"Content-Type": "application/x-amz-json-1.1"}
@@ -357,6 +358,73 @@ def test_bad_calls_get_the_services_errors_and_change_nothing(
     assert missing.headers["x-amzn-errortype"] == "ValidationException"
     raw.close()
     assert sm.problems == []
+
+
+def test_the_servers_own_endpoint_is_shown_and_left_to_its_configuration(
+    server: ThreadServer, models: Path
+) -> None:
+    """The endpoint of the flags (or a config file) is one view of the state, the API's
+    endpoints the other: both are listed and described; the configuration decides its own."""
+    sm = Checked(server.admin_url)
+    described = sm.describe_endpoint(EndpointName="default")
+    assert described["EndpointStatus"] == "InService"
+    assert described["EndpointConfigName"] == "modelfleet-configuration"
+    variant = described["ProductionVariants"][0]
+    assert (variant["VariantName"], variant["CurrentInstanceCount"]) == ("AllTraffic", 1)
+    for call, params in (
+        (sm.delete_endpoint, {}),
+        (sm.update_endpoint, {"EndpointConfigName": "any"}),
+        (
+            sm.update_endpoint_weights_and_capacities,
+            {"DesiredWeightsAndCapacities": [{"VariantName": "AllTraffic", "DesiredWeight": 2}]},
+        ),
+    ):
+        code, message = error(call, EndpointName="default", **params)
+        assert code == "ValidationException"
+        assert "declared in the server's configuration" in message
+    create_mme(sm, models)
+    assert error(sm.create_endpoint, EndpointName="Default", EndpointConfigName="mme-config")[
+        1
+    ].startswith("Cannot create already existing endpoint")
+    assert sm.describe_endpoint(EndpointName="default")["EndpointStatus"] == "InService"
+    assert sm.problems == []
+
+
+@pytest.mark.slow
+def test_a_config_file_wins_for_the_endpoints_it_declares(tmp_path: Path, models: Path) -> None:
+    """An endpoint made through the API, then declared in the config file too: at the next
+    start the file's endpoint serves and the API shows it as the file's."""
+
+    def start(declared: list[str]) -> ThreadServer:
+        text = f'model_source = "{models}"\ncache_dir = "{tmp_path / "cache"}"\n'
+        text += f'state_dir = "{tmp_path / "state"}"\nport = 0\nadmin_port = 0\n'
+        for name in declared:
+            text += f'[[endpoints]]\nname = "{name}"\n[[endpoints.variants]]\nname = "File"\n'
+        path = tmp_path / "fleet.toml"
+        path.write_text(text)
+        settings, endpoints = load_config(path, {})
+        return ThreadServer(settings, endpoints).start()
+
+    server = start(["from-file"])
+    try:
+        sm = Checked(server.admin_url)
+        create_mme(sm, models)
+        sm.create_endpoint(EndpointName="shared", EndpointConfigName="mme-config")
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="shared", WaiterConfig=WAIT)
+        names = {e["EndpointName"]: e["EndpointStatus"] for e in sm.list_endpoints()["Endpoints"]}
+        assert names == {"from-file": "InService", "shared": "InService"}
+        assert split(server.url, "from-file", 5) == Counter({"File": 5})
+    finally:
+        server.stop()
+    server = start(["from-file", "shared"])
+    try:
+        sm = Checked(server.admin_url)
+        described = sm.describe_endpoint(EndpointName="shared")
+        assert described["EndpointConfigName"] == "modelfleet-configuration"
+        assert split(server.url, "shared", 5) == Counter({"File": 5})
+        assert sm.problems == []
+    finally:
+        server.stop()
 
 
 def test_the_public_listener_has_no_control_plane(server: ThreadServer) -> None:

@@ -62,6 +62,8 @@ _UNSUPPORTED_VARIANT = {
     "ManagedInstanceScaling": "managed instance scaling",
 }
 MAX_VARIANTS = 10
+#: the EndpointConfigName answered for an endpoint of the server's flags or config file
+DECLARED_CONFIG = "modelfleet-configuration"
 
 
 class Fleet(Protocol):
@@ -82,6 +84,11 @@ class Fleet(Protocol):
     def instance_counts(self, name: str) -> dict[str, tuple[int, int]]: ...
 
     def set_scaling(self, name: str, variant: str, fields: dict[str, Any]) -> None: ...
+
+    @property
+    def declared(self) -> frozenset[str]: ...
+
+    def declared_view(self) -> list[dict[str, Any]]: ...
 
 
 class SageMakerOperations:
@@ -449,6 +456,9 @@ class SageMakerOperations:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def describe_endpoint(self, params: Document) -> Document:
+        for declared in self._declared_documents():
+            if declared["EndpointName"].lower() == params["EndpointName"].lower():
+                return declared
         document = await self._get("endpoints", params["EndpointName"])
         name = document["EndpointName"]
         running = self.fleet.serves(name) and document["EndpointStatus"] != "Creating"
@@ -476,6 +486,7 @@ class SageMakerOperations:
 
     async def list_endpoints(self, params: Document) -> Document:
         everything = await asyncio.to_thread(self.store.all, "endpoints")
+        everything += self._declared_documents()
         page, token = self._listing(
             everything, params, "EndpointName", status_key="EndpointStatus", modified=True
         )
@@ -487,6 +498,7 @@ class SageMakerOperations:
 
     async def update_endpoint_weights_and_capacities(self, params: Document) -> Document:
         name = params["EndpointName"]
+        self._not_declared(name)
         async with self._write:
             document = await self._get("endpoints", name)
             self._check_idle(document)
@@ -538,6 +550,7 @@ class SageMakerOperations:
         beside the old ones, which serve until the switch; if the new ones cannot start, the
         endpoint serves on with its old config and says why in FailureReason."""
         name, config_name = params["EndpointName"], params["EndpointConfigName"]
+        self._not_declared(name)
         for unsupported in ("DeploymentConfig", "ExcludeRetainedVariantProperties"):
             if params.get(unsupported):
                 raise ValidationError(f"{unsupported} is not supported by this server.")
@@ -653,6 +666,43 @@ class SageMakerOperations:
                     document["EndpointName"], variant, scaling_fields(scaling, current["instances"])
                 )
 
+    def _not_declared(self, name: str) -> None:
+        """The endpoints of the server's flags or config file are the file's to change."""
+        if any(d.lower() == name.lower() for d in self.fleet.declared):
+            raise ValidationError(
+                f'Endpoint "{self.arn("endpoints", name)}" is declared in the server\'s'
+                " configuration (its flags or config file), which decides it: change it"
+                " there and reload (SIGHUP or POST /admin/reload)."
+            )
+
+    def _declared_documents(self) -> list[Document]:
+        """The endpoints of the flags or config file, as DescribeEndpoint answers them."""
+        documents = []
+        for view in self.fleet.declared_view():
+            variants = [
+                {
+                    "VariantName": variant,
+                    "DeployedImages": [],
+                    "CurrentWeight": weight,
+                    "DesiredWeight": weight,
+                    "CurrentInstanceCount": up,
+                    "DesiredInstanceCount": active,
+                }
+                for variant, (weight, up, active) in view["variants"].items()
+            ]
+            documents.append(
+                {
+                    "EndpointName": view["name"],
+                    "EndpointArn": self.arn("endpoints", view["name"]),
+                    "EndpointConfigName": DECLARED_CONFIG,
+                    "EndpointStatus": "InService",
+                    "CreationTime": view["since"],
+                    "LastModifiedTime": view["since"],
+                    "ProductionVariants": variants,
+                }
+            )
+        return documents
+
     def _check_idle(self, document: Document) -> None:
         if document["EndpointStatus"] in _BUSY:
             raise ValidationError(
@@ -665,6 +715,7 @@ class SageMakerOperations:
 
     async def delete_endpoint(self, params: Document) -> Document:
         name = params["EndpointName"]
+        self._not_declared(name)
         async with self._write:
             document = await self._get("endpoints", name)
             if document["EndpointStatus"] == "Deleting":

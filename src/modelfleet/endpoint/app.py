@@ -80,6 +80,8 @@ class _Endpoint:
 class EndpointServer:
     """The endpoints of one server, their routers and backends, and the Starlette app."""
 
+    _redact: PathRedactor  # no answer shows the server's folders
+
     def __init__(
         self,
         settings: Settings,
@@ -131,6 +133,10 @@ class EndpointServer:
             for config in endpoints:
                 self.endpoints[config.name] = self._fleet(config, endpoints)
             ping = Route("/ping", self.ping, methods=["GET"])
+        # the endpoints of the flags or the config file; the control plane shows them and
+        # leaves them to the file (docs/control-plane.md)
+        self.declared = frozenset(self.endpoints)
+        self._started_at = time.time()
         folders = private_folders(settings)
         for config in endpoints or ():
             folders += [f for v in config.variants for f in private_folders(v.settings)]
@@ -364,6 +370,25 @@ class EndpointServer:
             )
             for variant, backend in endpoint.backends.items()
         }
+
+    def declared_view(self) -> list[dict[str, Any]]:
+        """The endpoints of the flags or config file: name, start time, and per variant its
+        weight and instances up and not draining."""
+        view = []
+        for name in sorted(self.declared):
+            endpoint = self.endpoints[name]
+            counts = self.instance_counts(name)
+            weights = endpoint.router.weights
+            view.append(
+                {
+                    "name": name,
+                    "since": self._started_at,
+                    "variants": {
+                        v: (float(weights.get(v, 1.0)), *counts[v]) for v in endpoint.backends
+                    },
+                }
+            )
+        return view
 
     def set_scaling(self, name: str, variant: str, fields: dict[str, Any]) -> None:
         """A variant's autoscaling settings; its autoscaler reads them on its next tick."""

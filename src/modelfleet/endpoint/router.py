@@ -159,6 +159,12 @@ class Router:
         self.recent: dict[str, dict[str, int]] = {name: {} for name in variants}
         self.track_recent = False  # per-model counts, kept only for an autoscaler's prewarm
 
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each variant's traffic weight (0: none)."""
+        drawn = dict(zip(self._names, self._weights, strict=True))
+        return {name: drawn.get(name, 0.0) for name in self.variants}
+
     def set_weights(self, weights: dict[str, float]) -> None:
         """New traffic shares (a config reload); variants left out or at 0 get no draws."""
         weighted = {n: w for n, w in weights.items() if w > 0 and n in self.variants}
