@@ -204,6 +204,7 @@ class SageMakerOperations:
         document.update(
             ModelArn=self.arn("models", name),
             CreationTime=time.time(),
+            EnableNetworkIsolation=bool(params.get("EnableNetworkIsolation", False)),
             Tags=params.get("Tags") or [],
         )
         async with self._write:
@@ -229,7 +230,8 @@ class SageMakerOperations:
             users = [
                 e["EndpointName"]
                 for e in await asyncio.to_thread(self.store.all, "endpoints")
-                if any(n.lower() == name.lower() for n in e["deployed"]["models"])
+                if e["EndpointStatus"] != "Deleting"
+                and any(n.lower() == name.lower() for n in e["deployed"]["models"])
             ]
             if users:
                 raise ResourceInUseError(
@@ -473,7 +475,6 @@ class SageMakerOperations:
             variants.append(
                 {
                     "VariantName": vname,
-                    "DeployedImages": [],
                     "CurrentWeight": desired["weight"],
                     "DesiredWeight": desired["weight"],
                     "CurrentInstanceCount": up,
@@ -682,7 +683,6 @@ class SageMakerOperations:
             variants = [
                 {
                     "VariantName": variant,
-                    "DeployedImages": [],
                     "CurrentWeight": weight,
                     "DesiredWeight": weight,
                     "CurrentInstanceCount": up,
