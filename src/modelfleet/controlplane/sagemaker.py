@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from modelfleet.config import ModelCacheSetting, Settings
 from modelfleet.controlplane.instance_types import GIB, InstanceSize, default_instance_types
 from modelfleet.controlplane.state import StateStore, Table
-from modelfleet.endpoint.variants import EndpointConfig, VariantConfig
+from modelfleet.endpoint.variants import EndpointConfig, PipelineStep, VariantConfig
 from modelfleet.errors import (
     ResourceInUseError,
     ResourceLimitExceededError,
@@ -185,21 +185,35 @@ class SageMakerOperations:
         primary = params.get("PrimaryContainer")
         if (primary is None) == (not containers):
             raise ValidationError("Provide exactly one of PrimaryContainer and Containers.")
-        if containers and len(containers) > 1:
+        mode = (params.get("InferenceExecutionConfig") or {}).get("Mode", "Serial")
+        if len(containers) > 1 and mode != "Serial":
             raise ValidationError(
-                "A model of several containers (an inference pipeline) is not supported by"
-                " this server; give one container."
+                f"InferenceExecutionConfig Mode {mode} (direct invocation of one container) is"
+                " not supported by this server; a model of several containers runs them as a"
+                " serial inference pipeline (Mode Serial)."
             )
-        container = primary or containers[0]
-        url = container.get("ModelDataUrl")
-        if not url:
+        if sum(c.get("Mode") == "MultiModel" for c in containers) > 1:
             raise ValidationError(
-                "The container needs a ModelDataUrl: the model source (MultiModel: the prefix"
-                " the target models are under; SingleModel: the artifact)."
+                "An inference pipeline may have one multi-model container at most."
             )
-        for unsupported in ("ModelDataSource", "AdditionalModelDataSources", "ModelPackageName"):
-            if container.get(unsupported):
-                raise ValidationError(f"{unsupported} is not supported by this server.")
+        for index, container in enumerate([primary] if primary else containers, start=1):
+            where = "The container" if primary else f"Container {index}"
+            if not container.get("ModelDataUrl"):
+                raise ValidationError(
+                    f"{where} needs a ModelDataUrl: the model source (MultiModel: the prefix the"
+                    " target models are under; SingleModel: the artifact)."
+                )
+            for unsupported in (
+                "ModelDataSource",
+                "AdditionalModelDataSources",
+                "ModelPackageName",
+            ):
+                if container.get(unsupported):
+                    raise ValidationError(
+                        f"{where}: {unsupported} is not supported by this server."
+                    )
+            _source(container)  # a SingleModel URL must name an artifact
+        url = (primary or containers[0])["ModelDataUrl"]
         document = {k: v for k, v in params.items() if k != "Tags"}
         document.update(
             ModelArn=self.arn("models", name),
@@ -317,47 +331,71 @@ class SageMakerOperations:
         return size
 
     def endpoint_config(self, document: Document) -> tuple[EndpointConfig, str | None]:
-        """The fleet to run for an endpoint ``document``, and its single model if any."""
+        """The fleet to run for an endpoint ``document``, and its single model if it serves
+        one (no TargetModel: a SingleModel container, or a pipeline with no multi-model
+        step)."""
         name = document["EndpointName"]
         config = document["deployed"]["config"]
         models = {k.lower(): v for k, v in document["deployed"]["models"].items()}
         variants: list[VariantConfig] = []
-        single: str | None = None
+        singles: set[str | None] = set()
         for variant in config["ProductionVariants"]:
             vname = variant["VariantName"]
             model = models[variant["ModelName"].lower()]
-            container = model.get("PrimaryContainer") or model["Containers"][0]
-            size = self.instance_size(variant["InstanceType"])
-            source, target = _source(container)
-            if target is not None:
-                single = target
             current = document["variants"][vname]
-            cache = (container.get("MultiModelConfig") or {}).get("ModelCacheSetting")
-            scaling = scaling_fields(current.get("scaling"), current["instances"])
-            fields = {
-                **self.settings.model_dump(exclude={"instance_types"}),
-                "endpoint_name": name,
-                "model_source": source,
-                "memory_limit": int(size.memory_limit),
-                "disk_limit": int(variant.get("VolumeSizeInGB") or 0) * GIB or int(size.disk_limit),
-                "ray_cpus_per_instance": size.cpus,
-                "instances": current["instances"],
-                "min_instances": None,
-                "max_instances": None,
-                **scaling,
-                "rss_high_water": None,
-                "model_cache": ModelCacheSetting.DISABLED
-                if cache == "Disabled"
-                else ModelCacheSetting.ENABLED,
-                "cache_dir": str(Path(self.settings.cache_dir) / "endpoints" / name / vname),
-                "default_target_model": target,
-            }
-            try:
-                settings = Settings(**fields)
-            except Exception as exc:  # pydantic's, worded for the caller
-                raise ValidationError(f"Variant {vname}: {exc}") from None
-            variants.append(VariantConfig(vname, current["weight"], settings))
-        return EndpointConfig(name, tuple(variants)), single
+            containers = (
+                [model["PrimaryContainer"]]
+                if model.get("PrimaryContainer")
+                else model["Containers"]
+            )
+            steps = []
+            for index, container in enumerate(containers, start=1):
+                folder = vname if len(containers) == 1 else f"{vname}/step-{index}"
+                settings = self._container_settings(name, folder, variant, current, container)
+                accept = (container.get("Environment") or {}).get(
+                    "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
+                )
+                steps.append(PipelineStep(settings, accept))
+            multi = [s for s in steps if s.settings.default_target_model is None]
+            singles.add(None if multi else steps[-1].settings.default_target_model)
+            pipeline = tuple(steps) if len(steps) > 1 else ()
+            variants.append(VariantConfig(vname, current["weight"], steps[0].settings, pipeline))
+        if len(singles) > 1:
+            raise ValidationError(
+                "The variants of one endpoint must all be multi-model (a TargetModel picks the"
+                " model) or all serve one model each."
+            )
+        return EndpointConfig(name, tuple(variants)), singles.pop()
+
+    def _container_settings(
+        self, name: str, folder: str, variant: Document, current: Document, container: Document
+    ) -> Settings:
+        """The settings of the instances running one container of a production variant."""
+        size = self.instance_size(variant["InstanceType"])
+        source, target = _source(container)
+        cache = (container.get("MultiModelConfig") or {}).get("ModelCacheSetting")
+        fields = {
+            **self.settings.model_dump(exclude={"instance_types"}),
+            "endpoint_name": name,
+            "model_source": source,
+            "memory_limit": int(size.memory_limit),
+            "disk_limit": int(variant.get("VolumeSizeInGB") or 0) * GIB or int(size.disk_limit),
+            "ray_cpus_per_instance": size.cpus,
+            "instances": current["instances"],
+            "min_instances": None,
+            "max_instances": None,
+            **scaling_fields(current.get("scaling"), current["instances"]),
+            "rss_high_water": None,
+            "model_cache": ModelCacheSetting.DISABLED
+            if cache == "Disabled"
+            else ModelCacheSetting.ENABLED,
+            "cache_dir": str(Path(self.settings.cache_dir) / "endpoints" / name / folder),
+            "default_target_model": target,
+        }
+        try:
+            return Settings(**fields)
+        except Exception as exc:  # pydantic's, worded for the caller
+            raise ValidationError(f"Variant {variant['VariantName']}: {exc}") from None
 
     async def create_endpoint(self, params: Document) -> Document:
         name, config_name = params["EndpointName"], params["EndpointConfigName"]
@@ -768,31 +806,32 @@ def scaling_fields(scaling: Document | None, instances: int) -> dict[str, Any]:
     }
 
 
-def _probe_sources(config: EndpointConfig, single_model: str | None) -> None:
+def _probe_sources(config: EndpointConfig, single_model: str | None = None) -> None:
     """Each variant's model source answers (its first object is listed; a single model is
     looked up), so an unreachable or missing source fails the endpoint with its reason
     instead of every request later."""
     from modelfleet.source import ModelSource
 
     for variant in config.variants:
-        settings = variant.settings
-        try:
-            source = ModelSource(
-                settings.model_source,
-                timeout_s=settings.source_timeout,
-                retries=0,
-                allow_http=settings.allow_http,
-            )
-            if single_model is not None:
-                source.stat(single_model)
-            else:
-                next(iter(source.list()), None)
-        except Exception as exc:
-            message = getattr(exc, "message", None) or str(exc)
-            raise ValidationError(
-                f"variant {variant.name}: the model source {settings.model_source} cannot be"
-                f" read: {message}"
-            ) from None
+        for step in variant.pipeline or (PipelineStep(variant.settings),):
+            settings = step.settings
+            try:
+                source = ModelSource(
+                    settings.model_source,
+                    timeout_s=settings.source_timeout,
+                    retries=0,
+                    allow_http=settings.allow_http,
+                )
+                if settings.default_target_model is not None:
+                    source.stat(settings.default_target_model)
+                else:
+                    next(iter(source.list()), None)
+            except Exception as exc:
+                message = getattr(exc, "message", None) or str(exc)
+                raise ValidationError(
+                    f"variant {variant.name}: the model source {settings.model_source} cannot"
+                    f" be read: {message}"
+                ) from None
 
 
 def _page_start(token: str | None) -> int:
@@ -812,8 +851,10 @@ def _source(container: Document) -> tuple[str, str | None]:
     url: str = container["ModelDataUrl"]
     if container.get("Mode", "SingleModel") == "MultiModel":
         return url, None
+    _, sep, rest = url.partition("://")
+    path = rest.partition("/")[2] if sep else url  # what follows the bucket or host
     folder, _, artifact = url.rstrip("/").rpartition("/")
-    if not folder or not artifact:
+    if not path.strip("/") or not folder or not artifact:
         raise ValidationError(f"SingleModel ModelDataUrl {url} names no artifact.")
     return folder + "/", artifact
 

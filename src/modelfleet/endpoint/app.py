@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -44,8 +45,13 @@ from modelfleet.edge import (
     utf8_header,
 )
 from modelfleet.endpoint.autoscale import Autoscaler
-from modelfleet.endpoint.router import DEFAULT_VARIANT, Router
-from modelfleet.endpoint.variants import EndpointConfig, VariantConfig, load_config
+from modelfleet.endpoint.router import DEFAULT_VARIANT, Routed, Router
+from modelfleet.endpoint.variants import (
+    EndpointConfig,
+    PipelineStep,
+    VariantConfig,
+    load_config,
+)
 from modelfleet.errors import (
     CacheInUseError,
     PayloadTooLargeError,
@@ -71,6 +77,8 @@ class _Endpoint:
     metrics: dict[str, Metrics]
     weights: dict[str, float] = field(default_factory=dict)
     single_model: str | None = None  # a single-model endpoint's one model (no header needed)
+    # a serial pipeline variant's steps: (the step's backend, what its answer is asked in)
+    pipelines: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # its autoscalers, retirer
 
     def instances(self) -> list[Instance]:
@@ -180,10 +188,22 @@ class EndpointServer:
         return self.settings.backend == "ray" or self._join
 
     def _fleet(self, config: EndpointConfig, every: list[EndpointConfig]) -> _Endpoint:
-        """An endpoint whose variants run instance processes (``local`` or ``ray``)."""
+        """An endpoint whose variants run instance processes (``local`` or ``ray``). A serial
+        pipeline's variant runs one backend per step, named ``<variant>/<step>``."""
         backends: dict[str, Backend] = {}
+        pipelines: dict[str, list[tuple[str, PipelineStep]]] = {}
         for variant in config.variants:
             prefix = "" if len(config.variants) == 1 else f"{variant.name}-"
+            if variant.pipeline:
+                steps = [
+                    (f"{variant.name}/{i}", step) for i, step in enumerate(variant.pipeline, 1)
+                ]
+                pipelines[variant.name] = steps
+                for name, step in steps:
+                    backends[name] = LocalBackend(
+                        step.settings, variant=name, id_prefix=f"{name.replace('/', '-')}-"
+                    )
+                continue
             if self._ray_backed:
                 backends[variant.name] = self._ray_fleet(every).backend(
                     variant.settings, config.name, variant.name
@@ -192,8 +212,11 @@ class EndpointServer:
             backends[variant.name] = LocalBackend(
                 variant.settings, variant=variant.name, id_prefix=prefix
             )
+        routed = {name: backend.instances for name, backend in backends.items()}  # live lists
+        for name, steps in pipelines.items():
+            routed[name] = backends[steps[0][0]].instances  # drawn by weight, run by steps
         router = Router(
-            {name: backend.instances for name, backend in backends.items()},  # live lists
+            routed,
             retry_on=(InstanceUnreachableError, InstanceFullError),
             randomly=self.settings.routing == "random",
             weights={v.name: v.weight for v in config.variants},
@@ -203,10 +226,14 @@ class EndpointServer:
             backend.on_removed.append(router.forget_instance)
         # The router's own series (invocations, errors, overhead) carry instance="router".
         metrics = {
-            v.name: Metrics(endpoint=config.name, variant=v.name, instance="router")
-            for v in config.variants
+            name: Metrics(endpoint=config.name, variant=name, instance="router") for name in routed
         }
-        return _Endpoint(config.name, router, backends, metrics)
+        endpoint = _Endpoint(config.name, router, backends, metrics)
+        endpoint.pipelines = {
+            name: [(step_name, step.accept) for step_name, step in steps]
+            for name, steps in pipelines.items()
+        }
+        return endpoint
 
     def _ray_fleet(self, endpoints: list[EndpointConfig]) -> Any:
         if self._ray is None:
@@ -331,9 +358,11 @@ class EndpointServer:
         for task in old.tasks:
             task.cancel()
         await asyncio.gather(*old.tasks, return_exceptions=True)
-        for backend in old.backends.values():
-            await asyncio.gather(*(backend.remove_instance(i) for i in list(backend.instances)))
-            await backend.stop()
+        try:
+            for backend in old.backends.values():
+                await asyncio.gather(*(backend.remove_instance(i) for i in list(backend.instances)))
+        finally:  # cancelled (the server stops): the old instances stop all the same
+            await _stop_all(list(old.backends.values()))
 
     async def stop_endpoint(self, name: str) -> None:
         """Take an endpoint out of service (new requests get "not found"), then stop it."""
@@ -343,7 +372,7 @@ class EndpointServer:
         for task in endpoint.tasks:
             task.cancel()
         await asyncio.gather(*endpoint.tasks, return_exceptions=True)
-        await asyncio.gather(*(b.stop() for b in endpoint.backends.values()))
+        await _stop_all(list(endpoint.backends.values()))
 
     def set_weights(self, name: str, weights: dict[str, float]) -> None:
         endpoint = self.endpoints.get(name)
@@ -354,22 +383,29 @@ class EndpointServer:
         endpoint = self.endpoints.get(name)
         if endpoint is None:
             raise UnknownEndpointError(f"Endpoint '{name}' is not running.")
-        backend = endpoint.backends[variant]
-        backend.settings = backend.settings.model_copy(update={"instances": count})
-        await backend.resize(count)
+        for step in self._backends_of(endpoint, variant):
+            backend = endpoint.backends[step]
+            backend.settings = backend.settings.model_copy(update={"instances": count})
+            await backend.resize(count)
 
     def instance_counts(self, name: str) -> dict[str, tuple[int, int]]:
         """Per variant: the instances up, and those not draining (starting ones included)."""
         endpoint = self.endpoints.get(name)
         if endpoint is None:
             return {}
-        return {
+        counts = {
             variant: (
                 sum(1 for i in backend.instances if i.available()),
                 sum(1 for i in backend.instances if i.state != InstanceState.DRAINING),
             )
             for variant, backend in endpoint.backends.items()
         }
+        for variant, steps in endpoint.pipelines.items():  # as many as its thinnest step
+            counts[variant] = (
+                min(counts[step][0] for step, _ in steps),
+                min(counts[step][1] for step, _ in steps),
+            )
+        return counts
 
     def declared_view(self) -> list[dict[str, Any]]:
         """The endpoints of the flags or config file: name, start time, and per variant its
@@ -393,11 +429,20 @@ class EndpointServer:
     def set_scaling(self, name: str, variant: str, fields: dict[str, Any]) -> None:
         """A variant's autoscaling settings; its autoscaler reads them on its next tick."""
         endpoint = self.endpoints.get(name)
-        if endpoint is not None and variant in endpoint.backends:
-            backend = endpoint.backends[variant]
-            fields = {"min_instances": None, "max_instances": None, **fields}
-            fields.setdefault("instances", backend.settings.instances)
-            backend.settings = backend.settings.model_copy(update=fields)
+        if endpoint is None:
+            return
+        for step in self._backends_of(endpoint, variant):
+            backend = endpoint.backends[step]
+            changed = {"min_instances": None, "max_instances": None, **fields}
+            changed.setdefault("instances", backend.settings.instances)
+            backend.settings = backend.settings.model_copy(update=changed)
+
+    @staticmethod
+    def _backends_of(endpoint: _Endpoint, variant: str) -> list[str]:
+        """A variant's backends: its own, or its pipeline's steps (each scaled alike)."""
+        if variant in endpoint.pipelines:
+            return [step for step, _ in endpoint.pipelines[variant]]
+        return [variant] if variant in endpoint.backends else []
 
     async def control_plane(self, request: Request) -> Response:
         """``POST /`` on the admin listener: SageMaker's control plane (awsJson1.1)."""
@@ -462,15 +507,24 @@ class EndpointServer:
             if endpoint is None:
                 name = request.path_params["endpoint_name"]
                 raise UnknownEndpointError(f"Endpoint '{name}' not found.")
-            variant = endpoint.router.pick_variant(headers.get("x-amzn-sagemaker-target-variant"))
-            routed = await endpoint.router.invoke(
-                target,
-                body,
-                content_type=headers.get("content-type"),
-                accept=headers.get("accept"),
-                custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"),
-                variant=variant,
-            )
+            asked = headers.get("x-amzn-sagemaker-target-variant")
+            if asked is not None and "/" in asked:  # a pipeline's step is no variant
+                raise ValidationError(f"Target variant '{asked}' does not exist.")
+            variant = endpoint.router.pick_variant(asked)
+            steps = endpoint.pipelines.get(variant)
+            if steps is None:
+                routed = await endpoint.router.invoke(
+                    target,
+                    body,
+                    content_type=headers.get("content-type"),
+                    accept=headers.get("accept"),
+                    custom_attributes=headers.get("x-amzn-sagemaker-custom-attributes"),
+                    variant=variant,
+                )
+            else:
+                routed = await self._through_pipeline(
+                    endpoint, variant, steps, target, body, headers
+                )
         except ClientDisconnect:
             if metrics is not None:
                 metrics.client_disconnects.inc()
@@ -505,6 +559,41 @@ class EndpointServer:
         return Response(
             prediction.body, media_type=prediction.content_type, headers=response_headers
         )
+
+    @staticmethod
+    async def _through_pipeline(
+        endpoint: _Endpoint,
+        variant: str,
+        steps: list[tuple[str, str | None]],
+        target: str,
+        body: bytes,
+        headers: Any,
+    ) -> Routed:
+        """A serial inference pipeline: each step's answer is the next step's request (in
+        the type the step's container asks for, else the request's), the last answers in
+        the request's Accept. The multi-model step serves the request's target model, the
+        others their one model."""
+        content_type = headers.get("content-type")
+        attributes = headers.get("x-amzn-sagemaker-custom-attributes")
+        latency = 0.0
+        routed: Routed | None = None
+        for index, (step, accept) in enumerate(steps):
+            last = index == len(steps) - 1
+            step_target = endpoint.backends[step].settings.default_target_model or target
+            routed = await endpoint.router.invoke(
+                step_target,
+                body,
+                content_type=content_type,
+                accept=headers.get("accept") if last else accept or content_type,
+                custom_attributes=attributes,
+                variant=step,
+            )
+            latency += routed.result.model_latency_s
+            body = routed.result.prediction.body
+            content_type = routed.result.prediction.content_type
+        assert routed is not None
+        result = dataclasses.replace(routed.result, model_latency_s=latency)
+        return Routed(result, variant, routed.instance_id)
 
     async def _public_not_found(self, request: Request, exc: Exception) -> Response:
         """A path or method the public listener does not serve: refused as any unsigned
@@ -596,6 +685,19 @@ class EndpointServer:
             return Response(registries[0].render(), media_type=CONTENT_TYPE)
         first, *others = registries
         return Response(first.render_with(texts, others), media_type=CONTENT_TYPE)
+
+
+async def _stop_all(backends: list[Backend]) -> None:
+    """Stop ``backends``, to the end even if the caller is cancelled meanwhile (a server
+    stopping while an endpoint is being deleted): no instance process is left running."""
+    stopping = asyncio.ensure_future(
+        asyncio.gather(*(b.stop() for b in backends), return_exceptions=True)
+    )
+    try:
+        await asyncio.shield(stopping)
+    except asyncio.CancelledError:
+        await stopping
+        raise
 
 
 async def _unknown_operation(request: Request, exc: Exception) -> Response:

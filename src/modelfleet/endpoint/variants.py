@@ -43,10 +43,21 @@ _MAX_WEIGHT = 1e6
 
 
 @dataclass(frozen=True)
+class PipelineStep:
+    """One container of a serial inference pipeline: its instances' settings (its model
+    source; a single-model step names its model in ``default_target_model``) and the type
+    its answer is asked in when another step follows (None: the request's content type)."""
+
+    settings: Settings
+    accept: str | None = None
+
+
+@dataclass(frozen=True)
 class VariantConfig:
     name: str
     weight: float
-    settings: Settings  # what its instances run with
+    settings: Settings  # what its instances run with (a pipeline: those of its first step)
+    pipeline: tuple[PipelineStep, ...] = ()  # a serial inference pipeline's steps, in order
 
 
 @dataclass(frozen=True)
