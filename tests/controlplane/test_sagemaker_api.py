@@ -693,3 +693,69 @@ def test_a_target_tracking_policy_scales_a_variant_and_survives_a_restart(
         assert aas.problems == []
     finally:
         again.stop()
+
+
+def test_with_sigv4_the_control_plane_needs_an_admin_key(tmp_path: Path, models: Path) -> None:
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text(
+        '[[keys]]\naccess_key_id = "AKIDADMIN0000001"\nsecret_access_key = "admin-secret"\n'
+        "admin = true\n"
+        '[[keys]]\naccess_key_id = "AKIDINVOKE000001"\nsecret_access_key = "invoke-secret"\n'
+    )
+    settings = Settings(
+        model_source=str(models),
+        cache_dir=tmp_path / "cache",
+        state_dir=tmp_path / "state",
+        port=0,
+        admin_port=0,
+        auth="sigv4",
+        credentials_file=credentials,
+    )
+    server = ThreadServer(settings).start()
+    try:
+
+        def clients(key: str, secret: str) -> tuple[Any, Any]:
+            keys = {"aws_access_key_id": key, "aws_secret_access_key": secret}
+            made = [
+                boto3.client(
+                    service,
+                    endpoint_url=server.admin_url,
+                    region_name="us-east-1",
+                    config=Config(retries={"max_attempts": 1}),
+                    **keys,
+                )
+                for service in ("sagemaker", "application-autoscaling")
+            ]
+            return made[0], made[1]
+
+        sm, aas = clients("AKIDADMIN0000001", "admin-secret")
+        assert sm.list_models()["Models"] == []
+        assert aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
+        sm, aas = clients("AKIDINVOKE000001", "invoke-secret")
+        for call in (
+            lambda: sm.list_models(),
+            lambda: aas.describe_scalable_targets(ServiceNamespace="sagemaker"),
+        ):
+            with pytest.raises(ClientError) as caught:
+                call()
+            assert caught.value.response["Error"]["Code"] == "AccessDeniedException"
+        sm, _ = clients("AKIDADMIN0000001", "wrong-secret")
+        with pytest.raises(ClientError) as caught:
+            sm.list_models()
+        assert caught.value.response["Error"]["Code"] == "InvalidSignatureException"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=server.admin_url,
+            region_name="us-east-1",
+            aws_access_key_id="AKIDADMIN0000001",
+            aws_secret_access_key="admin-secret",
+            config=Config(retries={"max_attempts": 1}),
+        )
+        with pytest.raises(ClientError) as caught:  # a signature for another service
+            s3.list_buckets()
+        assert (
+            "scoped to correct service" in str(caught.value)
+            or caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        )
+    finally:
+        server.stop()
