@@ -132,7 +132,7 @@ def runtime(url: str) -> Any:
     return boto3.client("sagemaker-runtime", endpoint_url=url, region_name="us-east-1", **KEYS)
 
 
-def create_mme(sm: Any, models: Path, *, weights: tuple[float, float] = (3, 1)) -> None:
+def create_mme(sm: Any, models: Path | str, *, weights: tuple[float, float] = (3, 1)) -> None:
     sm.create_model(
         ModelName="mme",
         ExecutionRoleArn="arn:aws:iam::000000000000:role/any",
@@ -168,9 +168,16 @@ def split(url: str, endpoint: str, requests: int) -> Counter[str]:
 
 
 @pytest.mark.slow
-def test_the_mme_flow_end_to_end(server: ThreadServer, models: Path) -> None:
+def test_the_mme_flow_end_to_end(
+    server: ThreadServer, models: Path, aws_env: str, s3_bucket: tuple[Any, str]
+) -> None:
+    """SageMaker's multi-model example, its models under an S3 prefix (the local
+    S3-compatible server)."""
+    s3, bucket = s3_bucket
+    for path in models.rglob("*.tar.gz"):
+        s3.put_object(Bucket=bucket, Key=f"mme/{path.relative_to(models)}", Body=path.read_bytes())
     sm = Checked(server.admin_url)
-    create_mme(sm, models)
+    create_mme(sm, f"s3://{bucket}/mme/")
     arn = sm.create_endpoint(EndpointName="mme-endpoint", EndpointConfigName="mme-config")
     assert arn["EndpointArn"] == "arn:aws:sagemaker:us-east-1:000000000000:endpoint/mme-endpoint"
     assert sm.describe_endpoint(EndpointName="mme-endpoint")["EndpointStatus"] in (
