@@ -1,13 +1,15 @@
 """Caller authentication for the public listener: AWS Signature Version 4, or bearer tokens.
 
 ``--auth sigv4 --credentials-file FILE``: every request but ``GET /ping`` must be signed as boto3
-and the SageMaker SDK sign (service ``sagemaker``, the configured region). The signature is
+and the SageMaker SDK sign (service ``sagemaker``, or ``application-autoscaling`` for those calls
+on the admin listener; the configured region). The signature is
 recomputed from the request as received, its body included, and compared in constant time. The
 computation is written here, by hand, after botocore's ``SigV4Auth`` (the canonical path with
 botocore's own dot-segment removal and quoting, the raw query's pairs sorted, the signed
 headers' values trimmed, the body's SHA-256): botocore's signer took 75 µs a request, about a
-third of the warm path's CPU, where this takes about 10 (signing keys are kept per key and
-day). ``tests/test_auth_signer.py`` checks it against botocore's signer on many requests, and
+third of the warm path's CPU, where this takes about 4 (HMAC states are kept per key and day,
+and what a request's shape determines once it has verified: :meth:`SigV4Verifier.verify`).
+``tests/test_auth_signer.py`` checks it against botocore's signer on many requests, and
 the end-to-end tests sign with boto3.
 ``--auth token``: ``Authorization: Bearer <token>``, compared in constant time against each
 configured token. Refusals are answered as SageMaker answers them (403 with
