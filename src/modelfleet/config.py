@@ -82,6 +82,12 @@ def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "modelfleet"
 
 
+def reserved_variable(name: str) -> bool:
+    """Whether an instance's ``environment`` may not set ``name`` (the process's own)."""
+    upper = name.upper()
+    return upper in ("PATH", "HOME") or upper.startswith(("LD_", "PYTHON", "MODELFLEET_"))
+
+
 def _default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "modelfleet"
@@ -321,12 +327,25 @@ class Settings(BaseSettings):
     """Instance types added to, or changed in, the built-in table a production variant's
     ``InstanceType`` is looked up in (docs/control-plane.md); config file only."""
 
+    environment: dict[str, str] = Field(default_factory=dict)
+    """Environment variables of this variant's instance processes (the control plane sets a
+    SageMaker container's ``Environment`` here): what a model's ``inference.py`` reads with
+    ``os.environ``. Not for the process's own workings: ``PATH``, ``HOME``, ``LD_*``,
+    ``PYTHON*`` and ``MODELFLEET_*`` are refused."""
+
     default_target_model: str | None = None
     """A single-model endpoint: requests name no target model and get this one (what the
     control plane sets for a ``SingleModel`` container); a request naming another is refused."""
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        reserved = [name for name in self.environment if reserved_variable(name)]
+        if reserved:
+            raise ValueError(
+                f"environment: {', '.join(sorted(reserved))} would change how the instance"
+                " process itself runs (PATH, HOME, LD_*, PYTHON* and MODELFLEET_* are the"
+                " server's)"
+            )
         if self.rss_high_water is not None and self.rss_high_water < self.memory_limit:
             raise ValueError("rss_high_water must be at least memory_limit")
         if not self.effective_min_instances <= self.instances <= self.effective_max_instances:

@@ -184,3 +184,66 @@ def test_pipelines_the_server_cannot_run_are_refused(tmp_path: Path, server: Thr
             )
         assert words in caught.value.response["Error"]["Message"]
     assert sm.list_models()["Models"] == []
+
+
+GREET = """
+import os
+
+def model_fn(model_dir):
+    return os.environ["GREETING"]
+
+def input_fn(data, content_type):
+    return data
+
+def predict_fn(data, greeting):
+    return greeting
+
+def output_fn(prediction, accept):
+    return prediction, "text/plain"
+"""
+
+
+@pytest.mark.slow
+def test_a_containers_environment_reaches_its_model(tmp_path: Path, server: ThreadServer) -> None:
+    (tmp_path / "greet.tar.gz").write_bytes(inference_py_artifact({"inference.py": GREET}))
+    sm = boto3.client(
+        "sagemaker",
+        endpoint_url=server.admin_url,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}),
+        **KEYS,
+    )
+    with pytest.raises(ClientError) as caught:
+        sm.create_model(
+            ModelName="preloaded",
+            PrimaryContainer={
+                "ModelDataUrl": str(tmp_path / "greet.tar.gz"),
+                "Environment": {"LD_PRELOAD": "/tmp/x.so", "GREETING": "hi"},
+            },
+        )
+    assert "LD_PRELOAD would change how the instance process runs" in str(caught.value)
+    sm.create_model(
+        ModelName="greet",
+        PrimaryContainer={
+            "ModelDataUrl": str(tmp_path / "greet.tar.gz"),
+            "Environment": {"GREETING": "hello from the container's Environment"},
+        },
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName="greet",
+        ProductionVariants=[
+            {
+                "VariantName": "Only",
+                "ModelName": "greet",
+                "InstanceType": "ml.t2.medium",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+    sm.create_endpoint(EndpointName="greet", EndpointConfigName="greet")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="greet", WaiterConfig=WAIT)
+    runtime = boto3.client(
+        "sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1", **KEYS
+    )
+    answer = runtime.invoke_endpoint(EndpointName="greet", ContentType="text/plain", Body=b"x")
+    assert answer["Body"].read() == b"hello from the container's Environment"

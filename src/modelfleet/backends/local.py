@@ -160,8 +160,9 @@ class SubprocessLauncher:
         # The router's log level (``serve --log-level``) is the instances' too.
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         argv += ["--log-level", str(level).lower()]
+        env = {**os.environ, **spec.settings.environment} if spec.settings.environment else None
         process = await asyncio.create_subprocess_exec(
-            *argv, pass_fds=(fd,), stdin=asyncio.subprocess.PIPE, start_new_session=True
+            *argv, pass_fds=(fd,), stdin=asyncio.subprocess.PIPE, start_new_session=True, env=env
         )
         assert process.stdin is not None
         process.stdin.write(spec.settings.model_dump_json().encode())

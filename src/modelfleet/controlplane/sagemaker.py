@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelfleet.config import ModelCacheSetting, Settings
+from modelfleet.config import ModelCacheSetting, Settings, reserved_variable
 from modelfleet.controlplane.instance_types import GIB, InstanceSize, default_instance_types
 from modelfleet.controlplane.state import StateStore, Table
 from modelfleet.endpoint.variants import EndpointConfig, PipelineStep, VariantConfig
@@ -213,6 +213,12 @@ class SageMakerOperations:
                         f"{where}: {unsupported} is not supported by this server."
                     )
             _source(container)  # a SingleModel URL must name an artifact
+            reserved = sorted(n for n in container.get("Environment") or {} if reserved_variable(n))
+            if reserved:
+                raise ValidationError(
+                    f"{where}: Environment {', '.join(reserved)} would change how the instance"
+                    " process runs (PATH, HOME, LD_*, PYTHON* and MODELFLEET_* are the server's)."
+                )
         url = (primary or containers[0])["ModelDataUrl"]
         document = {k: v for k, v in params.items() if k != "Tags"}
         document.update(
@@ -391,6 +397,7 @@ class SageMakerOperations:
             else ModelCacheSetting.ENABLED,
             "cache_dir": str(Path(self.settings.cache_dir) / "endpoints" / name / folder),
             "default_target_model": target,
+            "environment": dict(container.get("Environment") or {}),
         }
         try:
             return Settings(**fields)
