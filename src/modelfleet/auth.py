@@ -284,18 +284,8 @@ class SigV4Verifier:
             if known is not None:
                 day, names, template, lines, sign_template, inner, outer, caller = known
                 amz_date = headers.get(b"x-amz-date", b"")
-                window = self._window
-                if window[0] != int(now):
-                    window = self._window = self._window_at(int(now))
                 values = tuple(map(headers.get, names))
-                if (
-                    window[1] <= amz_date <= window[2]
-                    and amz_date[:8] == day
-                    and len(amz_date) == 16
-                    and amz_date[8] == 0x54  # T
-                    and amz_date[15] == 0x5A  # Z
-                    and None not in values
-                ):
+                if amz_date[:8] == day and self._inside(amz_date, now) and None not in values:
                     hashed = _SHA256.copy()  # no digest lookup, as hashlib.sha256() makes
                     hashed.update(body)
                     body_hash = hashed.hexdigest().encode()
@@ -356,17 +346,7 @@ class SigV4Verifier:
         if scope[:8] != amz_date[:8] or scope[8:] != suffix:
             service = self._check_scope(scope.decode("latin-1"), amz_date.decode("latin-1"), key)
             suffix = f"/{self.region}/{service}/aws4_request".encode()
-        window = self._window
-        if window[0] != int(now):  # whole seconds strictly inside this second's window
-            window = self._window = self._window_at(int(now))
-        # the basic format orders as text does; anything else (the window's edges, another
-        # format) is parsed and checked precisely
-        if not (
-            window[1] <= amz_date <= window[2]
-            and len(amz_date) == 16
-            and amz_date[8] == 0x54  # T
-            and amz_date[15] == 0x5A  # Z
-        ):
+        if not self._inside(amz_date, now):
             self._check_date(amz_date.decode("latin-1"), now, key)
         names, signed_line, template = _signed_headers(signed_headers)
         if b"host" not in names:
@@ -478,6 +458,21 @@ class SigV4Verifier:
             pads[0],
             pads[1],
             self._callers[key_id],
+        )
+
+    def _inside(self, amz_date: bytes, now: float) -> bool:
+        """Whether ``amz_date`` is, in the basic format, a whole second strictly inside the
+        ±5 minute window of ``now``: the format orders as text does, so two comparisons with
+        this second's bounds decide. Anything else (the window's edges, another format) is
+        for :meth:`_check_date`, which parses and checks precisely."""
+        window = self._window
+        if window[0] != int(now):
+            window = self._window = self._window_at(int(now))
+        return (
+            window[1] <= amz_date <= window[2]
+            and len(amz_date) == 16
+            and amz_date[8] == 0x54  # T
+            and amz_date[15] == 0x5A  # Z
         )
 
     @staticmethod

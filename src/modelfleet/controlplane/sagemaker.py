@@ -21,7 +21,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import math
 import time
@@ -864,7 +863,3 @@ def _source(container: Document) -> tuple[str, str | None]:
     if not path.strip("/") or not folder or not artifact:
         raise ValidationError(f"SingleModel ModelDataUrl {url} names no artifact.")
     return folder + "/", artifact
-
-
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
