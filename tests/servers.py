@@ -221,14 +221,16 @@ def keep_invoking(
     *,
     pause_s: float = 0.0,
     limit: int = 50_000,
+    endpoint: str = "default",
 ) -> None:
-    """One client (run it in a thread): invoke ``models`` in turn on the endpoint at ``url``,
-    appending each status, until ``stop`` is set or ``limit`` requests were made."""
+    """One client (run it in a thread): invoke ``models`` in turn on ``endpoint`` of the
+    server at ``url``, appending each status, until ``stop`` is set or ``limit`` requests
+    were made."""
     with httpx.Client(base_url=url, timeout=60) as http:
         index = 0
         while not stop.is_set() and len(statuses) < limit:
             response = http.post(
-                "/endpoints/default/invocations",
+                f"/endpoints/{endpoint}/invocations",
                 content=body,
                 headers={
                     "X-Amzn-SageMaker-Target-Model": models[index % len(models)],
@@ -249,6 +251,7 @@ def invoking(
     *,
     clients: int = 1,
     pause_s: float = 0.0,
+    endpoint: str = "default",
 ) -> Iterator[None]:
     """``clients`` threads running :func:`keep_invoking` for the body of the ``with``."""
     stop = threading.Event()
@@ -256,7 +259,7 @@ def invoking(
         threading.Thread(
             target=keep_invoking,
             args=(url, models, body, statuses, stop),
-            kwargs={"pause_s": pause_s},
+            kwargs={"pause_s": pause_s, "endpoint": endpoint},
             name=f"test-client-{index}",
         )
         for index in range(clients)

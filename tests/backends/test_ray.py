@@ -12,6 +12,7 @@ for room. The figures the issue asks for are printed (``pytest -s``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -375,3 +376,87 @@ def test_a_per_node_cap_spreads_instances_and_leaves_the_rest_waiting(
         with httpx.Client(base_url=server.url, timeout=60) as http:
             assert invoke(http, "m0/model.tar.gz") == 200
     wait_until(lambda: all(process_gone(pid) for pid in seen), "instance processes to end")
+
+
+def test_an_endpoint_of_the_control_plane_runs_updates_and_goes_on_the_fleet(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    """CreateEndpoint on a ``--backend ray`` server: its instances are actors of the fleet,
+    and a restarted controller keeps them; UpdateEndpoint under load starts the new config's
+    instances beside the old ones, moves traffic with no failed request and stops the old;
+    DeleteEndpoint stops its instances and the declared endpoint serves on."""
+    import boto3
+
+    models = [f"m{i}/model.tar.gz" for i in range(4)]
+    source = sklearn_source(tmp_path / "source", models, N_FEATURES)
+    # the declared endpoint takes one node's CPU; an ml.t2.medium here is half a CPU
+    size = {"memory_limit": "256MiB", "disk_limit": "1GiB", "cpus": 0.5}
+    env = {"MODELFLEET_INSTANCE_TYPES": json.dumps({"ml.t2.medium": size})}
+    args = ["--model-source", str(source), "--state-dir", str(tmp_path / "state")]
+    with ray_fleet(ray_cluster, args, tmp_path, env=env) as (server, ns):
+        keys = {"aws_access_key_id": "AKIDRAY", "aws_secret_access_key": "unchecked"}
+        sm = boto3.client(
+            "sagemaker", endpoint_url=server.admin_url, region_name="us-east-1", **keys
+        )
+        wait = {"Delay": 0.5, "MaxAttempts": 240}
+        sm.create_model(
+            ModelName="mme",
+            ExecutionRoleArn="arn:aws:iam::000000000000:role/any",
+            PrimaryContainer={"Mode": "MultiModel", "ModelDataUrl": str(source)},
+        )
+        for config, count in (("two", 2), ("one", 1)):
+            variant = {"VariantName": "AllTraffic", "ModelName": "mme"}
+            variant |= {"InstanceType": "ml.t2.medium", "InitialInstanceCount": count}
+            sm.create_endpoint_config(EndpointConfigName=config, ProductionVariants=[variant])
+        sm.create_endpoint(EndpointName="api", EndpointConfigName="two")
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="api", WaiterConfig=wait)
+
+        def of_api() -> list[dict[str, Any]]:
+            return [i for i in instances(server) if i["endpoint"] == "api"]
+
+        first = of_api()
+        assert len(first) == 2
+        assert all(i["state"] == "up" and i["node"] for i in first)  # actors on Ray nodes
+        statuses: list[int] = []
+        with invoking(server.url, models, ROW, statuses, clients=3, endpoint="api"):
+            # a restarted controller is told the endpoint again and keeps its instances
+            killed = controller_pid(ns)
+            os.kill(killed, signal.SIGKILL)
+
+            def restarted() -> bool:
+                with contextlib.suppress(Exception):
+                    return controller_pid(ns) != killed
+                return False
+
+            wait_until(restarted, "the controller to be restarted")
+            wait_until(
+                lambda: (
+                    {(i["id"], i["pid"], i["state"]) for i in of_api()}
+                    == {(i["id"], i["pid"], "up") for i in first}
+                ),
+                "the restarted controller to supervise the endpoint's instances",
+            )
+            count = len(statuses)
+            wait_until(lambda: len(statuses) >= count + 30, "requests before the update")
+            sm.update_endpoint(EndpointName="api", EndpointConfigName="one")
+            sm.get_waiter("endpoint_in_service").wait(EndpointName="api", WaiterConfig=wait)
+            count = len(statuses)
+            wait_until(lambda: len(statuses) >= count + 30, "requests after the update")
+        assert statuses
+        assert set(statuses) == {200}
+        described = sm.describe_endpoint(EndpointName="api")
+        assert described["EndpointConfigName"] == "one"
+        assert [v["CurrentInstanceCount"] for v in described["ProductionVariants"]] == [1]
+        wait_until(lambda: all(process_gone(i["pid"]) for i in first), "old instances to end")
+        second = of_api()
+        assert len(second) == 1
+        assert second[0]["pid"] not in {i["pid"] for i in first}
+
+        sm.delete_endpoint(EndpointName="api")
+        sm.get_waiter("endpoint_deleted").wait(EndpointName="api", WaiterConfig=wait)
+        wait_until(lambda: process_gone(second[0]["pid"]), "the endpoint's instance to end")
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            assert invoke(http, models[0]) == 200  # the declared endpoint
+        # one left running: the server's stop stops it too (ray_fleet checks its process)
+        sm.create_endpoint(EndpointName="kept", EndpointConfigName="one")
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="kept", WaiterConfig=wait)

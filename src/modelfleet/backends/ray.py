@@ -62,12 +62,12 @@ POLL_S = 10.0  # a router's long poll returns at least this often
 _PENDING_AFTER_S = 3.0  # an actor not started after this may be waiting for room
 _SUSPECT_S = 120.0  # a node whose instance went silent is avoided this long for replacements
 _DRAIN_SETTLE_S = 0.5  # routers learn DRAINING within this; requests sent before it may arrive
+_UNCLAIMED_S = 120.0  # a restarted controller keeps instances of endpoints it lost this long
 _CONTROL = {"control": 16, "watch": 4}
 
 
 def _actor_name(spec: InstanceSpec, generation: int) -> str:
-    endpoint = spec.settings.endpoint_name
-    return f"{INSTANCE_PREFIX}:{endpoint}:{spec.variant}:{spec.index}:{generation}"
+    return f"{INSTANCE_PREFIX}:{spec.deployment}:{spec.variant}:{spec.index}:{generation}"
 
 
 class _Active:
@@ -279,7 +279,7 @@ class RayLauncher:
         self._suspects[node] = time.monotonic()
 
     def note_generation(self, spec: InstanceSpec, generation: int) -> None:
-        key = (spec.settings.endpoint_name, spec.variant, spec.index)
+        key = (spec.deployment, spec.variant, spec.index)
         self._generation[key] = max(self._generation.get(key, 0), generation + 1)
 
     def placed(self, name: str, node: str | None) -> None:
@@ -345,7 +345,7 @@ class RayLauncher:
             logger.debug("request_resources failed", exc_info=True)
 
     async def launch(self, spec: InstanceSpec, pending: Callable[[], None]) -> _Actor:
-        key = (spec.settings.endpoint_name, spec.variant, spec.index)
+        key = (spec.deployment, spec.variant, spec.index)
         generation = self._generation.get(key, 0)
         self._generation[key] = generation + 1
         settings = spec.settings
@@ -401,7 +401,7 @@ class _ControllerImpl:
     """The fleet's controller (see the module doc)."""
 
     def __init__(self, endpoints: list[EndpointConfig], namespace: str) -> None:
-        self.endpoints = endpoints
+        self.endpoints = endpoints  # those declared (flags, config file)
         self.namespace = namespace
         # Versions start from the clock, so a restarted controller never repeats one that a
         # router still holds (it would wait on it instead of taking the new snapshot).
@@ -413,6 +413,11 @@ class _ControllerImpl:
         self._started: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._starting: list[asyncio.Task[None]] = []
+        # instances found again of endpoints it was not started with: endpoints added after
+        # the fleet started (a restarted controller learns them again from add_endpoint)
+        self._unclaimed: dict[str, dict[tuple[str, str], dict[int, Any]]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._session: Any = None
 
     async def _ready(self) -> None:
         if self._started is None:
@@ -422,30 +427,82 @@ class _ControllerImpl:
     async def _start(self) -> None:
         self._changed = asyncio.Condition()
         found = await self._find_instances()
-        session = new_session(self.endpoints[0].variants[0].settings)
         for config in self.endpoints:
-            for variant in config.variants:
-                key = (config.name, variant.name)
-                mine = found.get(key, {})
-                prefix = "" if len(config.variants) == 1 else f"{variant.name}-"
-                supervisor = Supervisor(
-                    variant.settings,
-                    self._launcher,
-                    variant=variant.name,
-                    id_prefix=prefix,
-                    session=session,
-                    initial=0,
-                )
-                for index, (generation, name, handle, where) in sorted(mine.items()):
-                    spec = self._launcher.spec(variant.settings, index, "", variant.name)
-                    self._launcher.note_generation(spec, generation)
-                    supervisor.adopt(index, _Actor(self._launcher, name, handle, where))
-                supervisor.top_up(variant.settings.instances)  # numbered after those found
-                self._supervisors[key] = supervisor
+            self._supervise(config, found)
+        for (endpoint, variant), slots in found.items():
+            if not any(key[0] == endpoint for key in self._supervisors):
+                self._unclaimed.setdefault(endpoint, {})[(endpoint, variant)] = slots
+        if self._unclaimed:
+            self._reaper = asyncio.create_task(self._reap_unclaimed())
         self._publisher = asyncio.create_task(self._publish())
         # Not awaited: a supervisor's start waits for its instances to come up, and routers
         # must get snapshots meanwhile (a restarted controller replacing lost instances).
         self._starting = [asyncio.create_task(s.start()) for s in self._supervisors.values()]
+
+    def _supervise(
+        self, config: EndpointConfig, found: dict[tuple[str, str], dict[int, Any]]
+    ) -> list[Supervisor]:
+        """A supervisor (not started) for each group of ``config``'s instances, adopting those
+        of ``found`` that are its own."""
+        if self._session is None:
+            self._session = new_session(config.variants[0].settings)
+        made = []
+        for name, settings in config.groups():
+            key = (config.name, name)
+            mine = found.get(key, {})
+            several = len(config.variants) > 1 or "/" in name  # a pipeline's step
+            prefix = f"{name.replace('/', '-')}-" if several else ""
+            supervisor = Supervisor(
+                settings,
+                self._launcher,
+                variant=name,
+                id_prefix=prefix,
+                session=self._session,
+                initial=0,
+                group=config.name,
+            )
+            for index, (generation, actor, handle, where) in sorted(mine.items()):
+                spec = InstanceSpec("", index, name, settings, group=config.name)
+                self._launcher.note_generation(spec, generation)
+                supervisor.adopt(index, _Actor(self._launcher, actor, handle, where))
+            supervisor.top_up(settings.instances)  # numbered after those found
+            self._supervisors[key] = supervisor
+            made.append(supervisor)
+        return made
+
+    async def _reap_unclaimed(self) -> None:
+        """Instances found again that no endpoint claims within ``_UNCLAIMED_S`` are stopped:
+        their endpoint was removed while the controller was away."""
+        await asyncio.sleep(_UNCLAIMED_S)
+        for endpoint, groups in list(self._unclaimed.items()):
+            logger.warning("stopping the instances of %s: no endpoint claimed them", endpoint)
+            for slots in groups.values():
+                for _, _, handle, _ in slots.values():
+                    with contextlib.suppress(Exception):
+                        ray.kill(handle, no_restart=True)
+        self._unclaimed.clear()
+
+    async def add_endpoint(self, config: EndpointConfig) -> None:
+        """Start ``config``'s instances as a deployment of the fleet named ``config.name``
+        (the control plane's endpoints); return once each answers or waits for room. A
+        deployment it runs already is left as it is (a router telling a restarted controller
+        again), and its instances found again after a restart are adopted, not restarted."""
+        await self._ready()
+        if any(key[0] == config.name for key in self._supervisors):
+            return
+        made = self._supervise(config, self._unclaimed.pop(config.name, {}))
+        try:
+            await asyncio.gather(*(s.start() for s in made))
+        except BaseException:
+            await self.remove_endpoint(config.name)
+            raise
+
+    async def remove_endpoint(self, name: str) -> None:
+        """Stop the instances of the deployment ``name`` and forget it."""
+        await self._ready()
+        keys = [key for key in self._supervisors if key[0] == name]
+        stopping = [self._supervisors.pop(key) for key in keys]
+        await asyncio.gather(*(s.stop() for s in stopping))
 
     async def _find_instances(self) -> dict[tuple[str, str], dict[int, Any]]:
         """The instance actors alive in the namespace (a restarted controller's fleet), asked
@@ -461,7 +518,7 @@ class _ControllerImpl:
                 continue
             _, endpoint, variant, index, generation = parts
             named.append((name, endpoint, variant, int(index), int(generation)))
-            spec = InstanceSpec("", int(index), variant, Settings(endpoint_name=endpoint))
+            spec = InstanceSpec("", int(index), variant, Settings(), group=endpoint)
             self._launcher.note_generation(spec, int(generation))
 
         async def where(name: str) -> tuple[Any, dict[str, Any] | None]:
@@ -534,6 +591,7 @@ class _ControllerImpl:
         return {"version": self.version, "instances": self._members, "pid": os.getpid()}
 
     def config(self) -> list[EndpointConfig]:
+        """The endpoints declared at start (a joined router serves those)."""
         return self.endpoints
 
     async def _supervisor(self, endpoint: str, variant: str) -> Supervisor:
@@ -572,12 +630,13 @@ class _ControllerImpl:
     async def shutdown(self) -> None:
         """Stop every instance (the caller then kills the controller)."""
         await self._ready()
-        if self._publisher is not None:
-            self._publisher.cancel()
+        for task in (self._publisher, self._reaper):
+            if task is not None:
+                task.cancel()
         for task in self._starting:
             task.cancel()
         await asyncio.gather(*self._starting, return_exceptions=True)
-        await asyncio.gather(*(s.stop() for s in self._supervisors.values()))
+        await asyncio.gather(*(s.stop() for s in list(self._supervisors.values())))
 
 
 Controller = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_ControllerImpl)

@@ -63,14 +63,58 @@ class RayFleet:
         self.backends: dict[tuple[str, str], RayBackend] = {}
         self._poll: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._retell: asyncio.Task[None] | None = None
         self._started = False
         self._first = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
+        self.members: dict[str, Any] = {}  # the last snapshot's instances
+        self._controller_pid: int | None = None
+        # the deployments added after start (the control plane's endpoints), by their name in
+        # the fleet; a restarted controller is told them again
+        self.added: dict[str, EndpointConfig] = {}
+        self._removing: set[asyncio.Task[None]] = set()
 
     def backend(self, settings: Settings, endpoint: str, variant: str) -> RayBackend:
         backend = RayBackend(self, settings, endpoint, variant)
         self.backends[(endpoint, variant)] = backend
+        if endpoint in self.members:  # made after the snapshot that has it
+            backend.sync(self.members[endpoint].get(variant, []))
         return backend
+
+    async def add_endpoint(self, config: EndpointConfig) -> None:
+        """Have the controller start ``config`` as a deployment of the fleet (its variants'
+        backends are made first, with :meth:`backend`, under the same name)."""
+        self.added[config.name] = config
+        try:
+            await self.controller.add_endpoint.remote(config)
+        except BaseException:
+            self.added.pop(config.name, None)
+            raise
+
+    def remove_endpoint(self, name: str) -> asyncio.Task[None]:
+        """Have the controller stop the deployment ``name`` (the fleet's stop waits for it)."""
+        self.added.pop(name, None)
+
+        async def remove() -> None:
+            try:
+                await asyncio.wait_for(self.controller.remove_endpoint.remote(name), _SHUTDOWN_S)
+            except Exception as exc:  # a restarted controller stops them once unclaimed
+                logger.warning("the controller did not stop deployment %s (%r)", name, exc)
+
+        task = asyncio.create_task(remove())
+        self._removing.add(task)
+        task.add_done_callback(self._removing.discard)
+        return task
+
+    async def _tell_again(self) -> None:
+        """Tell a restarted controller the deployments added since the fleet started."""
+        for config in list(self.added.values()):
+            try:
+                await self.controller.add_endpoint.remote(config)
+            except Exception as exc:
+                logger.warning(
+                    "the controller did not take deployment %s again (%r)", config.name, exc
+                )
 
     async def start(self) -> None:
         if self._started:
@@ -107,12 +151,11 @@ class RayFleet:
             ) from None
 
     async def stop(self) -> None:
-        for task in (self._poll, self._watch):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in (self._poll, self._watch) if t is not None), return_exceptions=True
-        )
+        await asyncio.gather(*self._removing, return_exceptions=True)
+        tasks = [t for t in (self._poll, self._watch, self._retell) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.own and self.controller is not None:
             try:
                 await asyncio.wait_for(self.controller.shutdown.remote(), _SHUTDOWN_S)
@@ -148,9 +191,16 @@ class RayFleet:
             backoff = 0.1
             if snapshot["version"] != self.version:
                 self.version = snapshot["version"]
-                members = snapshot["instances"] or {}
-                for (endpoint, variant), backend in self.backends.items():
-                    backend.sync(members.get(endpoint, {}).get(variant, []))
+                self.members = members = snapshot["instances"] or {}
+                for (endpoint, variant), backend in list(self.backends.items()):
+                    # an endpoint missing from a snapshot is one being added, or one that a
+                    # restarted controller is not told again yet: it keeps serving as it was
+                    if endpoint in members:
+                        backend.sync(members[endpoint].get(variant, []))
+            pid = snapshot.get("pid")
+            if self._controller_pid not in (None, pid) and self.own and self.added:
+                self._retell = asyncio.create_task(self._tell_again())
+            self._controller_pid = pid
             self._first.set()
 
     async def _revive(self) -> None:
@@ -237,10 +287,16 @@ class RayBackend:
 
     async def stop(self) -> None:
         """The last variant of the fleet to stop stops the fleet (its controller and its
-        instances, when this process owns them)."""
-        self.fleet.backends.pop((self.endpoint, self.variant), None)
-        if not self.fleet.backends:
-            await self.fleet.stop()
+        instances, when this process owns them); the last of a deployment added after start
+        has its instances stopped."""
+        fleet = self.fleet
+        fleet.backends.pop((self.endpoint, self.variant), None)
+        if not fleet.backends:
+            await fleet.stop()
+        elif self.endpoint in fleet.added and not any(
+            endpoint == self.endpoint for endpoint, _ in fleet.backends
+        ):
+            await fleet.remove_endpoint(self.endpoint)
 
     async def _appears(self, instance_id: str) -> RemoteInstance:
         deadline = time.monotonic() + 30.0

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -69,6 +69,13 @@ class InstanceSpec:
     index: int
     variant: str
     settings: Settings
+    # the deployment it belongs to, where one endpoint runs two side by side (a blue/green
+    # update on the ray backend, whose actor names carry it); empty: the endpoint's name
+    group: str = ""
+
+    @property
+    def deployment(self) -> str:
+        return self.group or self.settings.endpoint_name
 
 
 class Launched(Protocol):
@@ -151,9 +158,11 @@ class Supervisor:
         id_prefix: str = "",
         session: aiohttp.ClientSession | None = None,
         initial: int | None = None,
+        group: str = "",
     ) -> None:
         self.settings = settings
         self.variant = variant
+        self.group = group  # InstanceSpec.group of its instances
         self.launcher = launcher
         self._id_prefix = id_prefix
         self._session = session
@@ -182,6 +191,8 @@ class Supervisor:
         self.adopt_index(index)
         instance_id = f"{self._id_prefix}{index}"
         spec = self.launcher.spec(self.settings, index, instance_id, self.variant)
+        if self.group:
+            spec = replace(spec, group=self.group)
         instance = RemoteInstance(instance_id, self.launcher.address(spec))
         instance.state = STARTING
         instance.session = self._session

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import signal
 import time
@@ -48,7 +49,6 @@ from modelfleet.endpoint.autoscale import Autoscaler
 from modelfleet.endpoint.router import DEFAULT_VARIANT, Routed, Router
 from modelfleet.endpoint.variants import (
     EndpointConfig,
-    PipelineStep,
     VariantConfig,
     load_config,
 )
@@ -187,31 +187,27 @@ class EndpointServer:
     def _ray_backed(self) -> bool:
         return self.settings.backend == "ray" or self._join
 
-    def _fleet(self, config: EndpointConfig, every: list[EndpointConfig]) -> _Endpoint:
+    def _fleet(
+        self, config: EndpointConfig, every: list[EndpointConfig], deployment: str = ""
+    ) -> _Endpoint:
         """An endpoint whose variants run instance processes (``local`` or ``ray``). A serial
-        pipeline's variant runs one backend per step, named ``<variant>/<step>``."""
+        pipeline's variant runs one backend per step, named ``<variant>/<step>``. On ``ray``
+        its instances belong to the fleet's ``deployment`` (default: the endpoint's name)."""
         backends: dict[str, Backend] = {}
-        pipelines: dict[str, list[tuple[str, PipelineStep]]] = {}
-        for variant in config.variants:
-            prefix = "" if len(config.variants) == 1 else f"{variant.name}-"
-            if variant.pipeline:
-                steps = [
-                    (f"{variant.name}/{i}", step) for i, step in enumerate(variant.pipeline, 1)
-                ]
-                pipelines[variant.name] = steps
-                for name, step in steps:
-                    backends[name] = LocalBackend(
-                        step.settings, variant=name, id_prefix=f"{name.replace('/', '-')}-"
-                    )
-                continue
+        for name, settings in config.groups():
             if self._ray_backed:
-                backends[variant.name] = self._ray_fleet(every).backend(
-                    variant.settings, config.name, variant.name
+                backends[name] = self._ray_fleet(every).backend(
+                    settings, deployment or config.name, name
                 )
                 continue
-            backends[variant.name] = LocalBackend(
-                variant.settings, variant=variant.name, id_prefix=prefix
-            )
+            several = len(config.variants) > 1 or "/" in name  # a pipeline's step
+            prefix = f"{name.replace('/', '-')}-" if several else ""
+            backends[name] = LocalBackend(settings, variant=name, id_prefix=prefix)
+        pipelines = {
+            v.name: [(f"{v.name}/{i}", step) for i, step in enumerate(v.pipeline, 1)]
+            for v in config.variants
+            if v.pipeline
+        }
         routed = {name: backend.instances for name, backend in backends.items()}  # live lists
         for name, steps in pipelines.items():
             routed[name] = backends[steps[0][0]].instances  # drawn by weight, run by steps
@@ -309,16 +305,22 @@ class EndpointServer:
 
     async def _start_fleet(self, config: EndpointConfig, single_model: str | None) -> _Endpoint:
         """``config``'s instances, started; an error (and nothing left running) unless every
-        variant has an instance up."""
-        if self._ray_backed:
+        variant has an instance up. On ``ray`` they are a deployment of the fleet of their
+        own, so that an update runs the new one beside the old."""
+        if self._join:
             raise ValidationError(
-                "Endpoints made through the control plane run on the local backend; this"
-                " server runs --backend ray, where that is not supported yet."
+                "This router joined a Ray fleet that another server steers: make endpoints"
+                " through that server's control plane."
             )
-        endpoint = self._fleet(config, [config])
+        deployment = ""
+        if self._ray_backed:
+            deployment = self._deployment(config)
+        endpoint = self._fleet(config, [config], deployment)
         endpoint.single_model = single_model
         backends = list(endpoint.backends.values())
         try:
+            if deployment:
+                await self._ray.add_endpoint(dataclasses.replace(config, name=deployment))
             await asyncio.gather(*(b.start() for b in backends))
             down = [
                 name
@@ -336,6 +338,17 @@ class EndpointServer:
             (f"{config.name}-{v.name}", Path(v.settings.cache_dir)) for v in config.variants
         )
         return endpoint
+
+    def _deployment(self, config: EndpointConfig) -> str:
+        """A name in the Ray fleet for ``config``'s instances: the endpoint's and a digest of
+        its config (a server restarted beside a surviving fleet finds them again), made
+        unique against the deployments running (an update to an identical config)."""
+        digest = hashlib.sha256(repr(config).encode()).hexdigest()[:10]
+        name, n = f"{config.name}.{digest}", 1
+        while name in self._ray.added:
+            n += 1
+            name = f"{config.name}.{digest}.{n}"
+        return name
 
     async def start_endpoint(self, config: EndpointConfig, single_model: str | None) -> None:
         """Start an endpoint made through the control plane; it takes requests once every
@@ -358,9 +371,15 @@ class EndpointServer:
         for task in old.tasks:
             task.cancel()
         await asyncio.gather(*old.tasks, return_exceptions=True)
-        try:
+        try:  # the update is done: a drain that fails only shortens the old instances' end
             for backend in old.backends.values():
-                await asyncio.gather(*(backend.remove_instance(i) for i in list(backend.instances)))
+                drained = await asyncio.gather(
+                    *(backend.remove_instance(i) for i in list(backend.instances)),
+                    return_exceptions=True,
+                )
+                for error in drained:
+                    if isinstance(error, Exception):
+                        logger.warning("%s: an old instance did not drain: %r", config.name, error)
         finally:  # cancelled (the server stops): the old instances stop all the same
             await _stop_all(list(old.backends.values()))
 

@@ -65,6 +65,20 @@ class EndpointConfig:
     name: str
     variants: tuple[VariantConfig, ...]
 
+    def groups(self) -> list[tuple[str, Settings]]:
+        """Each group of instances the endpoint runs, with its settings: one per variant, and
+        one per step of a serial pipeline's variant, named ``<variant>/<step>`` from 1."""
+        groups: list[tuple[str, Settings]] = []
+        for variant in self.variants:
+            if variant.pipeline:
+                groups += [
+                    (f"{variant.name}/{i}", step.settings)
+                    for i, step in enumerate(variant.pipeline, 1)
+                ]
+            else:
+                groups.append((variant.name, variant.settings))
+        return groups
+
 
 class ConfigError(ValidationError):
     """The config file is invalid (the message says where)."""
