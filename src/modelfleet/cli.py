@@ -230,6 +230,29 @@ def _sagemaker_defaults(given: dict[str, Any]) -> None:
 )
 @click.option("--pip-args", help="Extra pip arguments, e.g. '--no-index --find-links DIR'.")
 @click.option("--eviction-policy", help="Eviction policy (lrfu; lru = SageMaker).")
+@click.option(
+    "--preload",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="File of target models (one a line, or globs) loaded at start, each on the "
+    "instance its requests go to (default: none).",
+)
+@click.option(
+    "--ready-after-preload",
+    is_flag=True,
+    default=None,
+    help="/ping answers 503 until the preload is done (default: ready at once).",
+)
+@click.option(
+    "--pin",
+    multiple=True,
+    help="A target model (or glob) never evicted once loaded; repeat for more. Refused, "
+    "with a warning, past the memory budget (default: none).",
+)
+@click.option(
+    "--idle-ttl",
+    type=float,
+    help="Seconds a model may go unused before it is unloaded (default 0: never).",
+)
 @click.option("--max-header-size", help="Largest request line plus headers, e.g. 64KiB (431).")
 @click.option("--max-header-count", type=int, help="Most headers in one request (100; 431).")
 @click.option("--header-timeout", type=float, help="Seconds for a request's headers (10; 408).")
@@ -259,7 +282,7 @@ def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
     """Serve one endpoint from a model source (default: a local folder of examples), or the
     endpoints of a config file."""
     _configure_logging(log_level)
-    given = {k: v for k, v in flags.items() if v is not None}
+    given = {k: v for k, v in flags.items() if v is not None and v != ()}
     endpoints = None
     if config_file is not None:
         from modelfleet.endpoint.variants import ConfigError, load_config

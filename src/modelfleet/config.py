@@ -169,6 +169,25 @@ class Settings(BaseSettings):
     eviction_policy: str = "lrfu"
     """Memory eviction policy: ``lrfu`` (default, see docs/eviction.md), ``lru``, ``gdsf``..."""
 
+    preload: Path | None = None
+    """A file of target models to load at start, one a line (blank lines and ``#`` comments
+    skipped; a line with ``*``, ``?`` or ``[`` is a glob over the model source's listing, ``*``
+    crossing folders). Each model is loaded on the instance its requests go to."""
+
+    ready_after_preload: bool = False
+    """``/ping`` answers 503 until the preload (``preload``, and the ``pin`` names that are
+    not globs) is done, so that a load balancer sends nothing before."""
+
+    pin: tuple[str, ...] = ()
+    """Target models (names or globs) that stay loaded once loaded: never evicted for room,
+    memory pressure or ``idle_ttl``; only an explicit unload removes one. Their bytes count
+    against ``memory_limit``, and a pin that would take the pinned models past it is refused
+    (logged; the model is cached as any other). The names that are not globs are preloaded."""
+
+    idle_ttl: float = Field(default=0.0, ge=0)
+    """Seconds a loaded model may go unused before it is unloaded; 0: never (the eviction
+    policy alone decides). Pinned models stay."""
+
     rss_high_water: ByteSize | None = None
     """Process RSS above which idle models are evicted; default: RSS at start + memory limit
     + max(64 MiB, 10% of it), raised by the RSS of framework imports."""

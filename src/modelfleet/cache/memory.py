@@ -38,7 +38,8 @@ class VictimInUseError(OutOfMemoryError):
 
 
 class MemoryCache(Generic[V]):
-    """Loaded models under a byte budget; the policy chooses victims, pinned ones are skipped."""
+    """Loaded models under a byte budget; the policy chooses victims, pinned ones (in use) and
+    kept ones (pinned by the operator: :meth:`keep`) are skipped."""
 
     def __init__(
         self,
@@ -53,6 +54,7 @@ class MemoryCache(Generic[V]):
         self._entries: dict[str, MemoryEntry[V]] = {}
         self._reserved: dict[str, int] = {}
         self._used = 0
+        self.kept: dict[str, int] = {}  # key -> bytes: never a victim until popped
 
     # -- reading -------------------------------------------------------------------------
     def __contains__(self, key: object) -> bool:
@@ -88,6 +90,26 @@ class MemoryCache(Generic[V]):
         return entry
 
     # -- pins ------------------------------------------------------------------------------
+    def keep(self, key: str) -> None:
+        """Never choose the entry ``key`` as a victim (until :meth:`pop`)."""
+        self.kept[key] = self._entries[key].size_bytes
+
+    def _check_fits(self, key: str, size_bytes: int, measured: str) -> None:
+        """:class:`ModelTooLargeError` if ``size_bytes`` can never fit: over the budget, or
+        over what the kept models leave of it."""
+        if size_bytes > self.budget_bytes:
+            raise ModelTooLargeError(
+                f"Model '{key}' {measured} {size_bytes} bytes of memory but the instance's "
+                f"whole memory budget is {self.budget_bytes} bytes."
+            )
+        kept = sum(self.kept.values())
+        if kept and size_bytes > self.budget_bytes - kept:
+            raise ModelTooLargeError(
+                f"Model '{key}' {measured} {size_bytes} bytes of memory; pinned models hold "
+                f"{kept} of the instance's {self.budget_bytes}-byte memory budget, leaving "
+                f"{self.budget_bytes - kept}."
+            )
+
     def pin(self, key: str) -> None:
         self._entries[key].pins += 1
 
@@ -112,11 +134,7 @@ class MemoryCache(Generic[V]):
         policy's victims are passed over, except those ``wait_for`` accepts: one of those among
         the victims needed raises :class:`VictimInUseError`, nothing evicted.
         """
-        if size_bytes > self.budget_bytes:
-            raise ModelTooLargeError(
-                f"Model '{key}' needs {size_bytes} bytes of memory but the instance's whole "
-                f"memory budget is {self.budget_bytes} bytes."
-            )
+        self._check_fits(key, size_bytes, "needs")
         victims = self._make_room(size_bytes, wait_for=wait_for)
         self._reserved[key] = self._reserved.get(key, 0) + size_bytes
         return victims
@@ -136,12 +154,11 @@ class MemoryCache(Generic[V]):
         """
         if key in self._entries:
             raise ValueError(f"{key!r} is already in the memory cache")
-        if size_bytes > self.budget_bytes:
+        try:
+            self._check_fits(key, size_bytes, "measured")
+        except ModelTooLargeError:
             self._reserved.pop(key, None)
-            raise ModelTooLargeError(
-                f"Model '{key}' measured {size_bytes} bytes in memory but the instance's whole "
-                f"memory budget is {self.budget_bytes} bytes."
-            )
+            raise
         reserved = self._reserved.pop(key, 0)
         try:
             victims = self._make_room(size_bytes)
@@ -162,6 +179,7 @@ class MemoryCache(Generic[V]):
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._used -= entry.size_bytes
+            self.kept.pop(key, None)
             self.policy.on_remove(key)
         return entry
 
@@ -171,7 +189,9 @@ class MemoryCache(Generic[V]):
         """Evict the policy's first unpinned victim that ``accept`` allows (default: any)."""
         for key in self.policy.victims():
             entry = self._entries.get(key)
-            if entry is not None and entry.pins == 0 and (accept is None or accept(entry)):
+            if entry is None or entry.pins or key in self.kept:
+                continue
+            if accept is None or accept(entry):
                 return self.pop(key)
         return None
 
@@ -185,6 +205,8 @@ class MemoryCache(Generic[V]):
         freed = 0
         for key in self.policy.victims():
             entry = self._entries.get(key)
+            if key in self.kept:
+                continue
             if entry is not None and entry.pins > 0 and wait_for is not None and wait_for(entry):
                 raise VictimInUseError(f"Model '{key}', next to be evicted, is in use.")
             if entry is None or entry.pins > 0:
@@ -197,7 +219,7 @@ class MemoryCache(Generic[V]):
             raise OutOfMemoryError(
                 f"Cannot make {size_bytes} bytes of room: "
                 f"{self.used_bytes - freed} of {self.budget_bytes} bytes are held by models "
-                "in use or loading."
+                "in use, loading or pinned."
             )
         victims = []
         for key in chosen:

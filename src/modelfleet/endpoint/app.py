@@ -46,6 +46,7 @@ from modelfleet.edge import (
     utf8_header,
 )
 from modelfleet.endpoint.autoscale import Autoscaler
+from modelfleet.endpoint.preload import preload_variant
 from modelfleet.endpoint.router import DEFAULT_VARIANT, Routed, Router
 from modelfleet.endpoint.variants import (
     EndpointConfig,
@@ -59,7 +60,7 @@ from modelfleet.errors import (
     UnknownEndpointError,
     ValidationError,
 )
-from modelfleet.instance.app import instance_routes, ping_route
+from modelfleet.instance.app import instance_routes
 from modelfleet.instance.loader import private_folders
 from modelfleet.metrics import CONTENT_TYPE, Metrics
 from modelfleet.source import validate_target_model
@@ -127,7 +128,6 @@ class EndpointServer:
                 {DEFAULT_VARIANT: backend.manager.metrics},
             )
             # One instance in this process: its container contract is served too (admin).
-            ping = ping_route(backend.manager)
             admin += instance_routes(backend.manager)
         else:
             if settings.sagemaker_container:
@@ -140,7 +140,8 @@ class EndpointServer:
                 endpoints = [EndpointConfig(settings.endpoint_name, (only,))]
             for config in endpoints:
                 self.endpoints[config.name] = self._fleet(config, endpoints)
-            ping = Route("/ping", self.ping, methods=["GET"])
+        ping = Route("/ping", self.ping, methods=["GET"])
+        self.preloaded = asyncio.Event()  # set once the preload at start is done
         # the endpoints of the flags or the config file; the control plane shows them and
         # leaves them to the file (docs/control-plane.md)
         self.declared = frozenset(self.endpoints)
@@ -256,6 +257,7 @@ class EndpointServer:
                 )
         for endpoint in self.endpoints.values():
             self._run_tasks(endpoint)
+        preloading = asyncio.create_task(self._preload(list(self.endpoints.values())))
         if self.control is not None:
             try:
                 await self.control.start()
@@ -278,6 +280,8 @@ class EndpointServer:
         finally:
             if self._config_file is not None:
                 loop.remove_signal_handler(signal.SIGHUP)
+            preloading.cancel()
+            await asyncio.gather(preloading, return_exceptions=True)
             if self.control is not None:
                 await self.control.stop()
             tasks = [t for e in self.endpoints.values() for t in e.tasks]
@@ -286,6 +290,21 @@ class EndpointServer:
             await asyncio.gather(*reloads, *tasks, return_exceptions=True)
             backends = [b for e in self.endpoints.values() for b in e.backends.values()]
             await asyncio.gather(*(b.stop() for b in backends))
+
+    async def _preload(self, endpoints: list[_Endpoint]) -> None:
+        """Load each variant's ``preload`` models and the ``pin`` names that are not globs,
+        each on the instance its requests go to; then set :attr:`preloaded`."""
+        try:
+            await asyncio.gather(
+                *(
+                    preload_variant(endpoint.name, name, endpoint.router, backend.settings)
+                    for endpoint in endpoints
+                    for name, backend in endpoint.backends.items()
+                    if name in endpoint.router.variants  # a pipeline's steps are not
+                )
+            )
+        finally:
+            self.preloaded.set()
 
     def _run_tasks(self, endpoint: _Endpoint) -> None:
         """Start an endpoint's background work: the retiring of idle model copies, and an
@@ -630,7 +649,14 @@ class EndpointServer:
         return await _unknown_operation(request, exc)
 
     async def ping(self, request: Request) -> Response:
-        """200 while every endpoint has an instance up (the router can serve), else 503."""
+        """200 while every endpoint has an instance up (the router can serve), and, where a
+        variant asks for it (``ready_after_preload``), once the preload is done; else 503."""
+        if not self.preloaded.is_set() and any(
+            b.settings.ready_after_preload
+            for e in self.endpoints.values()
+            for b in e.backends.values()
+        ):
+            return Response(b"", status_code=503)
         up = all(
             any(i.available() for i in endpoint.instances()) for endpoint in self.endpoints.values()
         )

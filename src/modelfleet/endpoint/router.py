@@ -289,6 +289,19 @@ class Router:
         if pressure.cooled():
             del self._pressure[target_model]
 
+    def instance_count(self, variant: str) -> int:
+        return len(self.variants[variant])
+
+    async def preload(self, variant: str, target_model: str) -> bool:
+        """Load ``target_model`` on the instance of ``variant`` that its requests go to (the
+        first candidate now), without invoking it; whether it loaded."""
+        for instance in self.candidates(target_model, self.variants[variant])[:1]:
+            if await instance.prewarm([target_model]) == 1:
+                held = self._held.setdefault(instance.instance_id, {})
+                held[target_model] = time.monotonic()
+                return True
+        return False
+
     def forget_instance(self, instance_id: str) -> None:
         """Drop what the router learned about ``instance_id`` (it was removed)."""
         self._held.pop(instance_id, None)

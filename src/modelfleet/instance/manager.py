@@ -59,9 +59,10 @@ from modelfleet.instance.state import (
     ModelState,
     Resident,
 )
-from modelfleet.instance.unloader import Unloader, close_model
+from modelfleet.instance.unloader import DISK, IDLE, REPLACED, Unloader, close_model
 from modelfleet.metrics import Metrics
 from modelfleet.source import ModelSource, validate_target_model
+from modelfleet.source.select import matches
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class ModelManager:
         self.disk = DiskCache(settings.cache_dir, settings.disk_limit, source=source.identity)
         self.revalidator = Revalidator(source=source, disk=self.disk, metrics=metrics)
         self.downloader = Downloader(settings, source=source, disk=self.disk, metrics=metrics)
+        self._clock = clock
         self.memory: MemoryCache[Resident] = MemoryCache(
             settings.memory_limit, make_policy(settings.eviction_policy), clock=clock
         )
@@ -126,6 +128,7 @@ class ModelManager:
         )
         self._watcher: asyncio.Task[None] | None = None
         self._revalidating: asyncio.Task[None] | None = None
+        self._expiring: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         # swapped out (by id), unloaded once their calls are done
         self._retired: dict[int, Entry] = {}
@@ -171,11 +174,15 @@ class ModelManager:
             self._revalidating = asyncio.create_task(
                 self._revalidate_loaded(s.revalidate_interval), name="modelfleet-revalidate"
             )
+        if s.idle_ttl > 0:
+            self._expiring = asyncio.create_task(
+                self._expire_idle(s.idle_ttl), name="modelfleet-idle-ttl"
+            )
         self._update_gauges()
 
     async def stop(self) -> None:
         """Cancel loads in progress, finish background unloads, unload every model."""
-        for watcher in (self._watcher, self._revalidating, *self._background):
+        for watcher in (self._watcher, self._revalidating, self._expiring, *self._background):
             if watcher is not None:
                 watcher.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -424,7 +431,7 @@ class ModelManager:
             while entry.pins > 0:
                 await self._drained.setdefault(name, asyncio.Event()).wait()
             del self._retired[id(entry)]  # (cancelled before this, stop() unloads it)
-            await self.unloader.unload(entry)
+            await self.unloader.unload(entry, reason=REPLACED)
         finally:
             self.memory.release(f"{name}\0retired")
             self.room.changed()
@@ -451,7 +458,7 @@ class ModelManager:
         victim = self.memory.evict_one(lambda entry: entry.value.from_source)
         if victim is None:
             return False
-        await self.unloader.unload(victim)
+        await self.unloader.unload(victim, reason=DISK)
         return True
 
     async def _load(
@@ -533,12 +540,37 @@ class ModelManager:
                 # with the use count of a cold one.
                 for _ in range(flight.waiters):
                     self.memory.get(name)
+            self._keep_if_pinned(entry)
             self._loaded(entry, loaded, disk_entry, dropped=snapshot is not None)
             self.unloader.unload_later(victims)
             self._update_gauges()
             return entry
         finally:
             self._states.pop(name, None)
+
+    def _keep_if_pinned(self, entry: Entry) -> None:
+        """Keep ``entry`` in memory for good if ``--pin`` names it (a pinned model that does
+        not fit beside the others fails its load: :meth:`MemoryCache.reserve`)."""
+        if self.settings.pin and matches(entry.key, self.settings.pin):
+            self.memory.keep(entry.key)
+
+    async def _expire_idle(self, ttl_s: float) -> None:
+        """Unload the models unused for ``ttl_s`` (not in use, not pinned), checking a few
+        times per ``ttl_s``."""
+        while True:
+            await asyncio.sleep(min(max(ttl_s / 4, 0.05), 5.0))
+            now = self._clock()
+            idle = []
+            for key in self.memory:
+                entry = self.memory.entry(key)
+                if entry is None or entry.pins or key in self.memory.kept:
+                    continue
+                if now - entry.last_used >= ttl_s:
+                    idle.append(self.memory.pop(key))
+            if idle:
+                logger.info("unloading %d models idle for %g s", len(idle), ttl_s)
+                await self.unloader.unload_all([e for e in idle if e is not None], reason=IDLE)
+                self.room.changed()
 
     def _miss_cost(self, known: Known, loaded: Loaded, disk_entry: DiskEntry | None) -> float:
         """The CPU seconds the next miss of the model just loaded will cost (see MissCosts)."""
@@ -681,11 +713,19 @@ class ModelManager:
     def summary(self) -> dict[str, Any]:
         """For the admin view: loaded models with their bytes, memory, hits and misses."""
         looked_up = self.hits + self.misses
+        kept = self.memory.kept
         return {
             "loaded": [
-                {"name": info.name, "bytes": info.size_bytes, "hits": info.hits}
+                {
+                    "name": info.name,
+                    "bytes": info.size_bytes,
+                    "hits": info.hits,
+                    "pinned": info.name in kept,
+                }
                 for info in self.list_models()
             ],
+            "pinned_bytes": sum(kept.values()),
+            "evictions": list(self.unloader.evictions)[-20:],
             "memory_used_bytes": self.memory.used_bytes,
             "memory_limit_bytes": self.memory.budget_bytes,
             "hits": self.hits,

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -24,6 +25,16 @@ from modelfleet.instance.state import Entry, Resident
 from modelfleet.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+# Why a model left memory, as the eviction log (``Unloader.evictions``) says it
+ROOM = "room"  # the eviction policy's victim, for a load
+PRESSURE = "memory pressure"  # the process RSS above its high-water mark
+DISK = "disk room"  # its artifact had to leave the disk for a download
+IDLE = "idle ttl"  # unused for idle_ttl
+UNLOAD = "unload"  # asked (UnloadModel, an idle copy, shutdown)
+REPLACED = "new version"  # a new version in the source replaced it
+DISABLED = "cache disabled"  # ModelCacheSetting=Disabled
+_LOG_SIZE = 50
 
 
 class Unloader:
@@ -52,9 +63,17 @@ class Unloader:
         # unload frees memory, and allocates some, meanwhile.
         self._overlaps = overlaps or OverlapTracker()
         self.background: set[asyncio.Task[None]] = set()
+        # the last models taken out of memory: {"model", "reason", "bytes", "at" (epoch s)}
+        self.evictions: deque[dict[str, object]] = deque(maxlen=_LOG_SIZE)
 
-    async def unload(self, entry: Entry, *, delete_files: bool = False) -> None:
-        """Unload an entry already removed from the memory tier."""
+    async def unload(
+        self, entry: Entry, *, delete_files: bool = False, reason: str = UNLOAD
+    ) -> None:
+        """Unload an entry already removed from the memory tier (``reason``: why, for the
+        eviction log)."""
+        self.evictions.append(
+            {"model": entry.key, "reason": reason, "bytes": entry.size_bytes, "at": time.time()}
+        )
         with self._overlaps.track():
             await self._unload(entry, delete_files=delete_files)
 
@@ -77,11 +96,11 @@ class Unloader:
         logger.info("unloaded %s", entry.key)
         self._changed()
 
-    async def unload_all(self, entries: list[Entry]) -> None:
+    async def unload_all(self, entries: list[Entry], *, reason: str = UNLOAD) -> None:
         """Unload each entry; one failing does not keep the others loaded."""
         for entry in entries:
             try:
-                await self.unload(entry)
+                await self.unload(entry, reason=reason)
             except Exception:
                 logger.exception("unloading %s failed", entry.key)
 
@@ -95,14 +114,14 @@ class Unloader:
         milliseconds, which its high-water mark's slack covers.
         """
         if entries:
-            self._spawn(self.unload_all(entries))
+            self._spawn(self.unload_all(entries, reason=ROOM))
 
     def discard(self, entry: Entry) -> None:
         """ModelCacheSetting=Disabled: unload and delete an idle model in the background."""
         if entry.pins > 0 or self._memory.entry(entry.key) is not entry:
             return
         self._memory.pop(entry.key)
-        self._spawn(self.unload(entry, delete_files=True))
+        self._spawn(self.unload(entry, delete_files=True, reason=DISABLED))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -151,7 +170,7 @@ class Unloader:
                 self._pressure.high_water,
                 len(victims),
             )
-            await self.unload_all(victims)
+            await self.unload_all(victims, reason=PRESSURE)
         return len(victims)
 
 
