@@ -23,14 +23,17 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
 async def make_manager(tmp_path: Path) -> AsyncIterator[Any]:
     managers: list[ModelManager] = []
 
-    async def make(source: FakeSource | None = None, **overrides: Any) -> ModelManager:
+    async def make(
+        source: FakeSource | None = None, clock: Any = None, **overrides: Any
+    ) -> ModelManager:
         settings = Settings(
             model_source=str(tmp_path),
             cache_dir=tmp_path / f"cache{len(managers)}",
             **{"memory_limit": 1_000_000, "disk_limit": 1_000_000, **overrides},
         )
+        timing = {"clock": clock} if clock is not None else {}
         manager = ModelManager(
-            settings, source=source or FakeSource({}), metrics=Metrics(endpoint="t")
+            settings, source=source or FakeSource({}), metrics=Metrics(endpoint="t"), **timing
         )  # type: ignore[arg-type]
         await manager.start()
         managers.append(manager)

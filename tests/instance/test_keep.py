@@ -4,16 +4,13 @@ manager, driven through the fakes of tests/instance/fakes.py (exact footprints).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from modelfleet.config import Settings
 from modelfleet.errors import ModelTooLargeError
 from modelfleet.instance.manager import ModelManager
-from modelfleet.metrics import Metrics
 from tests.instance.fakes import FakeSource, Harness, invoke
 
 FOOTPRINT = 100_000  # far above the malloc noise a load's measure may pick up
@@ -28,30 +25,16 @@ class Clock:
 
 
 @pytest.fixture
-async def manager_with(tmp_path: Path, harness: Harness) -> AsyncIterator[Callable[..., Any]]:
-    made: list[ModelManager] = []
-
+def manager_with(harness: Harness, make_manager: Any) -> Callable[..., Any]:
     async def make(names: list[str], clock: Clock | None = None, **settings: Any) -> ModelManager:
         for name in names:
             harness.model_sizes[name] = FOOTPRINT
-        manager = ModelManager(
-            Settings(
-                model_source=str(tmp_path),
-                cache_dir=tmp_path / f"cache{len(made)}",
-                disk_limit=100_000_000,
-                **settings,
-            ),
-            source=FakeSource(dict.fromkeys(names, 100)),  # type: ignore[arg-type]
-            metrics=Metrics(endpoint="t"),
-            clock=clock or Clock(),
+        source = FakeSource(dict.fromkeys(names, 100))
+        return await make_manager(  # type: ignore[no-any-return]
+            source, clock=clock or Clock(), disk_limit=100_000_000, **settings
         )
-        await manager.start()
-        made.append(manager)
-        return manager
 
-    yield make
-    for manager in made:
-        await manager.stop()
+    return make
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
