@@ -249,6 +249,12 @@ def _sagemaker_defaults(given: dict[str, Any]) -> None:
     "with a warning, past the memory budget (default: none).",
 )
 @click.option(
+    "--model-metrics-top",
+    type=int,
+    help="Per-model series in /metrics for this many models, by recent traffic; the rest "
+    'under model="__other__" (default 50).',
+)
+@click.option(
     "--idle-ttl",
     type=float,
     help="Seconds a model may go unused before it is unloaded (default 0: never).",

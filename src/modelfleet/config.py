@@ -184,6 +184,10 @@ class Settings(BaseSettings):
     against ``memory_limit``, and a pin that would take the pinned models past it is refused
     (logged; the model is cached as any other). The names that are not globs are preloaded."""
 
+    model_metrics_top: int = Field(default=50, ge=0, le=10_000)
+    """Per-model series in ``/metrics`` for this many models, those with the most recent
+    traffic; every other model's requests are counted under ``model="__other__"``."""
+
     idle_ttl: float = Field(default=0.0, ge=0)
     """Seconds a loaded model may go unused before it is unloaded; 0: never (the eviction
     policy alone decides). Pinned models stay."""

@@ -178,6 +178,10 @@ class ModelNotLoadedError(ModelfleetError):
         self.model_name = model_name
 
 
+class NoModelStatsError(ModelfleetError):
+    """Admin API: no invocation of the model was counted here (404)."""
+
+
 class ModelUrlNotFoundError(ModelfleetError):
     """Instance contract: LoadModel's url does not exist (404, as the inference toolkit's model
     server answers)."""

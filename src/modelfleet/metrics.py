@@ -3,7 +3,8 @@
 One :class:`Metrics` object is created at start and passed down explicitly. Each SageMaker
 metric becomes ``modelfleet_`` + its snake_case name with Prometheus units, for example
 ModelLoadingTime -> ``modelfleet_model_loading_time_seconds``. Every series carries the
-``endpoint``, ``variant`` and ``instance`` labels; no per-model label (bounded cardinality).
+``endpoint``, ``variant`` and ``instance`` labels; the per-model series, for a bounded number
+of models, are the router's (:mod:`modelfleet.endpoint.modelstats`).
 """
 
 from __future__ import annotations
@@ -142,11 +143,16 @@ class Metrics:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
 
-    def render_with(self, texts: list[str], others: Sequence[Metrics] = ()) -> bytes:
-        """This registry merged with ``others`` and with other servers' Prometheus texts (the
-        instances of a ``local`` backend, whose series carry their own ``instance`` label):
-        one family per metric name, as the text format requires. ``_created`` series are left
-        out."""
+    def render_with(
+        self,
+        texts: list[str],
+        others: Sequence[Metrics] = (),
+        collectors: Sequence[Collector] = (),
+    ) -> bytes:
+        """This registry merged with ``others``, with ``collectors``' families and with other
+        servers' Prometheus texts (the instances of a ``local`` backend, whose series carry
+        their own ``instance`` label): one family per metric name, as the text format
+        requires. ``_created`` series are left out."""
         families: dict[str, Metric] = {}
 
         def add(family: Metric) -> None:
@@ -161,6 +167,9 @@ class Metrics:
 
         for metrics in (self, *others):
             for family in metrics.registry.collect():
+                add(family)
+        for collector in collectors:
+            for family in collector.collect():
                 add(family)
         for text in texts:
             for family in text_string_to_metric_families(text):

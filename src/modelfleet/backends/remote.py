@@ -175,6 +175,7 @@ class RemoteInstance:
                 cache_hit=reply.get("x-modelfleet-cache-hit") == "1",
                 model_latency_s=float(reply.get("x-modelfleet-model-latency", 0.0)),
                 queued=reply.get("x-modelfleet-queued") == "1",
+                load_s=_seconds(reply.get("x-modelfleet-load-seconds")),
             )
         raise _error_from(self.instance_id, status, answer, reply.get("x-amzn-errortype", ""))
 
@@ -324,3 +325,13 @@ def _error_from(instance_id: str, status: int, answer: bytes, error_type: str) -
     if kind == "ServiceUnavailable":
         return ServiceUnavailableError(message)
     return InternalInstanceError(f"instance {instance_id}: {message}")
+
+
+def _seconds(value: str | None) -> float | None:
+    """A header's seconds, or None (absent or not a number)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None

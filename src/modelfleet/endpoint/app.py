@@ -34,6 +34,7 @@ from modelfleet.backends.remote import InstanceFullError, InstanceUnreachableErr
 from modelfleet.config import Settings
 from modelfleet.controlplane.api import ControlPlane
 from modelfleet.edge import (
+    INSTANCE_ERRORS,
     RUNTIME_ERRORS,
     PathRedactor,
     client_gone,
@@ -46,6 +47,7 @@ from modelfleet.edge import (
     utf8_header,
 )
 from modelfleet.endpoint.autoscale import Autoscaler
+from modelfleet.endpoint.modelstats import ModelStats
 from modelfleet.endpoint.preload import preload_variant
 from modelfleet.endpoint.router import DEFAULT_VARIANT, Routed, Router
 from modelfleet.endpoint.variants import (
@@ -55,6 +57,7 @@ from modelfleet.endpoint.variants import (
 )
 from modelfleet.errors import (
     CacheInUseError,
+    NoModelStatsError,
     PayloadTooLargeError,
     ServiceUnavailableError,
     UnknownEndpointError,
@@ -76,6 +79,7 @@ class _Endpoint:
     router: Router
     backends: dict[str, Backend]
     metrics: dict[str, Metrics]
+    stats: ModelStats  # per target model, counted by the router
     weights: dict[str, float] = field(default_factory=dict)
     single_model: str | None = None  # a single-model endpoint's one model (no header needed)
     # a serial pipeline variant's steps: (the step's backend, what its answer is asked in)
@@ -110,6 +114,7 @@ class EndpointServer:
             Route("/endpoints/{endpoint_name}/invocations", self.invocations, methods=["POST"]),
         ]
         admin = [
+            Route("/models/{name:path}/stats", self.model_stats, methods=["GET"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
             Route("/admin/instances", self.admin_instances, methods=["GET"]),
             Route("/admin/reload", self.admin_reload, methods=["POST"]),
@@ -126,6 +131,7 @@ class EndpointServer:
                 Router({DEFAULT_VARIANT: backend.instances}),
                 {DEFAULT_VARIANT: backend},
                 {DEFAULT_VARIANT: backend.manager.metrics},
+                ModelStats(settings.endpoint_name, settings.model_metrics_top),
             )
             # One instance in this process: its container contract is served too (admin).
             admin += instance_routes(backend.manager)
@@ -225,7 +231,8 @@ class EndpointServer:
         metrics = {
             name: Metrics(endpoint=config.name, variant=name, instance="router") for name in routed
         }
-        endpoint = _Endpoint(config.name, router, backends, metrics)
+        stats = ModelStats(config.name, self.settings.model_metrics_top)
+        endpoint = _Endpoint(config.name, router, backends, metrics, stats)
         endpoint.pipelines = {
             name: [(step_name, step.accept) for step_name, step in steps]
             for name, steps in pipelines.items()
@@ -385,6 +392,7 @@ class EndpointServer:
         if old is None:
             raise UnknownEndpointError(f"Endpoint '{config.name}' is not running.")
         new = await self._start_fleet(config, single_model)
+        new.stats = old.stats  # the models' counts go on
         self.endpoints[config.name] = new  # new requests go to the new instances from here
         self._run_tasks(new)
         for task in old.tasks:
@@ -506,6 +514,7 @@ class EndpointServer:
         metrics = next(iter(endpoint.metrics.values())) if endpoint is not None else None
         variant: str | None = None
         body: bytes | None = None
+        counted: str | None = None  # the target model, once it is a valid name
         try:
             if self._verifier is not None:  # before anything that would tell the caller more
                 body = await read_body(request, self.settings.max_body_size)
@@ -536,6 +545,7 @@ class EndpointServer:
             # a source failure (503) that clients would retry.
             target = validate_target_model(utf8_header(target, "X-Amzn-SageMaker-Target-Model"))
             target_model_var.set(target)
+            counted = target
             if body is None:
                 body = await read_body(request, self.settings.max_body_size)
             # Looked up again after the last wait: an update swaps the endpoint between
@@ -581,7 +591,19 @@ class EndpointServer:
                     metrics.invocation_5xx_errors.inc()
                 else:
                     metrics.invocation_4xx_errors.inc()
+            if endpoint is not None and counted is not None:
+                where = variant if variant is not None else next(iter(endpoint.metrics))
+                endpoint.stats.record(where, counted, response.status_code)
             return response
+        result = routed.result
+        endpoint.stats.record(
+            routed.variant,
+            target,
+            200,
+            hit=result.cache_hit,
+            latency_s=result.model_latency_s,
+            load_s=result.load_s,
+        )
         metrics = endpoint.metrics[routed.variant]
         metrics.invocations.inc()  # invocations per instance: counted by the instance
         prediction = routed.result.prediction
@@ -726,10 +748,23 @@ class EndpointServer:
         texts: list[str] = []
         for backend in backends:  # every instance's series of its own, merged in
             texts += await backend.metrics_texts()
-        if len(registries) == 1 and not texts:
-            return Response(registries[0].render(), media_type=CONTENT_TYPE)
         first, *others = registries
-        return Response(first.render_with(texts, others), media_type=CONTENT_TYPE)
+        stats = [e.stats for e in self.endpoints.values()]
+        return Response(first.render_with(texts, others, stats), media_type=CONTENT_TYPE)
+
+    async def model_stats(self, request: Request) -> Response:
+        """``GET /models/{name}/stats``: what the router counted for one target model, per
+        endpoint that served it (404 if none did)."""
+        name = request.path_params["name"]
+        found = [s for e in self.endpoints.values() if (s := e.stats.stats(name)) is not None]
+        if not found:
+            return error_response(
+                NoModelStatsError(f"No invocation of model '{name}' was counted here."),
+                INSTANCE_ERRORS,
+                request_id=new_request_id(),
+                redact=self._redact,
+            )
+        return JSONResponse({"model": name, "endpoints": found})
 
 
 async def _stop_all(backends: list[Backend]) -> None:

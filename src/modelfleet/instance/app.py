@@ -173,6 +173,8 @@ async def _invoke(request: Request, manager: ModelManager) -> Response:
     response.headers["x-modelfleet-cache-hit"] = "1" if result.cache_hit else "0"
     response.headers["x-modelfleet-model-latency"] = f"{result.model_latency_s:.6f}"
     response.headers["x-modelfleet-queued"] = "1" if result.queued else "0"
+    if result.load_s is not None:
+        response.headers["x-modelfleet-load-seconds"] = f"{result.load_s:.6f}"
     return response
 
 

@@ -16,6 +16,7 @@ Room for a load is taken so that the models hits want stay (:mod:`modelfleet.ins
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import shlex
@@ -231,8 +232,16 @@ class ModelManager:
             self.misses += 1
             self.metrics.model_cache_miss.inc()
             started = time.perf_counter()
+            loads = target_model not in self._pending  # this request's miss starts the load
             entry = await self._wait_loaded(target_model)
             self.metrics.model_loading_wait_time.observe(time.perf_counter() - started)
+            if loads:
+                known = self.history.get(entry.value.url)
+                result = await self.runner.run(
+                    entry, body, content_type, accept, custom_attributes, hit
+                )
+                load_s = known.load_s if known is not None else None
+                return dataclasses.replace(result, load_s=load_s)
         return await self.runner.run(entry, body, content_type, accept, custom_attributes, hit)
 
     async def _wait_loaded(self, target_model: str) -> Entry:

@@ -230,3 +230,4 @@ class InvokeResult:
     cache_hit: bool
     model_latency_s: float
     queued: bool = False  # it had to wait for an inference slot (pool full, or the model busy)
+    load_s: float | None = None  # its miss started a load into memory, which took this long
