@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import ssl
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ import click
 import httpx
 import pydantic
 
-from modelfleet.config import ModelCacheSetting, Settings
+from modelfleet.cli_models import models, push
+from modelfleet.config import ModelCacheSetting, Settings, format_size
 from modelfleet.edge import ContextFilter
 
 DEFAULT_SOURCE = Settings.model_fields["model_source"].default
@@ -42,6 +44,10 @@ def _configure_logging(level: str) -> None:
 @click.version_option(package_name="modelfleet")
 def main() -> None:
     """modelfleet: many models behind one SageMaker-compatible endpoint."""
+
+
+main.add_command(models)
+main.add_command(push)
 
 
 def _loopback(host: str) -> bool:
@@ -97,7 +103,10 @@ def _sagemaker_defaults(given: dict[str, Any]) -> None:
             given[name] = value
 
 
-@main.command()
+@main.command(
+    short_help="Serve an endpoint from a model source (a folder of examples by default), or "
+    "the endpoints of a config file."
+)
 @click.option("--model-source", help="Folder, file:// URI or s3://bucket/prefix/ of artifacts.")
 @click.option("--endpoint-name", help="Endpoint name in /endpoints/{name}/invocations.")
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
@@ -245,8 +254,8 @@ def _sagemaker_defaults(given: dict[str, Any]) -> None:
 @click.option(
     "--pin",
     multiple=True,
-    help="A target model (or glob) never evicted once loaded; repeat for more. Refused, "
-    "with a warning, past the memory budget (default: none).",
+    help="A target model (or glob) never evicted once loaded; repeat for more. Its bytes "
+    "count against --memory-limit (default: none).",
 )
 @click.option(
     "--model-metrics-top",
@@ -281,7 +290,7 @@ def _sagemaker_defaults(given: dict[str, Any]) -> None:
     "config_file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="TOML file declaring endpoints and production variants (docs/fleet.md); flags given "
-    "here override its top-level settings.",
+    "here override its top-level settings (default: none).",
 )
 @click.option("--log-level", default="info", show_default=True)
 def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
@@ -307,9 +316,11 @@ def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
         _ensure_examples(settings)
     _check_auth(settings)
     _check_tls(settings)
+    _check_sources(settings, endpoints)
+    _check_ports(settings)
 
     from modelfleet.endpoint.app import EndpointServer
-    from modelfleet.errors import ValidationError
+    from modelfleet.errors import ModelfleetError
 
     if settings.sagemaker_container:
         logging.getLogger("modelfleet").warning(
@@ -323,9 +334,91 @@ def serve(log_level: str, config_file: Path | None, **flags: Any) -> None:
         _connect_ray(settings.ray_address, settings.ray_namespace)
     try:
         server = EndpointServer(settings, endpoints, config_file=config_file, overrides=given)
-    except ValidationError as exc:
+    except ModelfleetError as exc:
         raise click.UsageError(exc.message) from None
     _run(server, settings)
+
+
+def _check_sources(settings: Settings, endpoints: list[Any] | None) -> None:
+    """Each model source can be opened (a local folder exists; a URI parses): else one line
+    and exit, before anything starts. No request is sent to an object store here."""
+    from modelfleet.errors import ModelfleetError
+    from modelfleet.source import ModelSource
+
+    every = (
+        [settings] if endpoints is None else [step for e in endpoints for name, step in e.groups()]
+    )
+    for one in every:
+        try:
+            ModelSource(one.model_source, retries=0, allow_http=one.allow_http)
+        except ModelfleetError as exc:
+            hint = ""
+            if "://" not in one.model_source:
+                hint = " Create it, or give another folder or URI with --model-source."
+            raise click.UsageError(exc.message + hint) from None
+
+
+def _check_ports(settings: Settings) -> None:
+    """The listeners' ports are free: else one line naming the flag to change, and exit."""
+    import errno
+    import socket
+
+    wanted = [("--port", settings.host, settings.port)]
+    if not settings.sagemaker_container:
+        wanted.append(("--admin-port", settings.admin_host, settings.effective_admin_port))
+    for flag, host, port in wanted:
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise click.UsageError(
+                        f"{host}:{port} is already in use (another server?): pick another"
+                        f" port with {flag}."
+                    ) from None
+                raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+_COMPUTED_DEFAULTS = {
+    "cache_dir": "$XDG_CACHE_HOME/modelfleet (~/.cache/modelfleet)",
+    "state_dir": "$XDG_STATE_HOME/modelfleet (~/.local/state/modelfleet)",
+}
+
+
+def _default_text(name: str, field: Any) -> str:
+    """A settings field's default as ``--help`` shows it."""
+    if name in _COMPUTED_DEFAULTS:
+        return _COMPUTED_DEFAULTS[name]
+    value = field.get_default(call_default_factory=True)
+    if value is None or value in ((), {}):
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int) and "size" in str(field.metadata) + str(field.annotation).lower():
+        return format_size(value)
+    return str(getattr(value, "value", value))
+
+
+def _show_defaults(command: click.Command) -> None:
+    """Have each option of ``command`` that sets a settings field show that field's default
+    in ``--help`` (those whose help does not say it already)."""
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.show_default or param.is_flag:
+            continue
+        field = Settings.model_fields.get(param.name or "")
+        said = param.help or ""
+        if field is None or "default" in said or re.search(r"\([^()]*\)\.?$", said):
+            continue  # not a setting, or its help gives the default, as "(60)" at the end
+        param.help = f"{said}  [default: {_default_text(param.name or '', field)}]"
+
+
+_show_defaults(serve)
 
 
 def _env_flag(name: str) -> bool:
@@ -376,7 +469,7 @@ def _connect_ray(address: str | None, namespace: str) -> None:
         ray.init(namespace=namespace, include_dashboard=False, log_to_driver=False)
 
 
-@main.command()
+@main.command(short_help="Run another router of a Ray fleet that `serve --backend ray` started.")
 @click.option("--ray-address", required=True, help="The Ray cluster of the fleet (HOST:PORT).")
 @click.option("--ray-namespace", default="modelfleet", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -443,12 +536,14 @@ def _ensure_examples(settings: Settings) -> None:
         click.echo(f"  {name}", err=True)
 
 
-@main.command()
+@main.command(short_help="Invoke a target model on a running endpoint and print its answer.")
 @click.argument("target_model")
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True)
 @click.option("--endpoint-name", default="default", show_default=True)
 @click.option("--data", "-d", help="Request body as text (use --file for a file, - for stdin).")
-@click.option("--file", "-f", "file_", type=click.File("rb"), help="Read the body from a file.")
+@click.option(
+    "--file", "-f", "file_", type=click.File("rb"), help="Read the body from a file (- for stdin)."
+)
 @click.option("--content-type", "-t", default="text/csv", show_default=True)
 @click.option("--accept", "-a", default="application/json", show_default=True)
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait.")
@@ -491,7 +586,7 @@ def invoke(
     sys.exit(1)
 
 
-@main.command()
+@main.command(short_help="Show a running server's instances, their state, models and memory.")
 @click.option(
     "--url", default="http://127.0.0.1:8081", show_default=True, help="The admin listener."
 )
@@ -543,7 +638,7 @@ def status(url: str, token: str | None, as_json: bool) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
-@main.command()
+@main.command(short_help="Write the example models into a folder.")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 def examples(folder: Path) -> None:
     """Write the example models into FOLDER."""

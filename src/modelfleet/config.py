@@ -181,8 +181,8 @@ class Settings(BaseSettings):
     pin: tuple[str, ...] = ()
     """Target models (names or globs) that stay loaded once loaded: never evicted for room,
     memory pressure or ``idle_ttl``; only an explicit unload removes one. Their bytes count
-    against ``memory_limit``, and a pin that would take the pinned models past it is refused
-    (logged; the model is cached as any other). The names that are not globs are preloaded."""
+    against ``memory_limit``: a model that cannot fit beside the pinned ones fails its load at
+    once (507, naming the pinned bytes). The names that are not globs are preloaded."""
 
     model_metrics_top: int = Field(default=50, ge=0, le=10_000)
     """Per-model series in ``/metrics`` for this many models, those with the most recent

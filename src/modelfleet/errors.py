@@ -126,6 +126,11 @@ class ArtifactError(ModelError):
 class ModelLoadError(ModelError):
     """The model files could not be turned into a loaded model."""
 
+    def __init__(self, message: str, *, archives: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        # archives found in a folder artifact: each a target model of its own
+        self.archives = archives
+
 
 class MissingExtraError(ModelLoadError):
     """A framework package needed by the model is not installed."""

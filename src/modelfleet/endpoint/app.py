@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modelfleet.auth import AuthMiddleware, Refused, check, make_verifier
+from modelfleet.auth import AuthMiddleware, Caller, Refused, check, make_verifier
 from modelfleet.backends.base import Backend, Instance, InstanceState
 from modelfleet.backends.inprocess import InProcessBackend
 from modelfleet.backends.local import LocalBackend
@@ -515,18 +515,18 @@ class EndpointServer:
         variant: str | None = None
         body: bytes | None = None
         counted: str | None = None  # the target model, once it is a valid name
+        caller: Caller | None = None
         try:
             if self._verifier is not None:  # before anything that would tell the caller more
                 body = await read_body(request, self.settings.max_body_size)
-                check(
+                caller = check(
                     self._verifier,
                     request.scope,
                     body,
                     endpoint=request.path_params["endpoint_name"],
                 )
             if endpoint is None:
-                name = request.path_params["endpoint_name"]
-                raise UnknownEndpointError(f"Endpoint '{name}' not found.")
+                raise self._unknown_endpoint(request.path_params["endpoint_name"], caller)
             headers = request.headers
             target = headers.get("x-amzn-sagemaker-target-model")
             if endpoint.single_model is not None:
@@ -553,8 +553,7 @@ class EndpointServer:
             # it) from the endpoint as it is now, with no wait in between.
             endpoint = self.endpoints.get(request.path_params["endpoint_name"])
             if endpoint is None:
-                name = request.path_params["endpoint_name"]
-                raise UnknownEndpointError(f"Endpoint '{name}' not found.")
+                raise self._unknown_endpoint(request.path_params["endpoint_name"], caller)
             asked = headers.get("x-amzn-sagemaker-target-variant")
             if asked is not None and "/" in asked:  # a pipeline's step is no variant
                 raise ValidationError(f"Target variant '{asked}' does not exist.")
@@ -619,6 +618,12 @@ class EndpointServer:
         return Response(
             prediction.body, media_type=prediction.content_type, headers=response_headers
         )
+
+    def _unknown_endpoint(self, name: str, caller: Caller | None) -> UnknownEndpointError:
+        """The error for an endpoint not served here, naming those the caller may invoke."""
+        known = sorted(n for n in self.endpoints if caller is None or caller.allows(n))
+        served = f" Endpoints here: {', '.join(known)}." if known else ""
+        return UnknownEndpointError(f"Endpoint '{name}' not found.{served}")
 
     @staticmethod
     async def _through_pipeline(

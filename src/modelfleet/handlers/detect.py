@@ -179,9 +179,11 @@ def detect_handler(model_dir: Path) -> str:
             "Keep one model per artifact or set the handler explicitly."
         )
     rejected = "".join(f"; {name}: {why}" for name, why in sorted(found.rejected.items()))
+    archives = tuple(sorted(n for n in found.files if n.endswith((".tar.gz", ".tgz", ".tar"))))
     raise ModelLoadError(
         f"No model file recognised in {model_dir.name} (found: "
-        f"{_found_text(model_dir, found)}{rejected}). Supported: {SUPPORTED_TEXT}."
+        f"{_found_text(model_dir, found)}{rejected}). Supported: {SUPPORTED_TEXT}.",
+        archives=archives,
     )
 
 

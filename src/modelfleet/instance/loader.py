@@ -141,6 +141,13 @@ def failed_load(name: str, exc: BaseException) -> ModelError:
         error = ModelLoadError(
             f"Model '{name}' failed to load: {type(exc).__name__}: {first_line(exc)}"
         )
+    elif isinstance(error, ModelLoadError) and error.archives:
+        # a folder of the source holding archives, asked for by the folder's name
+        inside = " or ".join(f"'{name.rstrip('/')}/{a}'" for a in error.archives[:3])
+        error = ModelLoadError(
+            f"Model '{name}' is a folder holding {', '.join(error.archives[:3])}: invoke"
+            f" {inside} as the target model."
+        )
     error.__cause__ = error.__context__ = None
     return error
 

@@ -58,6 +58,7 @@ __all__ = ["ArtifactInfo", "ModelSource"]
 logger = logging.getLogger(__name__)
 
 _LIST_PAGE = 1000
+_PUT_CHUNK_BYTES = 8 * 1024 * 1024
 PROBE_TIMEOUT_S = 5.0
 """Bound of :meth:`ModelSource.stat` with ``probe=True`` (one try, no retries)."""
 _NOT_FOUND = (NotFoundError, FileNotFoundError)
@@ -154,6 +155,33 @@ class ModelSource:
         if folder:
             validate_target_model(folder)
         return self._iter_objects(folder)
+
+    def put(
+        self,
+        target_model: str,
+        file: Path,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> ArtifactInfo:
+        """Upload ``file`` as ``target_model`` (a multipart upload past 8 MiB, all or
+        nothing), calling ``progress`` with each chunk's bytes as it is handed over.
+
+        Raises:
+            InvalidTargetModelError: malformed name (nothing is sent).
+            SourceError: the source failed or denied access.
+        """
+        key = validate_target_model(target_model)
+
+        def chunks() -> Iterator[bytes]:
+            with Path(file).open("rb") as stream:
+                while block := stream.read(_PUT_CHUNK_BYTES):
+                    yield block
+                    if progress is not None:
+                        progress(len(block))
+
+        with self._errors(key):
+            result = obstore.put(self._stores.data, key, chunks(), chunk_size=_PUT_CHUNK_BYTES)
+        return ArtifactInfo(key, Path(file).stat().st_size, result["e_tag"], "file")
 
     def fetch(
         self,
