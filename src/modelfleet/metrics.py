@@ -139,6 +139,17 @@ class Metrics:
             "modelfleet_process_rss_bytes", "Resident memory of the instance process."
         )
 
+    def totals(self, histogram: str) -> dict[str, float]:
+        """A histogram's ``count`` and ``sum`` (seconds) over this registry's series."""
+        count = total = 0.0
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == f"{histogram}_count":
+                    count += sample.value
+                elif sample.name == f"{histogram}_sum":
+                    total += sample.value
+        return {"count": count, "sum": total}
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)

@@ -33,6 +33,10 @@ ADMIN_PATHS = [
     ("POST", "/admin/reload"),
     ("GET", "/admin/instance"),
     ("POST", "/admin/prewarm"),
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/fragment"),
+    ("GET", "/dashboard/data"),
+    ("GET", "/models/m/model.tar.gz/stats"),
 ]
 
 # model_fn and predict_fn fail with messages that quote the server's folders
@@ -134,7 +138,8 @@ def _walk(base: str, admin: str, source: Path) -> list[httpx.Response]:
     call(invoke, "../../etc/passwd")
     answers.append(httpx.get(f"{base}/ping"))
     answers.append(httpx.get(f"{base}/nowhere"))
-    for path in ("/metrics", "/admin/instances", "/ping", "/nowhere"):
+    paths = ("/metrics", "/admin/instances", "/ping", "/nowhere", "/dashboard", "/dashboard/data")
+    for path in (*paths, "/models/m/model.tar.gz/stats", "/models/nothing/stats"):
         answers.append(httpx.get(f"{admin}{path}", timeout=PATIENCE_S))
     answers.append(httpx.post(f"{admin}/admin/reload"))
     contracts = [admin]
@@ -189,5 +194,6 @@ def test_an_admin_port_in_use_stops_the_server_before_it_serves(tmp_path: Path) 
         argv += ["--model-source", str(_source(tmp_path / "source"))]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=PATIENCE_S)
     assert done.returncode != 0
-    assert "address already in use" in done.stderr
+    assert f"127.0.0.1:{admin_port} is already in use" in done.stderr
+    assert "--admin-port" in done.stderr
     assert "Application startup complete" not in done.stderr  # nothing was started

@@ -329,6 +329,18 @@ class DiskCache:
                 self._entries[target_model] = self._entries.pop(target_model)
             return entry
 
+    def recent(self, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` of this source's entries, most recently used first: (target model,
+        bytes)."""
+        with self._lock:
+            found: list[tuple[str, int]] = []
+            for key in reversed(self._entries):
+                if not key.startswith("\0"):
+                    found.append((key, self._entries[key].size_bytes))
+                    if len(found) == limit:
+                        break
+            return found
+
     def keys(self) -> list[str]:
         """This source's target models on disk (other sources' entries are not listed)."""
         with self._lock:

@@ -47,6 +47,7 @@ from modelfleet.edge import (
     utf8_header,
 )
 from modelfleet.endpoint.autoscale import Autoscaler
+from modelfleet.endpoint.dashboard import Dashboard
 from modelfleet.endpoint.modelstats import ModelStats
 from modelfleet.endpoint.preload import preload_variant
 from modelfleet.endpoint.router import DEFAULT_VARIANT, Routed, Router
@@ -113,7 +114,13 @@ class EndpointServer:
         public = [
             Route("/endpoints/{endpoint_name}/invocations", self.invocations, methods=["POST"]),
         ]
+        self.dashboard = Dashboard(
+            self.fleet_view, lambda: {name: e.stats for name, e in self.endpoints.items()}
+        )
         admin = [
+            Route("/dashboard", self.dashboard.page, methods=["GET"]),
+            Route("/dashboard/fragment", self.dashboard.fragment, methods=["GET"]),
+            Route("/dashboard/data", self.dashboard.data, methods=["GET"]),
             Route("/models/{name:path}/stats", self.model_stats, methods=["GET"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
             Route("/admin/instances", self.admin_instances, methods=["GET"]),
@@ -265,6 +272,7 @@ class EndpointServer:
         for endpoint in self.endpoints.values():
             self._run_tasks(endpoint)
         preloading = asyncio.create_task(self._preload(list(self.endpoints.values())))
+        sampling = asyncio.create_task(self.dashboard.run(), name="modelfleet-dashboard")
         if self.control is not None:
             try:
                 await self.control.start()
@@ -288,7 +296,8 @@ class EndpointServer:
             if self._config_file is not None:
                 loop.remove_signal_handler(signal.SIGHUP)
             preloading.cancel()
-            await asyncio.gather(preloading, return_exceptions=True)
+            sampling.cancel()
+            await asyncio.gather(preloading, sampling, return_exceptions=True)
             if self.control is not None:
                 await self.control.stop()
             tasks = [t for e in self.endpoints.values() for t in e.tasks]
@@ -738,14 +747,18 @@ class EndpointServer:
             return error_response(exc, RUNTIME_ERRORS, request_id=request_id, redact=self._redact)
         return JSONResponse({"changes": changes})
 
-    async def admin_instances(self, request: Request) -> Response:
-        """Every instance of every endpoint, as JSON (``modelfleet status`` prints it)."""
+    async def fleet_view(self) -> dict[str, Any]:
+        """Every instance of every endpoint (``/admin/instances``, the dashboard)."""
         instances: list[dict[str, Any]] = []
-        for endpoint in self.endpoints.values():
+        for endpoint in list(self.endpoints.values()):
             for variant, backend in endpoint.backends.items():
                 tag = {"endpoint": endpoint.name, "variant": variant}
                 instances += [{**tag, **i} for i in await backend.describe()]
-        return JSONResponse({"endpoints": list(self.endpoints), "instances": instances})
+        return {"endpoints": list(self.endpoints), "instances": instances}
+
+    async def admin_instances(self, request: Request) -> Response:
+        """Every instance of every endpoint, as JSON (``modelfleet status`` prints it)."""
+        return JSONResponse(await self.fleet_view())
 
     async def metrics_endpoint(self, request: Request) -> Response:
         registries = [m for e in self.endpoints.values() for m in e.metrics.values()]

@@ -98,6 +98,7 @@ class ModelStats(Collector):
         self._top: frozenset[str] = frozenset()
         self._ranked_at = -math.inf
         self._other: dict[str, Counts] = {}
+        self.total = Counts()  # every invocation counted, all models and variants
 
     def record(
         self,
@@ -120,6 +121,7 @@ class ModelStats(Collector):
         stats.at = now
         stats.last_used = time.time()
         _counts(stats.lifetime, variant).add(status, hit, latency_s, load_s)
+        self.total.add(status, hit, latency_s, load_s)
         exported = stats.exported if model in self._top else self._other
         _counts(exported, variant).add(status, hit, latency_s, load_s)
 

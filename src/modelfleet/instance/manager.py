@@ -67,6 +67,7 @@ from modelfleet.source.select import matches
 
 logger = logging.getLogger(__name__)
 
+_ON_DISK_SHOWN = 50  # the artifacts on disk an instance's summary lists, most recent first
 _MAX_LOAD_ROUNDS = 3
 
 
@@ -723,16 +724,31 @@ class ModelManager:
         """For the admin view: loaded models with their bytes, memory, hits and misses."""
         looked_up = self.hits + self.misses
         kept = self.memory.kept
-        return {
-            "loaded": [
+        now = self._clock()
+        loaded = []
+        for name in sorted(self.memory):
+            entry = self.memory.entry(name)
+            if entry is None:
+                continue
+            known = self.history.get(entry.value.url)
+            loaded.append(
                 {
-                    "name": info.name,
-                    "bytes": info.size_bytes,
-                    "hits": info.hits,
-                    "pinned": info.name in kept,
+                    "name": name,
+                    "bytes": entry.size_bytes,
+                    "hits": entry.hits,
+                    "pinned": name in kept,
+                    "idle_s": round(max(now - entry.last_used, 0.0), 3),
+                    "load_s": known.load_s if known is not None else None,
                 }
-                for info in self.list_models()
-            ],
+            )
+        return {
+            "loaded": loaded,
+            "on_disk": [{"name": n, "bytes": b} for n, b in self.disk.recent(_ON_DISK_SHOWN)],
+            "on_disk_count": len(self.disk),
+            "disk_used_bytes": self.disk.used_bytes,
+            "disk_limit_bytes": self.settings.disk_limit,
+            "load_seconds": self.metrics.totals("modelfleet_model_loading_time_seconds"),
+            "download_seconds": self.metrics.totals("modelfleet_model_downloading_time_seconds"),
             "pinned_bytes": sum(kept.values()),
             "evictions": list(self.unloader.evictions)[-20:],
             "memory_used_bytes": self.memory.used_bytes,
