@@ -289,10 +289,12 @@ def modelfleet(
     walk_trees: bool = True,
     instances: int = 1,
     extra: Sequence[str] = (),
+    src: Path | None = None,
 ) -> Server:
     """``modelfleet serve`` on ``source`` (uvloop + httptools: its own dependencies).
 
-    ``memory_limit`` is per instance (``instances`` > 1: the ``local`` backend)."""
+    ``memory_limit`` is per instance (``instances`` > 1: the ``local`` backend). ``src``: the
+    ``src`` folder of another checkout to run modelfleet from (a build to compare with)."""
     argv = [MAIN_PYTHON, "-m", "modelfleet", "serve", "--model-source", str(source)]
     admin_port = free_port()
     argv += ["--port", str(port), "--admin-port", str(admin_port), "--cache-dir", str(cache_dir)]
@@ -305,7 +307,10 @@ def modelfleet(
     argv += list(extra)
     name = "modelfleet" if walk_trees else "modelfleet-predict"
     name += f"-x{instances}" if instances > 1 else ""
-    server = Server(name, argv, port, env=uvicorn_env(False), cwd=ROOT)
+    env = uvicorn_env(False)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env["PYTHONPATH"]) if p)
+    server = Server(name, argv, port, env=env, cwd=ROOT)
     server.admin_port = admin_port
     return server
 

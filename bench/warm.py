@@ -7,7 +7,9 @@ Systems: ``bare`` (Starlette + uvicorn calling ``predict``, on modelfleet's stac
 keeps its loop free must), ``modelfleet`` (uvloop + httptools, its own dependencies: compare it
 with ``bare-fast``), ``modelfleet-predict`` (the same with ``--no-walk-trees``: scikit-learn's own
 forest ``predict``, as every other system calls it, so the serving overhead alone),
-``modelfleet-sigv4`` (``modelfleet`` with ``--auth sigv4``: every request's signature verified;
+``modelfleet-baseline`` (``modelfleet`` run from the checkout ``--baseline-src`` names: two
+builds compared), ``modelfleet-sigv4`` (``modelfleet`` with ``--auth sigv4``: every request's
+signature verified;
 the requests are signed once by botocore's signer, so the client spends nothing on it), Ray Serve
 with ``@serve.multiplexed`` in its defaults (``ray-default``) and its documented high-throughput
 configuration (``ray-best``), and MLServer with mlserver-sklearn (``mlserver-default``: one
@@ -129,8 +131,9 @@ class Target:
 class Bench:
     """The run's scratch folder, the models and the request bodies."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, baseline_src: Path | None = None) -> None:
         self.work = work
+        self.baseline_src = baseline_src  # modelfleet-baseline runs modelfleet from here
         self.source = work / "models"
         self.source.mkdir()
         self.models = build_models(self.source)
@@ -176,6 +179,14 @@ class Bench:
             one.name = system
             one.start(logs)
             return [one], lambda m: signed(self.sagemaker(one, m))
+        if system == "modelfleet-baseline":
+            if self.baseline_src is None:
+                raise SystemExit("modelfleet-baseline needs --baseline-src")
+            cache = self.work / f"cache-{system}"
+            one = servers.modelfleet(port(), self.source, cache, src=self.baseline_src)
+            one.name = system
+            one.start(logs)
+            return [one], lambda m: self.sagemaker(one, m)
         if system.startswith("modelfleet"):
             cache = self.work / f"cache-{system}"
             walk = system != "modelfleet-predict"
@@ -448,6 +459,12 @@ def main() -> None:
     p.add_argument(
         "--concurrency", type=int, action="append", help="with --paired: only these (repeat)"
     )
+    p.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="the src folder of another checkout (git worktree add DIR COMMIT): the system "
+        "modelfleet-baseline runs modelfleet from it, to compare two builds with --paired",
+    )
     args = p.parse_args()
     if args.paired:
         paired(args)
@@ -496,7 +513,8 @@ def paired(args: Any) -> None:
     duration_s = args.duration or 1.5
     with tempfile.TemporaryDirectory(prefix="bench-warm-") as scratch:
         concurrencies = tuple(args.concurrency or CONCURRENCIES)
-        rows = measure_paired(Bench(Path(scratch)), systems, duration_s, args.paired, concurrencies)
+        bench = Bench(Path(scratch), args.baseline_src)
+        rows = measure_paired(bench, systems, duration_s, args.paired, concurrencies)
     first, second = systems
     columns = ["model", "concurrency", "pairs", f"{first}_rps", f"{second}_rps", "ratio"]
     columns += ["ratio_q1", "ratio_q3", f"{first}_cpu_us", f"{second}_cpu_us", "cpu_ratio"]

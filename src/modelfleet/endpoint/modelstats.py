@@ -10,9 +10,10 @@ endpoint.
 Counters stay monotonic as the top set changes: a model's exported series counts only the
 requests it had while in the top set (so it resumes, never restarts, when the model comes
 back), and ``__other__`` counts the requests of models outside it at the time. Recent traffic
-is a count decayed with a half-life of 5 minutes; the top set is ranked again at most every
-10 s, at a scrape. At most ``MAX_MODELS`` models are tracked: past that, the least recently
-active tenth is dropped (their stats start again if they come back).
+is the request count of the last 5 minutes (estimated from two fixed 5-minute windows, a few
+additions a request); the top set is ranked again at most every 10 s, at a scrape. At most
+``MAX_MODELS`` models are tracked: past that, the least recently active tenth is dropped
+(their stats start again if they come back).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from prometheus_client.registry import Collector
 
 OTHER = "__other__"
 MAX_MODELS = 100_000
-_HALF_LIFE_S = 300.0
+_WINDOW_S = 300.0
 _RERANK_S = 10.0
 
 
@@ -44,6 +45,11 @@ class Counts:
     answered: int = 0
     loads: int = 0
     load_s: float = 0.0
+
+    def merge(self, other: Counts, *, sign: int = 1) -> None:
+        """Add (``sign`` -1: take away) ``other``'s counts."""
+        for name in Counts.__slots__:
+            setattr(self, name, getattr(self, name) + sign * getattr(other, name))
 
     def add(
         self,
@@ -73,10 +79,14 @@ class Counts:
 @dataclass(slots=True)
 class _Model:
     lifetime: dict[str, Counts] = field(default_factory=dict)  # by variant
-    exported: dict[str, Counts] = field(default_factory=dict)  # while in the top set
-    recent: float = 0.0  # decayed request count at ``at``
-    at: float = 0.0
-    last_used: float = 0.0  # epoch seconds
+    # what its exported series leaves out: the counts it had while outside the top set, and
+    # its lifetime counts when it last left it (empty: never in it)
+    outside: dict[str, Counts] = field(default_factory=dict)
+    left: dict[str, Counts] = field(default_factory=dict)
+    window: int = 0  # recent traffic: requests in this window of _WINDOW_S, and the one before
+    current: int = 0
+    previous: int = 0
+    at: float = 0.0  # the clock at its last request
 
 
 class ModelStats(Collector):
@@ -110,20 +120,38 @@ class ModelStats(Collector):
         latency_s: float | None = None,
         load_s: float | None = None,
     ) -> None:
-        """One invocation of ``model`` on ``variant``, answered ``status``."""
+        """One invocation of ``model`` on ``variant``, answered ``status`` (the router calls
+        it for every request: kept to a few dictionary lookups and additions)."""
         now = self._clock()
         stats = self._models.get(model)
         if stats is None:
             if len(self._models) >= self._max:
                 self._forget_some(now)
-            stats = self._models[model] = _Model(at=now)
-        stats.recent = stats.recent * _decay(now - stats.at) + 1.0
+            stats = self._models[model] = _Model()
+        window = int(now // _WINDOW_S)
+        if window == stats.window:
+            stats.current += 1
+        else:
+            stats.previous = stats.current if window == stats.window + 1 else 0
+            stats.current, stats.window = 1, window
         stats.at = now
-        stats.last_used = time.time()
-        _counts(stats.lifetime, variant).add(status, hit, latency_s, load_s)
+        counts = stats.lifetime.get(variant)
+        if counts is None:
+            counts = stats.lifetime[variant] = Counts()
+        counts.add(status, hit, latency_s, load_s)
         self.total.add(status, hit, latency_s, load_s)
-        exported = stats.exported if model in self._top else self._other
-        _counts(exported, variant).add(status, hit, latency_s, load_s)
+        if model not in self._top:
+            _counts(self._other, variant).add(status, hit, latency_s, load_s)
+
+    def _recent(self, stats: _Model, now: float) -> float:
+        """Requests in the last ``_WINDOW_S`` seconds, estimated from two fixed windows."""
+        window = int(now // _WINDOW_S)
+        through = (now % _WINDOW_S) / _WINDOW_S  # how far into this window
+        if window == stats.window:
+            return stats.current + stats.previous * (1.0 - through)
+        if window == stats.window + 1:
+            return stats.current * (1.0 - through)
+        return 0.0
 
     def stats(self, model: str) -> dict[str, object] | None:
         """Everything counted for ``model`` (None if nothing): totals, then per variant."""
@@ -132,16 +160,14 @@ class ModelStats(Collector):
             return None
         total = Counts()
         for counts in stats.lifetime.values():
-            for name in Counts.__slots__:
-                setattr(total, name, getattr(total, name) + getattr(counts, name))
+            total.merge(counts)
+        now = self._clock()
         return {
             "model": model,
             "endpoint": self.endpoint,
             **_view(total),
-            "requests_per_s_recent": round(
-                stats.recent * _decay(self._clock() - stats.at) / (_HALF_LIFE_S / math.log(2)), 6
-            ),
-            "last_used": stats.last_used,
+            "requests_per_s_recent": round(self._recent(stats, now) / _WINDOW_S, 6),
+            "last_used": round(time.time() - (now - stats.at), 3),
             "in_metrics": model in self._top,
             "variants": {v: _view(c) for v, c in stats.lifetime.items()},
         }
@@ -151,22 +177,37 @@ class ModelStats(Collector):
         now = self._clock()
         ranked = sorted(
             self._models.items(),
-            key=lambda item: item[1].recent * _decay(now - item[1].at),
+            key=lambda item: (self._recent(item[1], now), item[1].at),
             reverse=True,
         )
         return [name for name, _ in ranked[: self.top]]
 
     def _rank(self) -> None:
         now = self._clock()
-        if now - self._ranked_at >= _RERANK_S:
-            self._ranked_at = now
-            self._top = frozenset(self.top_models())
+        if now - self._ranked_at < _RERANK_S:
+            return
+        self._ranked_at = now
+        top = frozenset(self.top_models())
+        for name in self._top - top:  # leaving: what it has now is its series' last value
+            stats = self._models.get(name)
+            if stats is not None:
+                stats.left = _copy(stats.lifetime)
+        for name in top - self._top:  # entering: what it had outside stays out of its series
+            stats = self._models[name]
+            for variant, counts in stats.lifetime.items():
+                accrued = _counts(stats.outside, variant)
+                accrued.merge(counts)
+                before = stats.left.get(variant)
+                if before is not None:
+                    accrued.merge(before, sign=-1)
+            stats.left = {}
+        self._top = top
 
     def _forget_some(self, now: float) -> None:
         """Drop the least recently active tenth of the tracked models (never a top one)."""
         ranked = sorted(
             (m for m in self._models.items() if m[0] not in self._top),
-            key=lambda item: item[1].recent * _decay(now - item[1].at),
+            key=lambda item: (self._recent(item[1], now), item[1].at),
         )
         for name, _ in ranked[: max(1, len(self._models) // 10)]:
             del self._models[name]
@@ -176,11 +217,15 @@ class ModelStats(Collector):
         rows: list[tuple[str, str, Counts]] = []
         for name in sorted(self._top):
             stats = self._models.get(name)
-            if stats is not None:  # a model new to the top set shows at 0 until its next use
-                rows += [
-                    (variant, name, stats.exported.get(variant) or Counts())
-                    for variant in stats.lifetime
-                ]
+            if stats is None:
+                continue
+            for variant, counts in stats.lifetime.items():
+                exported = Counts()
+                exported.merge(counts)
+                outside = stats.outside.get(variant)
+                if outside is not None:
+                    exported.merge(outside, sign=-1)
+                rows.append((variant, name, exported))
         rows += [(variant, OTHER, counts) for variant, counts in self._other.items()]
         yield from families(self.endpoint, rows)
 
@@ -219,8 +264,12 @@ def families(endpoint: str, rows: Iterable[tuple[str, str, Counts]]) -> Iterator
     yield from (invocations, errors_4xx, errors_5xx, hits, misses, latency, loading)
 
 
-def _decay(elapsed_s: float) -> float:
-    return math.exp(-max(elapsed_s, 0.0) * math.log(2) / _HALF_LIFE_S)
+def _copy(table: dict[str, Counts]) -> dict[str, Counts]:
+    copied = {}
+    for variant, counts in table.items():
+        copied[variant] = Counts()
+        copied[variant].merge(counts)
+    return copied
 
 
 def _counts(table: dict[str, Counts], variant: str) -> Counts:
