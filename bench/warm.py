@@ -8,7 +8,8 @@ keeps its loop free must), ``modelfleet`` (uvloop + httptools, its own dependenc
 with ``bare-fast``), ``modelfleet-predict`` (the same with ``--no-walk-trees``: scikit-learn's own
 forest ``predict``, as every other system calls it, so the serving overhead alone),
 ``modelfleet-baseline`` (``modelfleet`` run from the checkout ``--baseline-src`` names: two
-builds compared), ``modelfleet-sigv4`` (``modelfleet`` with ``--auth sigv4``: every request's
+builds compared), ``modelfleet-accesslog`` (``modelfleet`` writing ``--access-log``),
+``modelfleet-sigv4`` (``modelfleet`` with ``--auth sigv4``: every request's
 signature verified;
 the requests are signed once by botocore's signer, so the client spends nothing on it), Ray Serve
 with ``@serve.multiplexed`` in its defaults (``ray-default``) and its documented high-throughput
@@ -174,6 +175,15 @@ class Bench:
             one.name = system
             one.start(logs)
             return [one], lambda m: signed(self.sagemaker(one, m))
+        if system == "modelfleet-accesslog":
+            log = self.work / "access.tsv"
+            extra = ["--access-log", str(log), "--access-log-max-bytes", "64MiB"]
+            one = servers.modelfleet(
+                port(), self.source, self.work / f"cache-{system}", extra=extra
+            )
+            one.name = system
+            one.start(logs)
+            return [one], lambda m: self.sagemaker(one, m)
         if system == "modelfleet-headers":  # no authentication, the signed requests' headers
             one = servers.modelfleet(port(), self.source, self.work / f"cache-{system}")
             one.name = system

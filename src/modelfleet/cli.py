@@ -258,6 +258,13 @@ def _sagemaker_defaults(given: dict[str, Any]) -> None:
     "count against --memory-limit (default: none).",
 )
 @click.option(
+    "--access-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write one line per invocation to this file, for modelfleet plan (default: none).",
+)
+@click.option("--access-log-max-bytes", help="Rotate the access log past this size (100MiB).")
+@click.option("--access-log-backups", type=int, help="Rotated access logs kept (5).")
+@click.option(
     "--model-metrics-top",
     type=int,
     help="Per-model series in /metrics for this many models, by recent traffic; the rest "

@@ -184,6 +184,17 @@ class Settings(BaseSettings):
     against ``memory_limit``: a model that cannot fit beside the pinned ones fails its load at
     once (507, naming the pinned bytes). The names that are not globs are preloaded."""
 
+    access_log: Path | None = None
+    """A file that gets one line per invocation (docs/metrics.md): time, endpoint, variant,
+    target model, artifact and memory bytes, where the model was, load and download seconds,
+    status. None: no access log."""
+
+    access_log_max_bytes: ByteSize = Field(default=parse_size("100MiB"), gt=0)
+    """Past this size the access log is rotated (``FILE.1``, ``FILE.2``, ...)."""
+
+    access_log_backups: int = Field(default=5, ge=0, le=1000)
+    """Rotated access logs kept."""
+
     model_metrics_top: int = Field(default=50, ge=0, le=10_000)
     """Per-model series in ``/metrics`` for this many models, those with the most recent
     traffic; every other model's requests are counted under ``model="__other__"``."""

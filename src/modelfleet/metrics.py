@@ -135,6 +135,23 @@ class Metrics:
             "modelfleet_memory_used_bytes", "Bytes of the memory budget held by loaded models."
         )
         self.disk_used_bytes = gauge("modelfleet_disk_used_bytes", "Bytes held by the disk cache.")
+        self.thrashing = gauge(
+            "modelfleet_thrashing",
+            "1 while the instance reloads models it evicted within a minute and at least 10% of "
+            "its requests wait on a load (see the log's warning for the cause), else 0.",
+        )
+        self.load_wait_share = gauge(
+            "modelfleet_load_wait_share",
+            "Share of the last minute's requests that waited on a model load.",
+        )
+        self.working_set_bytes = gauge(
+            "modelfleet_working_set_bytes",
+            "Memory bytes of the models asked for in the last minute.",
+        )
+        self.model_reloads = counter(
+            "modelfleet_model_reloads",
+            "Loads of a model within a minute of its eviction.",
+        )
         self.process_rss_bytes = gauge(
             "modelfleet_process_rss_bytes", "Resident memory of the instance process."
         )

@@ -176,6 +176,10 @@ class RemoteInstance:
                 model_latency_s=float(reply.get("x-modelfleet-model-latency", 0.0)),
                 queued=reply.get("x-modelfleet-queued") == "1",
                 load_s=_seconds(reply.get("x-modelfleet-load-seconds")),
+                memory_bytes=_count(reply.get("x-modelfleet-model-bytes")),
+                artifact_bytes=_count(reply.get("x-modelfleet-artifact-bytes")),
+                tier=reply.get("x-modelfleet-tier", "memory"),
+                download_s=_seconds(reply.get("x-modelfleet-download-seconds")),
             )
         raise _error_from(self.instance_id, status, answer, reply.get("x-amzn-errortype", ""))
 
@@ -325,6 +329,14 @@ def _error_from(instance_id: str, status: int, answer: bytes, error_type: str) -
     if kind == "ServiceUnavailable":
         return ServiceUnavailableError(message)
     return InternalInstanceError(f"instance {instance_id}: {message}")
+
+
+def _count(value: str | None) -> int:
+    """A header's whole number, or 0 (absent or not one)."""
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0
 
 
 def _seconds(value: str | None) -> float | None:

@@ -46,6 +46,7 @@ from modelfleet.edge import (
     target_model_var,
     utf8_header,
 )
+from modelfleet.endpoint.accesslog import AccessLog
 from modelfleet.endpoint.autoscale import Autoscaler
 from modelfleet.endpoint.dashboard import Dashboard
 from modelfleet.endpoint.modelstats import ModelStats
@@ -114,6 +115,13 @@ class EndpointServer:
         public = [
             Route("/endpoints/{endpoint_name}/invocations", self.invocations, methods=["POST"]),
         ]
+        self.access_log: AccessLog | None = None
+        if settings.access_log is not None:
+            self.access_log = AccessLog(
+                settings.access_log,
+                max_bytes=int(settings.access_log_max_bytes),
+                backups=settings.access_log_backups,
+            )
         self.dashboard = Dashboard(
             self.fleet_view, lambda: {name: e.stats for name, e in self.endpoints.items()}
         )
@@ -273,6 +281,9 @@ class EndpointServer:
             self._run_tasks(endpoint)
         preloading = asyncio.create_task(self._preload(list(self.endpoints.values())))
         sampling = asyncio.create_task(self.dashboard.run(), name="modelfleet-dashboard")
+        logging_task = None
+        if self.access_log is not None:
+            logging_task = asyncio.create_task(self.access_log.run(), name="modelfleet-access")
         if self.control is not None:
             try:
                 await self.control.start()
@@ -306,6 +317,9 @@ class EndpointServer:
             await asyncio.gather(*reloads, *tasks, return_exceptions=True)
             backends = [b for e in self.endpoints.values() for b in e.backends.values()]
             await asyncio.gather(*(b.stop() for b in backends))
+            if logging_task is not None:  # the last requests' lines, once they have ended
+                logging_task.cancel()
+                await asyncio.gather(logging_task, return_exceptions=True)
 
     async def _preload(self, endpoints: list[_Endpoint]) -> None:
         """Load each variant's ``preload`` models and the ``pin`` names that are not globs,
@@ -599,11 +613,17 @@ class EndpointServer:
                     metrics.invocation_5xx_errors.inc()
                 else:
                     metrics.invocation_4xx_errors.inc()
-            if endpoint is not None and counted is not None:
+            if endpoint is not None:
                 where = variant if variant is not None else next(iter(endpoint.metrics))
-                endpoint.stats.record(where, counted, response.status_code)
+                if counted is not None:
+                    endpoint.stats.record(where, counted, response.status_code)
+                if self.access_log is not None:
+                    model = counted or "-"
+                    self.access_log.write(endpoint.name, where, model, response.status_code, None)
             return response
         result = routed.result
+        if self.access_log is not None:
+            self.access_log.write(endpoint.name, routed.variant, target, 200, result)
         endpoint.stats.record(
             routed.variant,
             target,

@@ -173,8 +173,15 @@ async def _invoke(request: Request, manager: ModelManager) -> Response:
     response.headers["x-modelfleet-cache-hit"] = "1" if result.cache_hit else "0"
     response.headers["x-modelfleet-model-latency"] = f"{result.model_latency_s:.6f}"
     response.headers["x-modelfleet-queued"] = "1" if result.queued else "0"
+    headers = response.headers
+    headers["x-modelfleet-model-bytes"] = str(result.memory_bytes)
+    headers["x-modelfleet-artifact-bytes"] = str(result.artifact_bytes)
     if result.load_s is not None:
-        response.headers["x-modelfleet-load-seconds"] = f"{result.load_s:.6f}"
+        headers["x-modelfleet-load-seconds"] = f"{result.load_s:.6f}"
+    if not result.cache_hit:
+        headers["x-modelfleet-tier"] = result.tier
+    if result.download_s is not None:
+        headers["x-modelfleet-download-seconds"] = f"{result.download_s:.6f}"
     return response
 
 

@@ -60,7 +60,9 @@ from modelfleet.instance.state import (
     ModelState,
     Resident,
 )
-from modelfleet.instance.unloader import DISK, IDLE, REPLACED, Unloader, close_model
+from modelfleet.instance.thrashing import CHECK_S as THRASH_CHECK_S
+from modelfleet.instance.thrashing import Thrashing
+from modelfleet.instance.unloader import DISK, EVICTIONS, IDLE, REPLACED, Unloader, close_model
 from modelfleet.metrics import Metrics
 from modelfleet.source import ModelSource, validate_target_model
 from modelfleet.source.select import matches
@@ -126,11 +128,15 @@ class ModelManager:
             pools=lambda: self.pools,
             changed=self._update_gauges,
             unloading=lambda entry: self.runner.remember(entry),
+            evicted=self._evicted,
             overlaps=self.loader.overlaps,
         )
         self._watcher: asyncio.Task[None] | None = None
         self._revalidating: asyncio.Task[None] | None = None
         self._expiring: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
+        self.thrashing = Thrashing(settings.memory_limit, clock=clock)
+        self._reloads_counted = 0
         self._background: set[asyncio.Task[None]] = set()
         # swapped out (by id), unloaded once their calls are done
         self._retired: dict[int, Entry] = {}
@@ -172,6 +178,7 @@ class ModelManager:
         self._watcher = asyncio.create_task(
             self.unloader.watch_rss(), name="modelfleet-rss-watcher"
         )
+        self._watching = asyncio.create_task(self._watch_thrashing(), name="modelfleet-thrashing")
         if s.revalidate_interval > 0:
             self._revalidating = asyncio.create_task(
                 self._revalidate_loaded(s.revalidate_interval), name="modelfleet-revalidate"
@@ -184,7 +191,8 @@ class ModelManager:
 
     async def stop(self) -> None:
         """Cancel loads in progress, finish background unloads, unload every model."""
-        for watcher in (self._watcher, self._revalidating, self._expiring, *self._background):
+        watchers = (self._watcher, self._watching, self._revalidating, self._expiring)
+        for watcher in (*watchers, *self._background):
             if watcher is not None:
                 watcher.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -234,19 +242,25 @@ class ModelManager:
             self.metrics.model_cache_miss.inc()
             started = time.perf_counter()
             loads = target_model not in self._pending  # this request's miss starts the load
-            entry = await self._wait_loaded(target_model)
+            flights: list[Flight] = []
+            entry = await self._wait_loaded(target_model, flights)
             self.metrics.model_loading_wait_time.observe(time.perf_counter() - started)
-            if loads:
-                known = self.history.get(entry.value.url)
-                result = await self.runner.run(
-                    entry, body, content_type, accept, custom_attributes, hit
-                )
-                load_s = known.load_s if known is not None else None
-                return dataclasses.replace(result, load_s=load_s)
+            known = self.history.get(entry.value.url) if loads else None
+            result = await self.runner.run(
+                entry, body, content_type, accept, custom_attributes, hit
+            )
+            download_s = flights[-1].download_s if flights else None
+            return dataclasses.replace(
+                result,
+                load_s=known.load_s if known is not None else None,
+                tier="source" if download_s is not None else "disk",
+                download_s=download_s,
+            )
         return await self.runner.run(entry, body, content_type, accept, custom_attributes, hit)
 
-    async def _wait_loaded(self, target_model: str) -> Entry:
-        """The model, loaded and pinned once for the caller."""
+    async def _wait_loaded(self, target_model: str, flights: list[Flight] | None = None) -> Entry:
+        """The model, loaded and pinned once for the caller; each load it waited for is
+        appended to ``flights``."""
         deadline = time.monotonic() + self.settings.invoke_timeout
         for _ in range(_MAX_LOAD_ROUNDS):
             flight = self._pending.get(target_model)
@@ -256,6 +270,8 @@ class ModelManager:
                     return self.pins.take(entry)
                 flight = self._launch(target_model, self._load_from_source(target_model))
             assert flight.task is not None
+            if flights is not None:
+                flights.append(flight)
             flight.waiters += 1
             try:
                 await asyncio.wait_for(
@@ -456,12 +472,17 @@ class ModelManager:
 
     async def _download(self, target_model: str) -> DiskEntry:
         self._states[target_model] = ModelState.DOWNLOADING
+        started = time.perf_counter()
         try:
-            return await self.downloader.download(
+            entry = await self.downloader.download(
                 target_model, self.pools.download, make_room=self._unload_one_for_disk
             )
         finally:
             self._states.pop(target_model, None)
+        flight = self._pending.get(target_model)
+        if flight is not None:  # what the requests waiting on this load waited for
+            flight.download_s = time.perf_counter() - started
+        return entry
 
     async def _unload_one_for_disk(self) -> bool:
         """Unload one idle source model so its artifact can leave the disk; False if none."""
@@ -551,6 +572,8 @@ class ModelManager:
                 for _ in range(flight.waiters):
                     self.memory.get(name)
             self._keep_if_pinned(entry)
+            if from_source:
+                self.thrashing.loaded(name, entry.size_bytes)
             self._loaded(entry, loaded, disk_entry, dropped=snapshot is not None)
             self.unloader.unload_later(victims)
             self._update_gauges()
@@ -563,6 +586,28 @@ class ModelManager:
         not fit beside the others fails its load: :meth:`MemoryCache.reserve`)."""
         if self.settings.pin and matches(entry.key, self.settings.pin):
             self.memory.keep(entry.key)
+
+    def _evicted(self, model: str, reason: str) -> None:
+        if reason in EVICTIONS:  # taken out for room, not asked for: it may be wanted again
+            self.thrashing.unloaded(model)
+
+    async def _watch_thrashing(self) -> None:
+        """Check for thrashing every few seconds (see :mod:`modelfleet.instance.thrashing`)."""
+        while True:
+            await asyncio.sleep(THRASH_CHECK_S)
+            in_memory = [
+                (key, entry.size_bytes, entry.last_used)
+                for key in self.memory
+                if (entry := self.memory.entry(key)) is not None
+            ]
+            verdict = self.thrashing.check(self.hits, self.misses, in_memory)
+            self.metrics.thrashing.set(1.0 if verdict.thrashing else 0.0)
+            self.metrics.load_wait_share.set(verdict.wait_share)
+            self.metrics.working_set_bytes.set(verdict.working_set_bytes)
+            reloads = self.thrashing.reloads_total - self._reloads_counted
+            if reloads:
+                self.metrics.model_reloads.inc(reloads)
+                self._reloads_counted += reloads
 
     async def _expire_idle(self, ttl_s: float) -> None:
         """Unload the models unused for ``ttl_s`` (not in use, not pinned), checking a few
@@ -750,6 +795,7 @@ class ModelManager:
             "load_seconds": self.metrics.totals("modelfleet_model_loading_time_seconds"),
             "download_seconds": self.metrics.totals("modelfleet_model_downloading_time_seconds"),
             "pinned_bytes": sum(kept.values()),
+            "thrashing": self.thrashing.last.as_dict(),
             "evictions": list(self.unloader.evictions)[-20:],
             "memory_used_bytes": self.memory.used_bytes,
             "memory_limit_bytes": self.memory.budget_bytes,

@@ -130,8 +130,14 @@ class Runner:
         latency = time.perf_counter() - started
         resident.observe(cpu_s, wall_s, self._inline_max_s, inline=inline)
         self._metrics.model_latency.observe(latency)
+        disk = resident.disk
         return InvokeResult(
-            prediction=prediction, cache_hit=hit, model_latency_s=latency, queued=queued
+            prediction=prediction,
+            cache_hit=hit,
+            model_latency_s=latency,
+            queued=queued,
+            memory_bytes=entry.size_bytes,
+            artifact_bytes=disk.artifact_bytes if disk is not None else 0,
         )
 
     def _off_pool(self, entry: Entry) -> None:

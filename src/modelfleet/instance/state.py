@@ -191,6 +191,7 @@ class Flight:
     waiters: int = 0  # callers waiting now; each gets a pin when the model is admitted
     prepins: int = 0  # pins taken on the waiters' behalf and not yet claimed
     entry: Entry | None = None  # set at admission
+    download_s: float | None = None  # the load downloaded its artifact first, in this long
 
     def claim(self) -> Entry | None:
         """The admitted entry with one of the pins taken for a waiter, if one is left."""
@@ -231,3 +232,7 @@ class InvokeResult:
     model_latency_s: float
     queued: bool = False  # it had to wait for an inference slot (pool full, or the model busy)
     load_s: float | None = None  # its miss started a load into memory, which took this long
+    memory_bytes: int = 0  # the model's footprint in the memory budget
+    artifact_bytes: int = 0  # its artifact's bytes on disk (0: not from the disk cache)
+    tier: str = "memory"  # where the model was: memory (a hit), disk, or source (downloaded)
+    download_s: float | None = None  # the download its miss waited for took this long

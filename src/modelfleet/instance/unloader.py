@@ -34,6 +34,7 @@ IDLE = "idle ttl"  # unused for idle_ttl
 UNLOAD = "unload"  # asked (UnloadModel, an idle copy, shutdown)
 REPLACED = "new version"  # a new version in the source replaced it
 DISABLED = "cache disabled"  # ModelCacheSetting=Disabled
+EVICTIONS = frozenset({ROOM, PRESSURE, DISK, IDLE})  # taken out without being asked to
 _LOG_SIZE = 50
 
 
@@ -51,6 +52,7 @@ class Unloader:
         changed: Callable[[], None],
         unloading: Callable[[Entry], None] = lambda entry: None,
         overlaps: OverlapTracker | None = None,
+        evicted: Callable[[str, str], None] = lambda model, reason: None,
     ) -> None:
         self._memory = memory
         self._disk = disk
@@ -59,6 +61,7 @@ class Unloader:
         self._pools = pools
         self._changed = changed
         self._unloading = unloading  # told of each entry before its model is closed
+        self._evicted = evicted  # told of each unload's model and reason
         # Loads that overlap an unload do not trust their memory growth (see loader.py): the
         # unload frees memory, and allocates some, meanwhile.
         self._overlaps = overlaps or OverlapTracker()
@@ -74,6 +77,7 @@ class Unloader:
         self.evictions.append(
             {"model": entry.key, "reason": reason, "bytes": entry.size_bytes, "at": time.time()}
         )
+        self._evicted(entry.key, reason)
         with self._overlaps.track():
             await self._unload(entry, delete_files=delete_files)
 
