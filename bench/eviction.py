@@ -1,9 +1,10 @@
 """Eviction quality: load seconds, hit ratio and byte hit ratio of every policy on Zipf traces.
 
 ``python -m bench.eviction [--quick]``. Drives the real policies through the real MemoryCache
-(:mod:`bench.sim`) over 1,000 models of 1-100 MB whose load cost is calibrated with real loads
-(:mod:`bench.loadcost`), for Zipf exponents 0.8, 1.0 and 1.2 and a trace whose hot set is
-re-drawn every few thousand requests, at memory budgets of 5%, 10% and 20% of all the models.
+(:mod:`modelfleet.plan.sim`) over 1,000 models of 1-100 MB whose load cost is calibrated with
+real loads (:mod:`bench.loadcost`), for Zipf exponents 0.8, 1.0 and 1.2 and a trace whose hot
+set is re-drawn every few thousand requests, at memory budgets of 5%, 10% and 20% of all the
+models.
 Compared: count-LRU as Ray Serve does it (``budget // largest`` and ``budget // mean`` models),
 byte-LRU, every registered policy, a popularity oracle and an offline Belady-style heuristic
 (:mod:`bench.reference`). Prints load seconds against byte-LRU and against the offline
@@ -18,8 +19,8 @@ from typing import Any
 from bench.common import parser, print_table, write_results
 from bench.loadcost import CostCurve, calibrate
 from bench.reference import OfflinePolicy, PopularityOracle, count_limit
-from bench.sim import Catalogue, Outcome, Trace, simulate, zipf_trace
 from modelfleet.cache.policy import POLICIES, LRUPolicy, make_policy
+from modelfleet.plan.sim import Catalogue, Outcome, Trace, simulate, zipf_trace
 
 CANDIDATE = "lrfu"  # the policy recommended as the default
 MODELS = 1_000

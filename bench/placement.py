@@ -5,10 +5,10 @@
 The bound behind the split-cache target of issue 13, computed without servers: the end-to-end
 Zipf benchmark's own forests and traces (:mod:`bench.zipf_http`: 200 models of 0.5-5 MB, the
 ``zipf`` and ``shifting`` traces of 5,000 requests) replayed one request at a time through the
-real MemoryCache and the default policy (:func:`bench.sim.simulate`), for one instance with
-room R and for fleets of 2 and 3 with room R/N each, at several R (counted in mean-sized
-models). Requests one at a time: no concurrency, so these are what placement alone allows;
-live runs lose more (loads in flight hold room).
+real MemoryCache and the default policy (:func:`modelfleet.plan.sim.simulate`), for one
+instance with room R and for fleets of 2 and 3 with room R/N each, at several R (counted in
+mean-sized models). Requests one at a time: no concurrency, so these are what placement alone
+allows; live runs lose more (loads in flight hold room).
 
 Each fleet places every model on exactly one instance (copies only take room), by:
 
@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import parser, print_table, write_results
-from bench.sim import Catalogue, simulate
 from bench.zipf_http import Workload, build_models, shifting_trace, zipf_trace
 from modelfleet.cache.policy import make_policy
 from modelfleet.config import Settings
 from modelfleet.endpoint.router import rendezvous_score
+from modelfleet.plan.sim import Catalogue, simulate
 
 FLEETS = (2, 3)
 ROOMS = (20, 40, 60)

@@ -16,8 +16,8 @@ import heapq
 import math
 from collections.abc import Iterator, Sequence
 
-from bench.sim import Catalogue, Clocked, Trace
 from modelfleet.cache.policy import EvictionPolicy
+from modelfleet.plan.sim import Catalogue, Clocked, Trace
 
 
 class OfflinePolicy(Clocked, EvictionPolicy):

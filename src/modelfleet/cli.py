@@ -21,6 +21,7 @@ import httpx
 import pydantic
 
 from modelfleet.cli_models import models, push
+from modelfleet.cli_plan import plan
 from modelfleet.config import ModelCacheSetting, Settings, format_size
 from modelfleet.edge import ContextFilter
 
@@ -48,6 +49,7 @@ def main() -> None:
 
 main.add_command(models)
 main.add_command(push)
+main.add_command(plan)
 
 
 def _loopback(host: str) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from bench.sim import Catalogue, simulate, zipf_trace
 from modelfleet.cache.memory import MemoryCache
 from modelfleet.cache.policies import (
     GDSFPolicy,
@@ -14,6 +13,7 @@ from modelfleet.cache.policies import (
     WTinyLFUPolicy,
 )
 from modelfleet.cache.policy import POLICIES, EvictionPolicy, LRUPolicy, make_policy
+from modelfleet.plan.sim import Catalogue, simulate, zipf_trace
 
 DEFAULT = "lrfu"  # what bench/eviction.py recommends; see docs/eviction.md
 MB = 1_000_000

@@ -1,4 +1,5 @@
-"""Trace-driven simulation of the memory tier: the real MemoryCache and the real policies.
+"""Trace-driven simulation of the memory tier: the real MemoryCache and the real policies
+(``modelfleet plan`` and the eviction benchmarks, one implementation for both).
 
 Each request does what the instance manager does (``instance/manager.py``): ``get``; on a miss,
 ``reserve`` room (evicting), ``admit`` the model with its load cost, then ``get`` it for the

@@ -1,0 +1,1 @@
+"""Sizing a fleet from its own traffic: the simulator, and ``modelfleet plan``."""
