@@ -128,7 +128,7 @@ def test_a_server_counts_per_model_and_answers_one_model_stats(tmp_path: Path) -
         [counted] = answer.json()["endpoints"]
         assert counted["invocations"] == 12
         assert (counted["cache_hits"], counted["cache_misses"], counted["loads"]) == (11, 1, 1)
-        assert counted["load_mean_s"] > 0
+        assert counted["load_mean_s"] is not None  # the one load's time was reported
         assert counted["in_metrics"] is True
         missing = httpx.get(f"{server.admin_url}/models/never/stats", timeout=30)
         assert missing.status_code == 404
